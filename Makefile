@@ -1,0 +1,37 @@
+# PPIR: two commands do all setup.
+#   make demo   set up .venv and run a registration on the bundled sample data
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ppir-installed
+export PPIR_DATA ?= $(HOME)/.cache/ppir/data
+DEMO := out/demo
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): PPIRLogic/requirements.txt PPIRLogic/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e PPIRLogic
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/ppir data fetch > /dev/null
+	mkdir -p $(DEMO)
+	$(BIN)/ppir data synth --image $(PPIR_DATA)/mni152_t1_1mm.nii.gz --transform affine --seed 1 \
+		--noise 0.02 --bias --out $(DEMO) > /dev/null
+	$(BIN)/ppir register --fixed $(DEMO)/fixed.nrrd --moving $(DEMO)/moving.nrrd --transform affine \
+		--protocol clear --output-transform $(DEMO)/transform.h5 --output-warped $(DEMO)/warped.nrrd \
+		--report $(DEMO)/report.json --snapshot $(DEMO)/snapshot.png
+	$(BIN)/ppir evaluate --fixed $(DEMO)/fixed.nrrd --transform $(DEMO)/transform.h5 \
+		--ground-truth $(DEMO)/ground_truth.h5
+
+test: venv
+	$(BIN)/python -m pytest Testing -q
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,230 @@
+"""The registration driver (moving party): multi-resolution, Levenberg-Marquardt damped Gauss-Newton.
+
+It owns the moving image and the transform, and reaches the fixed image only through a
+``JointBackend``. Per trial step it makes exactly one joint product.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from .backend import JointBackend
+from .bspline import BSplineModel, control_grid_for
+from .errors import PPIRError
+from .image import Grid, Volume, check_pair
+from .linear import LinearModel
+from .moving import MovingLevel
+from .pyramid import LevelSpec, default_levels, level_image
+from .sampling import METHODS, draw_gradient_weighted, draw_uniform
+
+TRANSFORMS = ("rigid", "affine", "bspline")
+
+
+@dataclass
+class Settings:
+    """Everything that decides a registration's outcome (both parties agree on it)."""
+
+    transform: str = "affine"
+    levels: list[int] = field(default_factory=lambda: [4, 2, 1])
+    smoothing: list[float] | None = None
+    sampling: str = "full"
+    sample_fraction: float = 0.1
+    resample_each_iteration: bool = False
+    max_iterations: int = 50
+    bspline_spacing_mm: float = 20.0
+    bspline_levels: list[int] | None = None
+    initialization: str = "centers"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise PPIRError(f"unknown transform {self.transform!r}; choose from {', '.join(TRANSFORMS)}")
+        if self.sampling not in METHODS:
+            raise PPIRError(f"unknown sampling {self.sampling!r}; choose from {', '.join(METHODS)}")
+        if not self.levels or any(f < 1 for f in self.levels):
+            raise PPIRError(f"levels must be shrink factors >= 1, got {self.levels}")
+        if not 0 < self.sample_fraction <= 1:
+            raise PPIRError(f"sample fraction must be in (0, 1], got {self.sample_fraction}")
+        if self.max_iterations < 1:
+            raise PPIRError("max iterations must be at least 1")
+        if self.bspline_spacing_mm <= 0:
+            raise PPIRError("B-spline control-point spacing must be positive")
+        if self.initialization not in ("centers", "identity"):
+            raise PPIRError(f"unknown initialization {self.initialization!r}; choose centers or identity")
+        if self.smoothing is not None and len(self.smoothing) != len(self.levels):
+            raise PPIRError("give one smoothing sigma per level")
+
+    def level_specs(self, factors: list[int] | None = None) -> list[LevelSpec]:
+        if factors is None or factors == self.levels:
+            return default_levels(self.levels, self.smoothing)
+        return default_levels(factors)
+
+
+@dataclass
+class LevelReport:
+    stage: str
+    factor: int
+    size: list[int]
+    samples: int
+    iterations: int
+    joint_products: int
+    final_ssd: float
+    wall_time_s: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Result:
+    transform: sitk.Transform
+    model: object
+    parameters: np.ndarray
+    levels: list[LevelReport]
+    final_ssd: float
+
+    @property
+    def iterations(self) -> int:
+        return sum(level.iterations for level in self.levels)
+
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class _State:
+    ssd: float
+    gradient: np.ndarray
+    channels: np.ndarray
+
+
+class _Level:
+    """One (stage, level): sample set, basis and the moving image at that level."""
+
+    def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend):
+        self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
+        self.joint_products = 0
+
+    def use_samples(self, samples: np.ndarray | None) -> None:
+        self.samples = samples
+        self.points = self.grid.points(samples)
+        self.basis = self.model.basis(self.points)
+        self.backend.set_samples(samples, self.basis)
+        self.n_samples = len(self.points)
+
+    def moving_channels(self, p: np.ndarray) -> np.ndarray:
+        """[I(T(x)), grad I(T(x))] at the samples: whole grids through SimpleITK, subsets in numpy."""
+        if self.samples is None:
+            return self.moving.sample_grid(self.model.to_sitk(p), self.grid)
+        return self.moving.sample(self.model.warp(self.points, p, self.basis))
+
+    def evaluate(self, p: np.ndarray) -> _State:
+        sampled = self.moving_channels(p)
+        if not sampled.any():
+            raise PPIRError("the images do not overlap: every sample maps outside the moving image")
+        values, grads = sampled[:, 0], sampled[:, 1:]
+        g = self.model.channels(grads, p)
+        joint = self.backend.joint_product(g, values)
+        self.joint_products += 1
+        v = values.astype(np.float64)
+        ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
+        local = self.basis.transpose_apply(g * values[:, None])
+        gradient = self.model.gradient_vector(local - joint.r, p)
+        return _State(ssd, gradient, g)
+
+
+def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str) -> tuple[LinearModel, np.ndarray]:
+    model = LinearModel(kind, fixed.center())
+    if settings.initialization == "centers":
+        return model, model.identity(moving.grid.center() - fixed.center())
+    return model, model.identity()
+
+
+def _check_overlap(moving: Volume, fixed: Grid) -> None:
+    """Identity initialisation: the physical boxes must intersect."""
+    lo_f, hi_f = fixed.corners().min(0), fixed.corners().max(0)
+    lo_m, hi_m = moving.grid.corners().min(0), moving.grid.corners().max(0)
+    if np.any(hi_f < lo_m) or np.any(hi_m < lo_f):
+        raise PPIRError("the fixed and moving images do not overlap in physical space "
+                        "(use --init centers to start from aligned image centres)")
+
+
+def register(moving: Volume, backend: JointBackend, settings: Settings,
+             progress: Progress | None = None) -> Result:
+    """Register ``moving`` to the fixed image behind ``backend``; returns the fixed->moving transform."""
+    settings.validate()
+    fixed = backend.fixed_grid
+    check_pair(fixed, moving.grid)
+    if settings.initialization == "identity":
+        _check_overlap(moving, fixed)
+    reports: list[LevelReport] = []
+    linear_kind = "rigid" if settings.transform == "rigid" else "affine"
+    model, p = _initial_affine(moving, fixed, settings, linear_kind)
+    p, ssd = _run_stage(linear_kind, model, p, moving, backend, settings, settings.level_specs(), reports, progress)
+    if settings.transform == "bspline":
+        a, t = model.matrix(p)
+        model = BSplineModel(control_grid_for(fixed, settings.bspline_spacing_mm), a, t, model.center)
+        p, ssd = _run_stage("bspline", model, model.identity(), moving, backend, settings,
+                            settings.level_specs(settings.bspline_levels), reports, progress)
+    return Result(model.to_sitk(p), model, p, reports, ssd)
+
+
+def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress):
+    ssd = float("nan")
+    for number, spec in enumerate(specs):
+        start = time.perf_counter()
+        grid = backend.start_level(spec)
+        level = _Level(model, MovingLevel(level_image(moving, spec)), grid, backend)
+        rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage) if stage in TRANSFORMS else 9, number])
+        p, ssd, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress)
+        reports.append(LevelReport(stage, spec.factor, list(grid.size), level.n_samples, iterations,
+                                   level.joint_products, ssd, time.perf_counter() - start))
+    return p, ssd
+
+
+def _draw(level: _Level, p: np.ndarray, settings: Settings, rng: np.random.Generator) -> np.ndarray | None:
+    n = level.grid.n_voxels
+    if settings.sampling == "full":
+        return None
+    if settings.sampling == "urs":
+        return draw_uniform(n, settings.sample_fraction, rng)
+    grads = level.moving.sample_grid(level.model.to_sitk(p), level.grid)[:, 1:]
+    return draw_gradient_weighted(np.linalg.norm(grads, axis=1), settings.sample_fraction, rng)
+
+
+def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels, progress):
+    """LM-damped Gauss-Newton at one level; returns (parameters, SSD, accepted iterations)."""
+    level.use_samples(_draw(level, p, settings, rng))
+    state = level.evaluate(p)
+    damping = 1e-3
+    step_tol = 1e-2 * float(level.grid.spacing.min())
+    iterations = 0
+    while iterations < settings.max_iterations:
+        if settings.resample_each_iteration and iterations > 0 and settings.sampling != "full":
+            level.use_samples(_draw(level, p, settings, rng))
+            state = level.evaluate(p)
+        hessian = level.model.hessian(level.basis, state.channels, p)
+        while True:
+            candidate = p - level.model.solve(hessian, state.gradient, damping)
+            moved = level.model.max_change(level.basis, p, candidate)
+            if moved < step_tol:
+                return p, state.ssd, iterations
+            trial = level.evaluate(candidate)
+            if trial.ssd < state.ssd:
+                break
+            damping *= 10.0
+        relative = (state.ssd - trial.ssd) / max(state.ssd, 1e-30)
+        p, state = candidate, trial
+        damping = max(damping / 10.0, 1e-9)
+        iterations += 1
+        if progress:
+            progress({"stage": stage, "level": number + 1, "levels": n_levels, "size": list(level.grid.size),
+                      "iteration": iterations, "max_iterations": settings.max_iterations,
+                      "ssd": state.ssd, "samples": level.n_samples, "moved_mm": moved})
+        if relative < 1e-6:
+            break
+    return p, state.ssd, iterations

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
+import scipy.sparse as sp
 
 from .image import Grid
 
 CHUNK = 1 << 18
-CACHE_ENTRIES = 1 << 26
 
 
 class AffineBasis:
@@ -81,51 +81,35 @@ class ControlGrid:
 
 
 class BSplineBasis:
-    """Phi(x) = cubic B-spline weights of the control points supporting each sample."""
+    """Phi(x) = cubic B-spline weights of the control points supporting each sample.
+
+    Phi is held as a sparse matrix (samples x control points, 4**d entries a row).
+    """
 
     def __init__(self, points: np.ndarray, control: ControlGrid):
         self.control = control
-        self.start, self.axis_weights = control.locate(points)
-        self._support = control.support
-        self._cache = None
-        if len(points) * len(self._support) <= CACHE_ENTRIES:
-            self._cache = self._compute(slice(None))
+        self.start, axis_weights = control.locate(points)
+        support = control.support
+        n, m = len(points), len(support)
+        w = np.ones((n, m))
+        for axis in range(control.grid.dim):
+            w *= axis_weights[:, axis, support[:, axis]]
+        index = control.linear(self.start[:, None, :] + support[None])
+        self.phi = sp.csr_matrix((w.ravel(), index.ravel(), np.arange(0, n * m + 1, m)),
+                                 shape=(n, control.n_points))
 
     @property
     def n_samples(self) -> int:
-        return len(self.start)
+        return self.phi.shape[0]
 
-    def weights(self, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Full weights (n, 4**d) and control-point numbers (n, 4**d) of the samples ``rows``."""
-        if self._cache is not None:
-            return self._cache[0][rows], self._cache[1][rows]
-        return self._compute(rows)
-
-    def _compute(self, rows: slice | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        aw = self.axis_weights[rows]
-        w = np.ones((len(aw), len(self._support)))
-        for axis in range(aw.shape[1]):
-            w *= aw[:, axis, self._support[:, axis]]
-        index = self.control.linear(self.start[rows][:, None, :] + self._support[None])
-        return w, index
+    def weights(self, rows: np.ndarray) -> np.ndarray:
+        """Weights (n, 4**d) of the samples ``rows``, in the order of ``ControlGrid.support``."""
+        return self.phi.data.reshape(self.n_samples, -1)[rows]
 
     def transpose_apply(self, h: np.ndarray) -> np.ndarray:
         """Phi^T h for h of shape (N, C): shape (n_control_points, C)."""
-        k = self.control.n_points
-        out = np.zeros((k, h.shape[1]))
-        for lo in range(0, self.n_samples, CHUNK // 16):
-            hi = min(lo + CHUNK // 16, self.n_samples)
-            w, index = self.weights(slice(lo, hi))
-            flat = index.ravel()
-            for c in range(h.shape[1]):
-                out[:, c] += np.bincount(flat, weights=(w * h[lo:hi, c, None]).ravel(), minlength=k)
-        return out
+        return np.asarray(self.phi.T @ h.astype(np.float64))
 
     def apply(self, coef: np.ndarray) -> np.ndarray:
         """Phi coef for control-point values coef (n_control_points, C): shape (N, C)."""
-        out = np.empty((self.n_samples, coef.shape[1]))
-        for lo in range(0, self.n_samples, CHUNK // 16):
-            hi = min(lo + CHUNK // 16, self.n_samples)
-            w, index = self.weights(slice(lo, hi))
-            out[lo:hi] = np.einsum("nm,nmc->nc", w, coef[index])
-        return out
+        return np.asarray(self.phi @ coef)

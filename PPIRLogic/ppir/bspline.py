@@ -88,7 +88,7 @@ class BSplineModel:
         order = np.argsort(cells, kind="stable")
         bounds = np.flatnonzero(np.diff(cells[order])) + 1
         for rows in np.split(order, bounds):
-            w, _ = basis.weights(rows)
+            w = basis.weights(rows)
             weighted = (w[:, :, None] * products[rows][:, None, :]).reshape(len(rows), -1)
             block = (w.T @ weighted).reshape(m * m, len(pairs))
             band[(cells[rows[0]] + row_of_pair) * 7 ** d + offset] += block
@@ -114,13 +114,21 @@ class BSplineModel:
         return sp.csr_matrix((data[keep], (rows[keep], cols[keep])), shape=(d * k, d * k))
 
     def solve(self, h: sp.csr_matrix, b: np.ndarray, damping: float) -> np.ndarray:
-        """Levenberg-Marquardt step by preconditioned conjugate gradients on the sparse system."""
+        """Levenberg-Marquardt step by preconditioned conjugate gradients on the sparse system.
+
+        Coefficients whose diagonal is negligible (control points that no sample informs) keep a
+        zero step; the rest are solved together.
+        """
         diag = h.diagonal()
-        floor = 1e-6 * max(float(diag.max()), 1e-30)
-        full_diag = (1.0 + damping) * diag + floor
-        m = h + sp.diags(damping * diag + floor)
-        precond = sp.diags(1.0 / full_diag)
-        step, info = spla.cg(m, b, rtol=1e-5, maxiter=300, M=precond)
+        active = np.flatnonzero(diag > 1e-6 * max(float(diag.max()), 1e-30))
+        step = np.zeros_like(b)
+        if active.size == 0:
+            return step
+        sub = h[active][:, active]
+        d_active = diag[active]
+        system = sub + sp.diags(damping * d_active + 1e-6 * d_active.max())
+        precond = sp.diags(1.0 / system.diagonal())
+        step[active], info = spla.cg(system, b[active], rtol=1e-5, maxiter=500, M=precond)
         if info < 0:
             raise RuntimeError("conjugate gradients failed on the B-spline system")
         return step

@@ -41,12 +41,13 @@ def write_snapshot(path: str, fixed: Volume, moving: Volume, transform: sitk.Tra
     aspect = _aspects(fixed)
     fig, axes = plt.subplots(len(rows), 5, figsize=(15, 3.2 * len(rows) + 0.6), squeeze=False)
     headers = ["fixed", "moving, before", "moving, registered", "checkerboard fixed / registered",
-               "|fixed - registered|"]
+               "|fixed - registered| (x4)"]
     for r, ((name, f), (_, b), (_, a)) in enumerate(rows):
         panels = [f, b, a, _checkerboard(f, a), np.abs(f - a)]
         for c, panel in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(panel, cmap="magma" if c == 4 else "gray", vmin=0, vmax=vmax, origin="lower",
+            ax.imshow(panel, cmap="magma" if c == 4 else "gray", vmin=0, vmax=vmax / 4 if c == 4 else vmax,
+                      origin="lower",
                       aspect=aspect[r], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])

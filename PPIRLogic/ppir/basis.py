@@ -28,6 +28,23 @@ class AffineBasis:
         lo, hi = points.min(axis=0), points.max(axis=0)
         bits = np.array(np.meshgrid(*[[0.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T
         self.box_corners = lo + bits * (hi - lo)
+        self._moments: np.ndarray | None = None
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """Column pairs (a <= b) of the basis, in the order of ``second_moments`` columns."""
+        q = self.matrix.shape[1]
+        return [(a, b) for a in range(q) for b in range(a, q)]
+
+    def second_moments(self) -> np.ndarray:
+        """B_a(x) B_b(x) for every sample and pair (a, b), float32 (N, q(q+1)/2); cached."""
+        if self._moments is None:
+            columns = [np.ascontiguousarray(self.matrix[:, a], dtype=np.float32)
+                       for a in range(self.matrix.shape[1])]
+            self._moments = np.empty((len(self.matrix), len(self.pairs)), dtype=np.float32)
+            for n, (a, b) in enumerate(self.pairs):
+                np.multiply(columns[a], columns[b], out=self._moments[:, n])
+        return self._moments
 
     @property
     def n_samples(self) -> int:

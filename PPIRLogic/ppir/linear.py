@@ -100,17 +100,33 @@ class LinearModel:
         return self.chain(p).T @ affine
 
     def hessian(self, basis: AffineBasis, g: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Gauss-Newton matrix sum S S^T, S = dI(T(x))/dp."""
+        """Gauss-Newton matrix sum S S^T, S = dI(T(x))/dp.
+
+        In affine coordinates H[(i,a),(j,b)] = sum_x g_i g_j B_a B_b: one product of the gradient
+        products (N x d(d+1)/2) with the basis' cached second moments (N x (d+1)(d+2)/2).
+        """
         d = self.dim
-        q = d * d + d
-        h = np.zeros((q, q))
+        g_pairs = [(i, j) for i in range(d) for j in range(i, d)]
+        b_pairs = basis.pairs
+        moments = basis.second_moments()
+        m = np.zeros((len(g_pairs), len(b_pairs)))
         for lo in range(0, len(g), CHUNK):
             gi = g[lo:lo + CHUNK].astype(np.float32)
-            b = basis.matrix[lo:lo + CHUNK].astype(np.float32)
-            s = np.empty((len(gi), q), dtype=np.float32)
-            s[:, : d * d] = (gi[:, :, None] * b[:, None, :d]).reshape(len(gi), d * d)
-            s[:, d * d:] = gi
-            h += (s.T @ s).astype(np.float64)
+            products = np.stack([gi[:, i] * gi[:, j] for i, j in g_pairs], axis=1)
+            m += (products.T @ moments[lo:lo + CHUNK]).astype(np.float64)
+        g_index = {pair: n for n, pair in enumerate(g_pairs)}
+        b_index = {pair: n for n, pair in enumerate(b_pairs)}
+
+        def param(i: int, a: int) -> int:
+            return i * d + a if a < d else d * d + i
+
+        h = np.zeros((d * d + d, d * d + d))
+        for i in range(d):
+            for j in range(d):
+                for a in range(d + 1):
+                    for b in range(d + 1):
+                        h[param(i, a), param(j, b)] = m[g_index[tuple(sorted((i, j)))],
+                                                        b_index[tuple(sorted((a, b)))]]
         chain = self.chain(p)
         return chain.T @ h @ chain
 

@@ -123,6 +123,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import markdown, run_engine_suite
+    results = run_engine_suite(args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown(results))
+    return 0
+
+
 def _read_transform(path: str, role: str) -> sitk.Transform:
     if not Path(path).is_file():
         raise PPIRError(f"{role} '{path}': no such file")
@@ -188,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ground-truth", required=True, help="true fixed->moving transform")
     ev.add_argument("--mask", help="evaluate only where this image (on the fixed grid) is non-zero")
     ev.set_defaults(run=_cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures (accuracy, time) against SimpleITK",
+                           description="Runs synthetic registrations with known truth on the sample images "
+                                       "with PPIR and SimpleITK and prints a markdown table.")
+    bench.add_argument("--suite", choices=("engine",), default="engine",
+                       help="engine: PPIR (clear) vs SimpleITK, 2D and 3D, affine and B-spline")
+    bench.add_argument("--out", type=Path, default=None, help="folder for engine.json and engine.md")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 

@@ -180,7 +180,7 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
         start = time.perf_counter()
         grid = backend.start_level(spec)
         level = _Level(model, MovingLevel(level_image(moving, spec)), grid, backend)
-        rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage) if stage in TRANSFORMS else 9, number])
+        rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
         p, ssd, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress)
         reports.append(LevelReport(stage, spec.factor, list(grid.size), level.n_samples, iterations,
                                    level.joint_products, ssd, time.perf_counter() - start))

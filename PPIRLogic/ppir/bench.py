@@ -1,0 +1,164 @@
+"""Benchmarks that print figures: accuracy and speed of the engine against SimpleITK's own registration.
+
+``ppir bench --suite engine`` registers synthetic pairs made from the real sample images with known
+truth, with PPIR (clear backend) and with SimpleITK's ``ImageRegistrationMethod`` (affine, mean
+squares, the same pyramid), and times full-resolution Gauss-Newton iterations on the 1 mm volume.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import data
+from .backend import ClearBackend
+from .driver import Settings, _Level, register
+from .evaluate import tre
+from .image import Volume, read_image, write_atomically
+from .linear import LinearModel
+from .moving import MovingLevel
+from .pyramid import LevelSpec, level_image
+from .report import versions
+from .synth import synthesize
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    image: str
+    shrink: int
+    truth: str
+    transform: str
+    noise: float = 0.0
+    bias: bool = False
+    settings: dict = field(default_factory=dict)
+    simpleitk: bool = True
+
+
+ENGINE_CASES = (
+    Case("3D affine, 1 mm", "mni152_t1_1mm.nii.gz", 1, "affine", "affine"),
+    Case("3D affine, 1 mm, noise + bias", "mni152_t1_1mm.nii.gz", 1, "affine", "affine", 0.02, True),
+    Case("3D affine, 1 mm, URS 10%", "mni152_t1_1mm.nii.gz", 1, "affine", "affine",
+         settings={"sampling": "urs", "sample_fraction": 0.1}, simpleitk=False),
+    Case("3D B-spline, 2 mm", "mni152_t1_1mm.nii.gz", 2, "bspline", "bspline", simpleitk=False),
+    Case("2D affine", data.SLICE_2D, 1, "affine", "affine"),
+    Case("2D affine, noise + bias", data.SLICE_2D, 1, "affine", "affine", 0.02, True),
+    Case("2D B-spline", data.SLICE_2D, 1, "bspline", "bspline", settings={"bspline_spacing_mm": 16.0},
+         simpleitk=False),
+)
+
+
+def simpleitk_affine(fixed: Volume, moving: Volume, levels: list[int]) -> sitk.Transform:
+    """SimpleITK's registration with the same pyramid: affine, mean squares, all voxels."""
+    f, m = fixed.to_sitk(), moving.to_sitk()
+    initial = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(fixed.dim),
+                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMeanSquares()
+    method.SetMetricSamplingStrategy(method.NONE)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=200,
+                                                    gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(levels)
+    method.SetSmoothingSigmasPerLevel([0.5 * s if s > 1 else 0.0 for s in levels])
+    method.SetInitialTransform(initial, inPlace=False)
+    return method.Execute(f, m)
+
+
+def _pair(case: Case, folder: Path, seed: int) -> tuple[Volume, Volume, sitk.Transform]:
+    source = read_image(data.sample_path(case.image))
+    if case.shrink > 1:
+        source = level_image(source, LevelSpec(case.shrink, 0.5 * case.shrink))
+    synthesize(source, case.truth, seed, folder, case.noise, case.bias)
+    return (read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd"),
+            sitk.ReadTransform(str(folder / "ground_truth.h5")))
+
+
+def run_case(case: Case, seed: int = 1, log=print) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed, moving, truth = _pair(case, Path(tmp), seed)
+    settings = Settings(transform=case.transform, **case.settings)
+    row = {"case": case.name, "size": list(fixed.grid.size), "spacing_mm": fixed.grid.spacing.tolist(),
+           "initial_tre_mm": tre(fixed, sitk.Transform(fixed.dim, sitk.sitkIdentity), truth)["mean"]}
+    start = time.perf_counter()
+    result = register(moving, ClearBackend(fixed), settings)
+    row["ppir_time_s"] = time.perf_counter() - start
+    row["ppir_tre_mm"] = tre(fixed, result.transform, truth)
+    row["ppir_iterations"] = result.iterations
+    if case.simpleitk:
+        start = time.perf_counter()
+        reference = simpleitk_affine(fixed, moving, settings.levels)
+        row["simpleitk_time_s"] = time.perf_counter() - start
+        row["simpleitk_tre_mm"] = tre(fixed, reference, truth)
+        row["time_ratio_ppir_over_simpleitk"] = row["ppir_time_s"] / row["simpleitk_time_s"]
+    log(_row_text(row))
+    return row
+
+
+def full_resolution_iteration(repeats: int = 5) -> dict:
+    """Seconds per Gauss-Newton iteration (joint product + matrix + step) over the whole 1 mm volume."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed, moving, _ = _pair(ENGINE_CASES[0], Path(tmp), 1)
+    backend = ClearBackend(fixed)
+    grid = backend.start_level(LevelSpec(1, 0.0))
+    model = LinearModel("affine", grid.center())
+    level = _Level(model, MovingLevel(moving), grid, backend)
+    start = time.perf_counter()
+    level.use_samples(None)
+    setup = time.perf_counter() - start
+    p = model.identity(moving.grid.center() - grid.center())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state = level.evaluate(p)
+        hessian = model.hessian(level.basis, state.channels, p)
+        p = p - model.solve(hessian, state.gradient, 1e-3)
+        times.append(time.perf_counter() - start)
+    return {"voxels": grid.n_voxels, "level_setup_s": setup, "iteration_s": times,
+            "median_iteration_s": float(np.median(times[1:] if len(times) > 1 else times))}
+
+
+def _row_text(row: dict) -> str:
+    text = (f"{row['case']:<32} TRE {row['initial_tre_mm']:6.2f} -> PPIR {row['ppir_tre_mm']['mean']:.3f} mm "
+            f"in {row['ppir_time_s']:6.1f} s ({row['ppir_iterations']} it)")
+    if "simpleitk_tre_mm" in row:
+        text += (f" | SimpleITK {row['simpleitk_tre_mm']['mean']:.3f} mm in {row['simpleitk_time_s']:6.1f} s"
+                 f" | time ratio {row['time_ratio_ppir_over_simpleitk']:.2f}")
+    return text
+
+
+def markdown(results: dict) -> str:
+    lines = ["| case | size | initial TRE (mm) | PPIR mean TRE (mm) | PPIR p95 (mm) | PPIR time (s) | "
+             "SimpleITK mean TRE (mm) | SimpleITK time (s) | PPIR / SimpleITK time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["cases"]:
+        sitk_cells = (f"{row['simpleitk_tre_mm']['mean']:.3f} | {row['simpleitk_time_s']:.1f} | "
+                      f"{row['time_ratio_ppir_over_simpleitk']:.2f}") if "simpleitk_tre_mm" in row else "– | – | –"
+        lines.append(f"| {row['case']} | {'x'.join(map(str, row['size']))} | {row['initial_tre_mm']:.2f} | "
+                     f"{row['ppir_tre_mm']['mean']:.3f} | {row['ppir_tre_mm']['p95']:.3f} | "
+                     f"{row['ppir_time_s']:.1f} | {sitk_cells} |")
+    it = results["full_resolution_iteration"]
+    lines.append("")
+    lines.append(f"Full-resolution 3D affine iteration ({it['voxels']} voxels, clear backend): median "
+                 f"{it['median_iteration_s']:.2f} s (one-off level setup {it['level_setup_s']:.2f} s).")
+    return "\n".join(lines) + "\n"
+
+
+def run_engine_suite(out: Path | None, log=print) -> dict:
+    results = {"suite": "engine", "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                                              "cpus": __import__("os").cpu_count()},
+               "versions": versions(), "cases": [run_case(case, log=log) for case in ENGINE_CASES],
+               "full_resolution_iteration": full_resolution_iteration()}
+    log(f"full-resolution iteration: median {results['full_resolution_iteration']['median_iteration_s']:.2f} s")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(out / "engine.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        write_atomically(out / "engine.md", lambda tmp: Path(tmp).write_text(markdown(results)))
+    return results

@@ -1,0 +1,1 @@
+"""Two-party networking: certificates, TLS 1.3 channels with mutual authentication, typed messages."""

@@ -35,7 +35,7 @@ def pair(tmp_path_factory, mni_4mm):
 
 def test_help_documents_every_command():
     text = ppir("--help").stdout
-    for command in ("register", "data", "evaluate"):
+    for command in ("register", "data", "evaluate", "certs", "bench"):
         assert command in text
     assert "--output-transform" in ppir("register", "--help").stdout
     assert "synth" in ppir("data", "--help").stdout
@@ -133,3 +133,11 @@ def test_evaluate_with_unreadable_transform(pair, tmp_path):
     done = ppir("evaluate", "--fixed", pair / "fixed.nrrd", "--transform", tmp_path / "t.h5",
                 "--ground-truth", pair / "ground_truth.h5", check=False)
     assert done.returncode == 2 and "not a readable ITK transform" in done.stderr
+
+
+def test_certs_init_and_unknown_role(tmp_path):
+    done = ppir("certs", "init", tmp_path / "pki", "--parties", "moving,fixed")
+    assert "moving:" in done.stdout and (tmp_path / "pki" / "fixed.key").exists()
+    bad = ppir("certs", "init", tmp_path / "other", "--parties", "moving,auditor", check=False)
+    assert bad.returncode == 2 and "auditor" in bad.stderr
+    assert not (tmp_path / "other" / "ca.pem").exists()

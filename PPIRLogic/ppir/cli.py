@@ -130,6 +130,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from .net.certs import init
+    roles = [r.strip() for r in args.parties.split(",") if r.strip()]
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    written = init(Path(args.dir), roles, hosts, args.days)
+    for role, path in written.items():
+        print(f"{role}: {path}")
+    return 0
+
+
 def _read_transform(path: str, role: str) -> sitk.Transform:
     if not Path(path).is_file():
         raise PPIRError(f"{role} '{path}': no such file")
@@ -195,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ground-truth", required=True, help="true fixed->moving transform")
     ev.add_argument("--mask", help="evaluate only where this image (on the fixed grid) is non-zero")
     ev.set_defaults(run=_cmd_evaluate)
+
+    certs = sub.add_parser("certs", help="trial certificates for the parties' TLS connections")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = certs_sub.add_parser("init", help="create a local CA and one certificate per role (for trials and tests)",
+                                description="Writes DIR/ca.pem and DIR/ROLE.pem, DIR/ROLE.key per role. Between "
+                                            "hospitals, use certificates from a PKI both trust instead.")
+    init.add_argument("dir", help="output folder (created)")
+    init.add_argument("--parties", default="moving,fixed,dealer", help="roles (default: moving,fixed,dealer)")
+    init.add_argument("--hosts", default="127.0.0.1,localhost",
+                      help="host names / IP addresses the certificates are valid for (default: 127.0.0.1,localhost)")
+    init.add_argument("--days", type=int, default=30, help="validity in days (default: 30)")
+    init.set_defaults(run=_cmd_certs_init)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures (accuracy, time) against SimpleITK",
                            description="Runs synthetic registrations with known truth on the sample images "

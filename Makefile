@@ -16,6 +16,7 @@ $(STAMP): PPIRLogic/requirements.txt PPIRLogic/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps crypten==0.4.1
 	$(BIN)/python -m pip install --quiet --no-deps -e PPIRLogic
 	touch $(STAMP)
 

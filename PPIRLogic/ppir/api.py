@@ -10,12 +10,12 @@ import SimpleITK as sitk
 from .backend import ClearBackend
 from .driver import Progress, Settings, register
 from .errors import PPIRError
-from .image import OutputBatch, Volume, check_output_path, read_image, write_volume
+from .image import Grid, OutputBatch, Volume, check_output_path, read_image, write_volume
 from .report import build_report, dumps
 from .snapshot import resample_into, write_snapshot
 
 TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
-PROTOCOLS = ("clear",)
+PROTOCOLS = ("clear", "mpc")
 
 
 @dataclass
@@ -42,9 +42,15 @@ class Outputs:
 
 def register_files(fixed: str | Path, moving: str | Path, settings: Settings, outputs: Outputs,
                    protocol: str = "clear", progress: Progress | None = None) -> dict:
-    """Register ``moving`` to ``fixed``, write the outputs (each atomically) and return the report."""
+    """Register ``moving`` to ``fixed``, write the outputs (all or none) and return the report.
+
+    ``clear`` computes in this process; ``mpc`` runs the three roles as separate local processes.
+    """
     if protocol not in PROTOCOLS:
         raise PPIRError(f"protocol {protocol!r} is not available here; choose from {', '.join(PROTOCOLS)}")
+    if protocol == "mpc":
+        from .roles import run_local_mpc
+        return run_local_mpc(fixed, moving, settings, outputs, progress)
     settings.validate()
     outputs.check(settings)
     fixed_volume = read_image(fixed, "fixed image")
@@ -58,24 +64,25 @@ def register_files(fixed: str | Path, moving: str | Path, settings: Settings, ou
     wall = time.perf_counter() - start
     report = build_report(protocol, settings, result, wall, backend.party_stats(),
                           {"fixed": str(fixed), "moving": str(moving)}, outputs.to_dict())
-    write_outputs(outputs, result.transform, fixed_volume, moving_volume, report, f"{protocol} {settings.transform}")
+    write_outputs(outputs, result.transform, fixed_volume.grid, moving_volume, report,
+                  f"{protocol} {settings.transform}", fixed_volume)
     return report
 
 
-def write_outputs(outputs: Outputs, transform: sitk.Transform, fixed: Volume, moving: Volume, report: dict,
-                  title: str) -> None:
-    """Write every requested output, all or none."""
+def write_outputs(outputs: Outputs, transform: sitk.Transform, grid: Grid, moving: Volume, report: dict,
+                  title: str, fixed: Volume | None = None) -> None:
+    """Write every requested output, all or none (the fixed image only feeds the snapshot)."""
     with OutputBatch() as batch:
         batch.add(outputs.transform, lambda tmp: sitk.WriteTransform(transform, tmp))
         if outputs.warped:
-            batch.add(outputs.warped, lambda tmp: write_volume(resample_into(moving, fixed, transform), tmp))
+            batch.add(outputs.warped, lambda tmp: write_volume(resample_into(moving, grid, transform), tmp))
         if outputs.displacement:
-            ref = fixed.grid.reference_image()
+            ref = grid.reference_image()
             field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat32, ref.GetSize(),
                                                       ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection())
             batch.add(outputs.displacement, lambda tmp: sitk.WriteImage(field, tmp, True))
         if outputs.snapshot:
-            batch.add(outputs.snapshot, lambda tmp: write_snapshot(tmp, fixed, moving, transform, title))
+            batch.add(outputs.snapshot, lambda tmp: write_snapshot(tmp, grid, moving, transform, title, fixed))
         if outputs.report:
             batch.add(outputs.report, lambda tmp: Path(tmp).write_text(dumps(report)))
         batch.commit()

@@ -56,8 +56,12 @@ class JointBackend(ABC):
         """Have the fixed party prepare J at this level; returns the level's grid."""
 
     @abstractmethod
-    def set_samples(self, samples: np.ndarray | None, basis) -> None:
-        """Fix the sample voxels (None: all) and the public basis for the next joint products."""
+    def set_samples(self, samples: np.ndarray | None, basis):
+        """Fix the sample voxels (None: all) and the public basis for the next joint products.
+
+        Returns the basis exactly as the backend applies it (a private backend encodes it in fixed
+        point); the moving party uses that one for its own sums so that both sides agree.
+        """
 
     @abstractmethod
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
@@ -120,8 +124,9 @@ class ClearBackend(JointBackend):
     def start_level(self, spec: LevelSpec) -> Grid:
         return self._party.start_level(spec)
 
-    def set_samples(self, samples: np.ndarray | None, basis) -> None:
+    def set_samples(self, samples: np.ndarray | None, basis):
         self._party.set_samples(samples, basis)
+        return basis
 
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         return self._party.clear_product(channels, warped)

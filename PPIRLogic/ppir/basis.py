@@ -22,6 +22,7 @@ class AffineBasis:
 
     def __init__(self, points: np.ndarray, center: np.ndarray):
         n, d = points.shape
+        self.center = np.asarray(center, dtype=np.float64)
         self.matrix = np.empty((n, d + 1))
         self.matrix[:, :d] = points - center
         self.matrix[:, d] = 1.0
@@ -29,6 +30,12 @@ class AffineBasis:
         bits = np.array(np.meshgrid(*[[0.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T
         self.box_corners = lo + bits * (hi - lo)
         self._moments: np.ndarray | None = None
+
+    def with_matrix(self, matrix: np.ndarray) -> "AffineBasis":
+        """The same samples with other basis values (e.g. as a backend encodes them)."""
+        other = object.__new__(AffineBasis)
+        other.matrix, other.center, other.box_corners, other._moments = matrix, self.center, self.box_corners, None
+        return other
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
@@ -118,6 +125,13 @@ class BSplineBasis:
     @property
     def n_samples(self) -> int:
         return self.phi.shape[0]
+
+    def with_weights(self, weights: np.ndarray) -> "BSplineBasis":
+        """The same samples and control points with other weights (e.g. as a backend encodes them)."""
+        other = object.__new__(BSplineBasis)
+        other.control, other.start = self.control, self.start
+        other.phi = sp.csr_matrix((weights.ravel(), self.phi.indices, self.phi.indptr), shape=self.phi.shape)
+        return other
 
     def weights(self, rows: np.ndarray) -> np.ndarray:
         """Weights (n, 4**d) of the samples ``rows``, in the order of ``ControlGrid.support``."""

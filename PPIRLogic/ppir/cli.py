@@ -72,15 +72,74 @@ def _cmd_register(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.close()
-    summary = {"event": "done", "iterations": report["iterations"], "final_ssd": report["final_ssd"],
-               "wall_time_s": round(report["wall_time_s"], 3), "outputs": report["outputs"]}
-    if args.progress_json:
+    _print_summary(report, args.progress_json)
+    return 0
+
+
+def _print_summary(report: dict, as_json: bool) -> None:
+    summary = {"event": "done", "protocol": report["protocol"], "iterations": report["iterations"],
+               "final_ssd": report["final_ssd"], "wall_time_s": round(report["wall_time_s"], 3),
+               "parties": report["parties"], "outputs": report["outputs"]}
+    if as_json:
         print(json.dumps(summary), flush=True)
-    else:
-        print(f"registered in {summary['wall_time_s']} s, {summary['iterations']} iterations; "
-              f"final SSD {summary['final_ssd']:.6g}")
-        for name, path in report["outputs"].items():
-            print(f"  {name}: {path}")
+        return
+    print(f"registered ({report['protocol']}) in {summary['wall_time_s']} s, {summary['iterations']} iterations; "
+          f"final SSD {summary['final_ssd']:.6g}")
+    for party, stats in report["parties"].items():
+        if stats["bytes_sent"] or stats["bytes_received"]:
+            print(f"  {party} party: {stats['bytes_sent'] / 1e6:.2f} MB sent, "
+                  f"{stats['bytes_received'] / 1e6:.2f} MB received, {stats['wall_time_s']:.1f} s")
+    for name, path in report["outputs"].items():
+        print(f"  {name}: {path}")
+
+
+def _add_tls_options(p: argparse.ArgumentParser, role: str) -> None:
+    g = p.add_argument_group("TLS (mutual authentication, always on)")
+    g.add_argument("--certs", metavar="DIR",
+                   help=f"folder with ca.pem, {role}.pem and {role}.key (as `ppir certs init` writes them)")
+    g.add_argument("--ca", help="CA certificate to trust (overrides DIR/ca.pem)")
+    g.add_argument("--cert", help=f"this party's certificate (overrides DIR/{role}.pem)")
+    g.add_argument("--key", help=f"this party's private key (overrides DIR/{role}.key)")
+    p.set_defaults(role=role)
+
+
+def _credentials(args: argparse.Namespace):
+    from .net.channel import Credentials
+    if not args.certs and not (args.ca and args.cert and args.key):
+        raise PPIRError("give --certs DIR or all of --ca, --cert and --key")
+    base = Credentials.from_folder(args.certs or ".", args.role)
+    return Credentials(Path(args.ca or base.ca), Path(args.cert or base.cert), Path(args.key or base.key), args.role)
+
+
+def _log(message: str) -> None:
+    print(f"ppir: {message}", file=sys.stderr, flush=True)
+
+
+def _cmd_fixed(args: argparse.Namespace) -> int:
+    from .roles import run_fixed
+    run_fixed(args.image, args.listen, _credentials(args), args.sessions, args.output_transform,
+              args.output_warped, _log)
+    return 0
+
+
+def _cmd_dealer(args: argparse.Namespace) -> int:
+    from .roles import run_dealer
+    run_dealer(args.listen, _credentials(args), args.sessions, _log)
+    return 0
+
+
+def _cmd_moving(args: argparse.Namespace) -> int:
+    from .roles import run_moving
+    outputs = Outputs(transform=args.output_transform, warped=args.output_warped, report=args.report,
+                      snapshot=args.snapshot, displacement=args.output_displacement)
+    progress = JsonLines() if args.progress_json else (TerminalBar() if sys.stderr.isatty() else None)
+    try:
+        report = run_moving(args.image, args.connect, args.dealer, _credentials(args), _settings(args), outputs,
+                            args.share_result, progress)
+    finally:
+        if progress:
+            progress.close()
+    _print_summary(report, args.progress_json)
     return 0
 
 
@@ -162,8 +221,52 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--fixed", required=True, help="fixed image (NRRD, NIfTI, MetaImage, or a DICOM folder)")
     reg.add_argument("--moving", required=True, help="moving image")
     reg.add_argument("--protocol", choices=PROTOCOLS, default="clear",
-                     help="how the joint product is computed (default: clear)")
+                     help="clear: one process, no protection; mpc: the moving, fixed and dealer roles as separate "
+                          "local processes over TLS (default: clear)")
     _add_registration_options(reg)
+    _add_outputs(reg)
+    reg.set_defaults(run=_cmd_register)
+
+    fixed = sub.add_parser("fixed", help="party 2: hold the fixed image and answer registration sessions",
+                           description="Listens for the moving party, answers its MPC session about the fixed "
+                                       "image and writes what the moving party shares at the end.")
+    fixed.add_argument("--image", required=True, help="the fixed image")
+    fixed.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    fixed.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
+    fixed.add_argument("--output-transform", type=Path, metavar="T.h5",
+                       help="where to write the transform if the moving party shares it")
+    fixed.add_argument("--output-warped", type=Path, metavar="W.nrrd",
+                       help="where to write the registered moving image if the moving party shares it")
+    _add_tls_options(fixed, "fixed")
+    fixed.set_defaults(run=_cmd_fixed)
+
+    dealer = sub.add_parser("dealer", help="the MPC dealer: correlated randomness, on a third, non-colluding machine",
+                            description="Serves Beaver-style correlated randomness to one moving and one fixed "
+                                        "party per session. It sees no image data; a dealer that colludes with "
+                                        "either party can unmask the other's image (docs/security.md).")
+    dealer.add_argument("--listen", required=True, metavar="HOST:PORT")
+    dealer.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
+    _add_tls_options(dealer, "dealer")
+    dealer.set_defaults(run=_cmd_dealer)
+
+    mov = sub.add_parser("moving", help="party 1: register the moving image to a remote fixed image under MPC",
+                         description="Connects to the fixed party and the dealer, runs the registration and "
+                                     "writes the outputs; the warped image is this party's own image resampled "
+                                     "into the fixed grid.")
+    mov.add_argument("--image", required=True, help="the moving image")
+    mov.add_argument("--connect", required=True, metavar="HOST:PORT", help="the fixed party")
+    mov.add_argument("--dealer", required=True, metavar="HOST:PORT", help="the dealer")
+    mov.add_argument("--protocol", choices=("mpc",), default="mpc", help="private protocol (default: mpc)")
+    mov.add_argument("--share-result", choices=("none", "transform", "warped"), default="transform",
+                     help="what the fixed party receives at the end (default: transform)")
+    _add_registration_options(mov)
+    _add_outputs(mov)
+    _add_tls_options(mov, "moving")
+    mov.set_defaults(run=_cmd_moving)
+    return _add_other_commands(parser, sub)
+
+
+def _add_outputs(reg: argparse.ArgumentParser) -> None:
     out = reg.add_argument_group("outputs (each written whole or not at all)")
     out.add_argument("--output-transform", required=True, type=Path, metavar="T.h5",
                      help="ITK transform file (.h5, .tfm, .txt)")
@@ -175,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="PNG: fixed, moving before/after, checkerboard and difference on central slices")
     out.add_argument("--progress-json", action="store_true",
                      help="print one JSON line per iteration (and a final 'done' line) on stdout")
-    reg.set_defaults(run=_cmd_register)
+
+
+def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="sample data: fetch real images, synthesize test pairs")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")

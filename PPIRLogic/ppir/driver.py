@@ -113,7 +113,7 @@ class _Level:
         self.samples = samples
         self.points = self.grid.points(samples)
         self.basis = self.model.basis(self.points)
-        self.backend.set_samples(samples, self.basis)
+        self.joint_basis = self.backend.set_samples(samples, self.basis)
         self.n_samples = len(self.points)
 
     def moving_channels(self, p: np.ndarray) -> np.ndarray:
@@ -133,7 +133,7 @@ class _Level:
         self.joint_products += 1
         v = values.astype(np.float64)
         ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
-        local = self.basis.transpose_apply(g * values[:, None])
+        local = self.joint_basis.transpose_apply(g * values[:, None])
         gradient = self.model.gradient_vector(local - joint.r, p)
         return _State(ssd, gradient, g)
 
@@ -208,7 +208,7 @@ def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels
         if settings.resample_each_iteration and iterations > 0 and settings.sampling != "full":
             level.use_samples(_draw(level, p, settings, rng))
             state = level.evaluate(p)
-        hessian = level.model.hessian(level.basis, state.channels, p)
+        hessian = level.model.hessian(level.joint_basis, state.channels, p)
         while True:
             candidate = p - level.model.solve(hessian, state.gradient, damping)
             moved = level.model.max_change(level.basis, p, candidate)

@@ -22,7 +22,8 @@ def foreground(fixed: Volume) -> np.ndarray:
 
 
 def distance_stats(distances: np.ndarray) -> dict:
-    return {"mean": float(distances.mean()), "median": float(np.median(distances)),
+    return {"mean": float(distances.mean()), "rmse": float(np.sqrt(np.mean(distances ** 2))),
+            "median": float(np.median(distances)),
             "p95": float(np.percentile(distances, 95)), "max": float(distances.max()),
             "voxels": int(distances.size)}
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .image import Volume
+from .image import Grid, Volume
 
 
-def resample_into(moving: Volume, fixed: Volume, transform: sitk.Transform) -> Volume:
+def resample_into(moving: Volume, grid: Grid, transform: sitk.Transform) -> Volume:
     """The moving image on the fixed grid through ``transform`` (fixed point -> moving point)."""
-    out = sitk.Resample(moving.to_sitk(), fixed.grid.reference_image(), transform, sitk.sitkLinear, 0.0,
+    out = sitk.Resample(moving.to_sitk(), grid.reference_image(), transform, sitk.sitkLinear, 0.0,
                         sitk.sitkFloat32)
-    return Volume(sitk.GetArrayFromImage(out), fixed.grid)
+    return Volume(sitk.GetArrayFromImage(out), grid)
 
 
 def _slices(array: np.ndarray) -> list[tuple[str, np.ndarray]]:
@@ -27,37 +27,50 @@ def _checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
     return np.where((rows + cols) % 2 == 0, a, b)
 
 
-def write_snapshot(path: str, fixed: Volume, moving: Volume, transform: sitk.Transform, title: str = "") -> None:
-    """Rows: central slices. Columns: fixed, moving before, moving after, checkerboard, |difference|."""
+def write_snapshot(path: str, grid: Grid, moving: Volume, transform: sitk.Transform, title: str = "",
+                   fixed: Volume | None = None) -> None:
+    """Rows: central slices. Columns: fixed, moving before, moving after, checkerboard, |difference|.
+
+    Without the fixed image (the moving party of a private registration) only the moving image
+    before and after, on the fixed grid, are shown.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    d = fixed.dim
-    before = resample_into(moving, fixed, sitk.Transform(d, sitk.sitkIdentity))
-    after = resample_into(moving, fixed, transform)
-    vmax = float(np.percentile(fixed.array, 99.5))
-    rows = list(zip(_slices(fixed.array), _slices(before.array), _slices(after.array)))
-    aspect = _aspects(fixed)
-    fig, axes = plt.subplots(len(rows), 5, figsize=(15, 3.2 * len(rows) + 0.6), squeeze=False)
-    headers = ["fixed", "moving, before", "moving, registered", "checkerboard fixed / registered",
-               "|fixed - registered| (x4)"]
-    for r, ((name, f), (_, b), (_, a)) in enumerate(rows):
-        panels = [f, b, a, _checkerboard(f, a), np.abs(f - a)]
-        for c, panel in enumerate(panels):
+    before = resample_into(moving, grid, sitk.Transform(grid.dim, sitk.sitkIdentity))
+    after = resample_into(moving, grid, transform)
+    reference = fixed.array if fixed is not None else after.array
+    vmax = float(np.percentile(reference, 99.5))
+    if fixed is not None:
+        headers = ["fixed", "moving, before", "moving, registered", "checkerboard fixed / registered",
+                   "|fixed - registered| (x4)"]
+        columns = [_slices(fixed.array), _slices(before.array), _slices(after.array),
+                   [(n, _checkerboard(f, a)) for (n, f), (_, a) in zip(_slices(fixed.array), _slices(after.array))],
+                   [(n, np.abs(f - a)) for (n, f), (_, a) in zip(_slices(fixed.array), _slices(after.array))]]
+    else:
+        headers = ["moving, before (on the fixed grid)", "moving, registered"]
+        columns = [_slices(before.array), _slices(after.array)]
+    aspect = _aspects(grid)
+    n_rows = len(columns[0])
+    fig, axes = plt.subplots(n_rows, len(columns), figsize=(3 * len(columns), 3.2 * n_rows + 0.6), squeeze=False)
+    for c, column in enumerate(columns):
+        for r, (name, panel) in enumerate(column):
+            difference = fixed is not None and c == 4
             ax = axes[r, c]
-            ax.imshow(panel, cmap="magma" if c == 4 else "gray", vmin=0, vmax=vmax / 4 if c == 4 else vmax,
-                      origin="lower",
-                      aspect=aspect[r], interpolation="nearest")
+            ax.imshow(panel, cmap="magma" if difference else "gray", vmin=0, vmax=vmax / 4 if difference else vmax,
+                      origin="lower", aspect=aspect[r], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(headers[c], fontsize=10)
             if c == 0:
                 ax.set_ylabel(name)
-    diff_before = float(np.mean(np.abs(fixed.array - before.array)))
-    diff_after = float(np.mean(np.abs(fixed.array - after.array)))
-    fig.suptitle(f"{title}  mean |difference|: {diff_before:.3g} before, {diff_after:.3g} after".strip())
+    if fixed is not None:
+        diff_before = float(np.mean(np.abs(fixed.array - before.array)))
+        diff_after = float(np.mean(np.abs(fixed.array - after.array)))
+        title = f"{title}  mean |difference|: {diff_before:.3g} before, {diff_after:.3g} after"
+    fig.suptitle(title.strip())
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=80, format="png")
@@ -65,8 +78,8 @@ def write_snapshot(path: str, fixed: Volume, moving: Volume, transform: sitk.Tra
         plt.close(fig)
 
 
-def _aspects(volume: Volume) -> list[float]:
-    s = volume.grid.spacing
-    if volume.dim == 2:
+def _aspects(grid: Grid) -> list[float]:
+    s = grid.spacing
+    if grid.dim == 2:
         return [s[1] / s[0]]
     return [s[1] / s[0], s[2] / s[0], s[2] / s[1]]

@@ -70,7 +70,7 @@ def _describe(err: Exception) -> str:
 class Channel:
     """One authenticated connection. ``send``/``recv`` move whole messages."""
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server: bool, expect_role: str,
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server: bool, expect_role: str | tuple[str, ...],
                  server_hostname: str | None, timeout: float, max_message: int = DEFAULT_MAX_MESSAGE):
         self.traffic = Traffic()
         self._sock = sock
@@ -78,7 +78,6 @@ class Channel:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._in, self._out, server_side=server, server_hostname=server_hostname)
         self.max_message = max_message
-        self.peer_role = expect_role
         self._handshake(expect_role)
 
     def _send_raw(self) -> None:
@@ -122,13 +121,16 @@ class Channel:
                                 "(check that both sides use certificates from the same CA and that "
                                 "they have not expired)") from None
 
-    def _handshake(self, expect_role: str) -> None:
+    def _handshake(self, expect_role: str | tuple[str, ...]) -> None:
+        roles = (expect_role,) if isinstance(expect_role, str) else expect_role
+        self.peer_role = " or ".join(roles)
         self._tls_call(self._tls.do_handshake)
         subject = dict(item for rdn in self._tls.getpeercert().get("subject", ()) for item in rdn)
         role = subject.get("commonName")
-        if role != expect_role:
+        if role not in roles:
             self.close()
-            raise PeerError(f"expected the {expect_role} party but the peer's certificate names {role!r}")
+            raise PeerError(f"expected the {self.peer_role} party but the peer's certificate names {role!r}")
+        self.peer_role = role
 
     def send(self, message: Message) -> None:
         self._tls_call(self._tls.write, encode(message))
@@ -198,13 +200,15 @@ class Listener:
             raise PPIRError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
         self.address = self._sock.getsockname()[:2]
 
-    def accept(self, expect_role: str, wait: float | None = None) -> Channel:
+    def accept(self, expect_role: str | tuple[str, ...], wait: float | None = None) -> Channel:
+        """The next authenticated channel from a party of (one of) the expected role(s)."""
+        roles = (expect_role,) if isinstance(expect_role, str) else expect_role
         self._sock.settimeout(wait)
         try:
             sock, _ = self._sock.accept()
         except socket.timeout:
-            raise PeerError(f"no {expect_role} party connected within {wait:g} s") from None
-        return Channel(sock, self._context, True, expect_role, None, self.timeout)
+            raise PeerError(f"no {' or '.join(roles)} party connected within {wait:g} s") from None
+        return Channel(sock, self._context, True, roles, None, self.timeout)
 
     def close(self) -> None:
         self._sock.close()

@@ -1,0 +1,186 @@
+"""The three roles as programs: fixed party, dealer, moving party, and all three on one machine.
+
+``run_local_mpc`` is what ``ppir register --protocol mpc`` does: it makes trial certificates in a
+temporary folder, starts the dealer and the fixed party as separate processes listening on
+loopback, and runs the moving party in this process: the same code paths as across hospitals.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .api import Outputs, write_outputs
+from .driver import Progress, Settings, register
+from .errors import PPIRError
+from .image import Grid, OutputBatch, Volume, check_output_path, read_image, write_volume
+from .net import certs
+from .net.channel import Credentials, Listener, PeerError
+from .report import build_report
+from .session import MPCBackend, serve_dealer_session, serve_fixed_session, tell_error
+from .snapshot import resample_into
+
+SHARE_CHOICES = ("none", "transform", "warped")
+
+
+def announce(listener: Listener) -> None:
+    """Tell a parent process where we listen (first stdout line)."""
+    print(json.dumps({"event": "listening", "host": listener.address[0], "port": listener.address[1]}), flush=True)
+
+
+def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, output_transform: Path | None,
+              output_warped: Path | None, log) -> None:
+    """Party 2: answer ``sessions`` registration sessions (0: until stopped) about the fixed image."""
+    for path in (output_transform, output_warped):
+        if path is not None:
+            check_output_path(path)
+    fixed = read_image(image, "fixed image")
+    listener = Listener(listen, credentials)
+    announce(listener)
+    served = 0
+    try:
+        while sessions == 0 or served < sessions:
+            channel = listener.accept("moving")
+            log("moving party connected")
+            try:
+                stats = serve_fixed_session(channel, fixed, credentials,
+                                            lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
+                                            log)
+                log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
+                    f"{stats.wall_time_s:.1f} s")
+            except (PeerError, PPIRError) as err:
+                tell_error(channel, str(err))
+                raise
+            finally:
+                channel.close()
+            served += 1
+    finally:
+        listener.close()
+
+
+def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warped: Path | None, log) -> None:
+    """Write what the moving party shared (all or nothing)."""
+    shared = bye.meta.get("shared", "none")
+    with OutputBatch() as batch:
+        if shared == "transform" and output_transform is not None:
+            batch.add(output_transform, lambda tmp: Path(tmp).write_bytes(bye.arrays["transform"].tobytes()))
+        if shared == "warped" and output_warped is not None:
+            array = bye.arrays["warped"]
+            if array.shape != fixed.array.shape:
+                raise PeerError("the shared warped image does not match the fixed grid")
+            batch.add(output_warped, lambda tmp: write_volume(fixed.with_array(array), tmp))
+        batch.commit()
+    log(f"the moving party shared: {shared}")
+
+
+def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> None:
+    """The correlated-randomness provider: serve ``sessions`` sessions (0: until stopped)."""
+    listener = Listener(listen, credentials)
+    announce(listener)
+    served = 0
+    try:
+        while sessions == 0 or served < sessions:
+            serve_dealer_session(listener, log)
+            served += 1
+    finally:
+        listener.close()
+
+
+def run_moving(moving_path: str, fixed_address: str, dealer_address: str, credentials: Credentials,
+               settings: Settings, outputs: Outputs, share: str = "transform",
+               progress: Progress | None = None) -> dict:
+    """Party 1: register its image to the remote fixed image under MPC and write its outputs."""
+    if share not in SHARE_CHOICES:
+        raise PPIRError(f"--share-result must be one of {', '.join(SHARE_CHOICES)}")
+    settings.validate()
+    outputs.check(settings)
+    moving = read_image(moving_path, "moving image")
+    start = time.perf_counter()
+    backend = MPCBackend(fixed_address, dealer_address, credentials, settings.__dict__)
+    try:
+        result = register(moving, backend, settings, progress)
+        fixed_grid = backend.fixed_grid
+        backend.finish(*_shared(share, result.transform, moving, fixed_grid))
+    except BaseException as err:
+        backend.abort(str(err) if isinstance(err, PPIRError) else f"the moving party stopped ({type(err).__name__})")
+        raise
+    finally:
+        backend.close()
+    report = build_report("mpc", settings, result, time.perf_counter() - start, backend.party_stats(),
+                          {"moving": str(moving_path), "fixed": fixed_address, "dealer": dealer_address},
+                          outputs.to_dict())
+    report["shared_with_fixed_party"] = share
+    write_outputs(outputs, result.transform, fixed_grid, moving, report, f"mpc {settings.transform}")
+    return report
+
+
+def _shared(share: str, transform: sitk.Transform, moving: Volume, grid: Grid) -> tuple[dict, dict]:
+    """What the fixed party receives at the end, as chosen by the moving party."""
+    if share == "transform":
+        with tempfile.TemporaryDirectory() as tmp:
+            sitk.WriteTransform(transform, os.path.join(tmp, "t.h5"))
+            data = Path(tmp, "t.h5").read_bytes()
+        return {"shared": "transform"}, {"transform": np.frombuffer(data, dtype=np.uint8)}
+    if share == "warped":
+        return {"shared": "warped"}, {"warped": resample_into(moving, grid, transform).array}
+    return {"shared": "none"}, {}
+
+
+class _Role:
+    """A role running as a child process on loopback."""
+
+    def __init__(self, args: list[str], name: str):
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, "-m", "ppir", *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise PPIRError(f"the local {name} process did not start: {self.process.stderr.read().strip()}")
+        self.address = "127.0.0.1:{port}".format(**json.loads(line))
+
+    def wait(self, timeout: float) -> str:
+        """Wait for the process to end; returns its stderr."""
+        try:
+            _, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return err
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.communicate(timeout=10)
+
+
+def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
+                  progress: Progress | None = None) -> dict:
+    """The three roles as separate processes on this machine, over loopback TLS."""
+    settings.validate()
+    outputs.check(settings)
+    read_image(fixed_path, "fixed image")
+    with tempfile.TemporaryDirectory(prefix="ppir-pki-") as pki:
+        certs.init(Path(pki), list(certs.ROLES), ["127.0.0.1"], days=1)
+        roles = []
+        try:
+            roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"], "dealer"))
+            roles.append(_Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
+                                "--sessions", "1"], "fixed"))
+            report = run_moving(moving_path, roles[1].address, roles[0].address,
+                                Credentials.from_folder(pki, "moving"), settings, outputs, "none", progress)
+        except PeerError as err:
+            details = "; ".join(f"{r.name}: {r.wait(5).strip().splitlines()[-1]}" for r in roles
+                                if r.process.poll() is not None and r.process.returncode)
+            raise PeerError(f"{err}" + (f" ({details})" if details else "")) from None
+        finally:
+            for role in roles:
+                role.wait(30)
+                role.stop()
+    return report

@@ -42,6 +42,21 @@ class BSplineModel:
         self.center = np.asarray(center, float)
         self.dim = control.grid.dim
         self.n_params = self.dim * control.n_points
+        self.mu = 0.0
+
+    def set_regularization(self, hessian: sp.csr_matrix, weight: float) -> None:
+        """Penalty mu |c|^2 with mu = weight * mean diag H (fixed for the level, so the objective is too).
+
+        It pins control points that no sample informs to zero displacement and makes the damped
+        system well conditioned; without it those coefficients drift with any perturbation.
+        """
+        self.mu = weight * float(hessian.diagonal().mean())
+
+    def penalty(self, p: np.ndarray) -> float:
+        return self.mu * float(p @ p)
+
+    def penalty_gradient(self, p: np.ndarray) -> np.ndarray:
+        return self.mu * p
 
     def identity(self) -> np.ndarray:
         return np.zeros(self.n_params)
@@ -114,21 +129,11 @@ class BSplineModel:
         return sp.csr_matrix((data[keep], (rows[keep], cols[keep])), shape=(d * k, d * k))
 
     def solve(self, h: sp.csr_matrix, b: np.ndarray, damping: float) -> np.ndarray:
-        """Levenberg-Marquardt step by preconditioned conjugate gradients on the sparse system.
-
-        Coefficients whose diagonal is negligible (control points that no sample informs) keep a
-        zero step; the rest are solved together.
-        """
+        """Levenberg-Marquardt step (H + damping diag H + mu I)^-1 b by Jacobi-preconditioned CG."""
         diag = h.diagonal()
-        active = np.flatnonzero(diag > 1e-6 * max(float(diag.max()), 1e-30))
-        step = np.zeros_like(b)
-        if active.size == 0:
-            return step
-        sub = h[active][:, active]
-        d_active = diag[active]
-        system = sub + sp.diags(damping * d_active + 1e-6 * d_active.max())
-        precond = sp.diags(1.0 / system.diagonal())
-        step[active], info = spla.cg(system, b[active], rtol=1e-5, maxiter=500, M=precond)
+        floor = self.mu if self.mu > 0 else 1e-9 * max(float(diag.max()), 1e-30)
+        system = h + sp.diags(damping * diag + floor)
+        step, info = spla.cg(system, b, rtol=1e-5, maxiter=500, M=sp.diags(1.0 / system.diagonal()))
         if info < 0:
             raise RuntimeError("conjugate gradients failed on the B-spline system")
         return step

@@ -37,6 +37,7 @@ class Settings:
     max_iterations: int = 50
     bspline_spacing_mm: float = 20.0
     bspline_levels: list[int] | None = None
+    bspline_regularization: float = 1e-3
     initialization: str = "centers"
     seed: int = 0
 
@@ -51,6 +52,8 @@ class Settings:
             raise PPIRError(f"sample fraction must be in (0, 1], got {self.sample_fraction}")
         if self.max_iterations < 1:
             raise PPIRError("max iterations must be at least 1")
+        if self.bspline_regularization < 0:
+            raise PPIRError("B-spline regularization must be >= 0")
         if self.bspline_spacing_mm <= 0:
             raise PPIRError("B-spline control-point spacing must be positive")
         if self.initialization not in ("centers", "identity"):
@@ -98,6 +101,7 @@ Progress = Callable[[dict], None]
 @dataclass
 class _State:
     ssd: float
+    objective: float
     gradient: np.ndarray
     channels: np.ndarray
 
@@ -134,8 +138,8 @@ class _Level:
         v = values.astype(np.float64)
         ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
         local = self.joint_basis.transpose_apply(g * values[:, None])
-        gradient = self.model.gradient_vector(local - joint.r, p)
-        return _State(ssd, gradient, g)
+        gradient = self.model.gradient_vector(local - joint.r, p) + self.model.penalty_gradient(p)
+        return _State(ssd, ssd + self.model.penalty(p), gradient, g)
 
 
 def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str) -> tuple[LinearModel, np.ndarray]:
@@ -209,16 +213,19 @@ def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels
             level.use_samples(_draw(level, p, settings, rng))
             state = level.evaluate(p)
         hessian = level.model.hessian(level.joint_basis, state.channels, p)
+        if iterations == 0 and stage == "bspline":
+            level.model.set_regularization(hessian, settings.bspline_regularization)
+            state = level.evaluate(p)
         while True:
             candidate = p - level.model.solve(hessian, state.gradient, damping)
             moved = level.model.max_change(level.basis, p, candidate)
             if moved < step_tol:
                 return p, state.ssd, iterations
             trial = level.evaluate(candidate)
-            if trial.ssd < state.ssd:
+            if trial.objective < state.objective:
                 break
             damping *= 10.0
-        relative = (state.ssd - trial.ssd) / max(state.ssd, 1e-30)
+        relative = (state.objective - trial.objective) / max(state.objective, 1e-30)
         p, state = candidate, trial
         damping = max(damping / 10.0, 1e-9)
         iterations += 1

@@ -81,6 +81,12 @@ class LinearModel:
         a, t = self.matrix(p)
         return (points - self.center) @ a.T + self.center + t
 
+    def penalty(self, p: np.ndarray) -> float:
+        return 0.0
+
+    def penalty_gradient(self, p: np.ndarray) -> np.ndarray:
+        return np.zeros_like(p)
+
     def max_change(self, basis: AffineBasis, p: np.ndarray, q: np.ndarray) -> float:
         """Largest |T_q(x) - T_p(x)| over the samples (attained at a corner of their bounding box)."""
         corners = basis.box_corners

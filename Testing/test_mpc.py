@@ -1,0 +1,170 @@
+"""The MPC protocol and the two-party runtime: real processes over loopback TLS, real CrypTen, real images."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from ppir.backend import ClearBackend
+from ppir.driver import _Level
+from ppir.evaluate import displacement
+from ppir.image import read_image, write_image
+from ppir.linear import LinearModel
+from ppir.moving import MovingLevel
+from ppir.mpc.protocol import FixedLevel, MovingProduct, dealer_share, fixed_scale
+from ppir.mpc.ring import RingBasis, new_seed, random_ring
+from ppir.net import certs
+from ppir.pyramid import LevelSpec, level_image
+from ppir.synth import synthesize
+
+PY = [sys.executable, "-m", "ppir"]
+
+
+def test_masks_are_uniform_and_seed_determined():
+    seed = new_seed()
+    a = random_ring(seed, (4096,))
+    assert torch.equal(a, random_ring(seed, (4096,)))
+    assert not torch.equal(a, random_ring(new_seed(), (4096,)))
+    bits = ((a.numpy().view(np.uint64)[:, None] >> np.arange(64, dtype=np.uint64)) & 1).mean(axis=0)
+    assert np.all(np.abs(bits - 0.5) < 0.05)
+
+
+def test_shared_product_equals_clear_product_on_the_effective_basis(mni_4mm, tmp_path):
+    """The three parties' shares recombine to Phi^T (g * J) up to fixed-point precision."""
+    synthesize(mni_4mm, "affine", 1, tmp_path)
+    fixed, moving = read_image(tmp_path / "fixed.nrrd"), read_image(tmp_path / "moving.nrrd")
+    backend = ClearBackend(fixed)
+    grid = backend.start_level(LevelSpec(1, 0.0))
+    model = LinearModel("affine", grid.center())
+    level = _Level(model, MovingLevel(level_image(moving, LevelSpec(1, 0.0))), grid, backend)
+    level.use_samples(None)
+    sampled = level.moving_channels(model.identity(moving.grid.center() - grid.center()))
+    g, warped = sampled[:, 1:], sampled[:, 0]
+    ring_basis = RingBasis(level.basis)
+    backend.set_samples(None, ring_basis.effective())
+    clear = backend.joint_product(g, warped)
+    values = backend._party.values
+    scale = fixed_scale(values)
+    seeds = new_seed(), new_seed(), new_seed()
+    fixed_level = FixedLevel.start(values, scale, seeds[0], ring_basis)
+    product = MovingProduct(g, warped, ring_basis, seeds[1], seeds[2])
+    r1 = dealer_share(seeds[1], seeds[2], fixed_level.b, 4)
+    fixed_r, fixed_cross = fixed_level.share(product.masked(), r1, 3)
+    r, cross = product.finish(fixed_level.masked(), ring_basis, fixed_r, fixed_cross, scale)
+    assert np.abs(r - clear.r).max() < 1e-4 * np.abs(clear.r).max()
+    assert abs(cross - clear.cross) < 1e-4 * abs(clear.cross)
+    # what each party sees of the other's data is masked: uniform bits
+    f_bits = (fixed_level.masked().numpy().view(np.uint64) >> np.uint64(63)).mean()
+    assert abs(f_bits - 0.5) < 0.05
+
+
+def _start(args, name):
+    process = subprocess.Popen(PY + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    assert line, f"{name} did not start: {process.stderr.read()}"
+    return process, "127.0.0.1:{port}".format(**json.loads(line))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, mni_4mm):
+    folder = tmp_path_factory.mktemp("mpcpair")
+    synthesize(mni_4mm, "affine", 6, folder)
+    certs.init(folder / "pki", list(certs.ROLES), ["127.0.0.1"])
+    return folder
+
+
+def _rmse(a, b, grid):
+    diff = displacement(sitk.ReadTransform(str(a)), grid) - displacement(sitk.ReadTransform(str(b)), grid)
+    return float(np.sqrt(np.mean(np.sum(diff ** 2, axis=1))))
+
+
+def _clear_and_mpc(fixed, moving, folder, *options):
+    for protocol in ("clear", "mpc"):
+        done = subprocess.run(PY + ["register", "--fixed", str(fixed), "--moving", str(moving), *map(str, options),
+                                    "--protocol", protocol, "--output-transform", str(folder / f"{protocol}.h5"),
+                                    "--report", str(folder / f"{protocol}.json")],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+    return json.loads((folder / "mpc.json").read_text())
+
+
+def test_register_mpc_matches_clear_affine_3d(pair, tmp_path):
+    report = _clear_and_mpc(pair / "fixed.nrrd", pair / "moving.nrrd", tmp_path, "--levels", "2,1")
+    moving, fixed = report["parties"]["moving"], report["parties"]["fixed"]
+    assert report["protocol"] == "mpc"
+    assert moving["bytes_sent"] > 0 and fixed["bytes_received"] > moving["bytes_sent"] * 0.9
+    grid = read_image(pair / "fixed.nrrd").grid
+    assert _rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", grid) < 0.05
+
+
+def test_register_mpc_matches_clear_bspline_2d(slice_2d, tmp_path):
+    synthesize(slice_2d, "bspline", 3, tmp_path)
+    _clear_and_mpc(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "bspline",
+                   "--levels", "2,1", "--bspline-spacing", "16")
+    assert _rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", slice_2d.grid) < 0.05
+
+
+def test_separate_roles_share_the_transform(pair, tmp_path):
+    pki = str(pair / "pki")
+    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
+    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki,
+                              "--output-transform", str(tmp_path / "received.h5")], "fixed")
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
+                                dealer_at, "--certs", pki, "--levels", "2,1", "--output-transform",
+                                str(tmp_path / "t.h5"), "--output-warped", str(tmp_path / "w.nrrd")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert fixed.wait(30) == 0 and dealer.wait(30) == 0
+    grid = read_image(pair / "fixed.nrrd").grid
+    assert _rmse(tmp_path / "t.h5", tmp_path / "received.h5", grid) < 1e-9
+    assert read_image(tmp_path / "w.nrrd").grid.size == grid.size
+
+
+def test_dealer_down_fails_clearly_without_outputs(pair, tmp_path):
+    pki = str(pair / "pki")
+    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
+                             "fixed")
+    start = time.monotonic()
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
+                                "127.0.0.1:9", "--certs", pki, "--output-transform", str(tmp_path / "t.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "dealer" in done.stderr and "Traceback" not in done.stderr
+    assert fixed.wait(60) != 0
+    assert "dealer" in fixed.stderr.read()
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
+    pki = str(pair / "pki")
+    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
+    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
+                             "fixed")
+    moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
+                                    dealer_at, "--certs", pki, "--levels", "2,1", "--progress-json",
+                                    "--output-transform", str(tmp_path / "t.h5")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "iteration" in moving.stdout.readline()
+    fixed.kill()
+    _, err = moving.communicate(timeout=60)
+    assert moving.returncode == 3 and "fixed party" in err
+    assert not (tmp_path / "t.h5").exists()
+    dealer.wait(60)
+
+
+def test_certificate_from_another_pki_is_refused(pair, tmp_path):
+    certs.init(tmp_path / "other", ["moving"], ["127.0.0.1"])
+    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs",
+                              str(pair / "pki")], "fixed")
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
+                                "127.0.0.1:9", "--certs", str(tmp_path / "other"), "--ca", str(pair / "pki/ca.pem"),
+                                "--output-transform", str(tmp_path / "t.h5")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3 and ("certificate" in done.stderr or "TLS" in done.stderr)
+    assert fixed.wait(60) != 0

@@ -25,11 +25,12 @@ demo: venv
 	mkdir -p $(DEMO)
 	$(BIN)/ppir data synth --image $(PPIR_DATA)/mni152_t1_1mm.nii.gz --transform affine --seed 1 \
 		--noise 0.02 --bias --out $(DEMO) > /dev/null
-	$(BIN)/ppir register --fixed $(DEMO)/fixed.nrrd --moving $(DEMO)/moving.nrrd --transform affine \
-		--protocol clear --output-transform $(DEMO)/transform.h5 --output-warped $(DEMO)/warped.nrrd \
-		--report $(DEMO)/report.json --snapshot $(DEMO)/snapshot.png
-	$(BIN)/ppir evaluate --fixed $(DEMO)/fixed.nrrd --transform $(DEMO)/transform.h5 \
-		--ground-truth $(DEMO)/ground_truth.h5
+	@for protocol in clear mpc; do \
+		$(BIN)/ppir register --fixed $(DEMO)/fixed.nrrd --moving $(DEMO)/moving.nrrd --transform affine \
+			--protocol $$protocol --ground-truth $(DEMO)/ground_truth.h5 \
+			--output-transform $(DEMO)/$$protocol-transform.h5 --output-warped $(DEMO)/$$protocol-warped.nrrd \
+			--report $(DEMO)/$$protocol-report.json --snapshot $(DEMO)/$$protocol-snapshot.png || exit $$?; \
+	done
 
 test: venv
 	$(BIN)/python -m pytest Testing -q

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from .backend import ClearBackend
 from .driver import Progress, Settings, register
+from .evaluate import tre
 from .errors import PPIRError
 from .image import Grid, OutputBatch, Volume, check_output_path, read_image, write_volume
 from .report import build_report, dumps
@@ -41,16 +42,18 @@ class Outputs:
 
 
 def register_files(fixed: str | Path, moving: str | Path, settings: Settings, outputs: Outputs,
-                   protocol: str = "clear", progress: Progress | None = None) -> dict:
+                   protocol: str = "clear", progress: Progress | None = None,
+                   ground_truth: sitk.Transform | None = None) -> dict:
     """Register ``moving`` to ``fixed``, write the outputs (all or none) and return the report.
 
     ``clear`` computes in this process; ``mpc`` runs the three roles as separate local processes.
+    With a ``ground_truth`` transform the report gets ``tre_mm`` over the fixed image's foreground.
     """
     if protocol not in PROTOCOLS:
         raise PPIRError(f"protocol {protocol!r} is not available here; choose from {', '.join(PROTOCOLS)}")
     if protocol == "mpc":
         from .roles import run_local_mpc
-        return run_local_mpc(fixed, moving, settings, outputs, progress)
+        return run_local_mpc(fixed, moving, settings, outputs, progress, ground_truth)
     settings.validate()
     outputs.check(settings)
     fixed_volume = read_image(fixed, "fixed image")
@@ -64,6 +67,8 @@ def register_files(fixed: str | Path, moving: str | Path, settings: Settings, ou
     wall = time.perf_counter() - start
     report = build_report(protocol, settings, result, wall, backend.party_stats(),
                           {"fixed": str(fixed), "moving": str(moving)}, outputs.to_dict())
+    if ground_truth is not None:
+        report["tre_mm"] = tre(fixed_volume, result.transform, ground_truth)
     write_outputs(outputs, result.transform, fixed_volume.grid, moving_volume, report,
                   f"{protocol} {settings.transform}", fixed_volume)
     return report

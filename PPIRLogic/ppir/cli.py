@@ -48,6 +48,8 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-iterations", type=int, default=50, metavar="N", help="per level (default: 50)")
     g.add_argument("--bspline-spacing", type=float, default=20.0, metavar="MM",
                    help="B-spline control-point spacing in mm (default: 20)")
+    g.add_argument("--bspline-regularization", type=float, default=1e-3, metavar="W",
+                   help="B-spline penalty weight, relative to the mean Gauss-Newton diagonal (default: 1e-3)")
     g.add_argument("--bspline-levels", type=_int_list, default=None, metavar="F,F,...",
                    help="shrink factors for the B-spline stage (default: --levels)")
     g.add_argument("--init", choices=("centers", "identity"), default="centers",
@@ -60,6 +62,7 @@ def _settings(args: argparse.Namespace) -> Settings:
                     sampling=args.sampling, sample_fraction=args.sample_fraction,
                     resample_each_iteration=args.resample_each_iteration, max_iterations=args.max_iterations,
                     bspline_spacing_mm=args.bspline_spacing, bspline_levels=args.bspline_levels,
+                    bspline_regularization=args.bspline_regularization,
                     initialization=args.init, seed=args.seed)
 
 
@@ -68,7 +71,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
                       snapshot=args.snapshot, displacement=args.output_displacement)
     progress = JsonLines() if args.progress_json else (TerminalBar() if sys.stderr.isatty() else None)
     try:
-        report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress)
+        truth = _read_transform(args.ground_truth, "ground truth") if args.ground_truth else None
+        report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress, truth)
     finally:
         if progress:
             progress.close()
@@ -78,6 +82,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _print_summary(report: dict, as_json: bool) -> None:
     summary = {"event": "done", "protocol": report["protocol"], "iterations": report["iterations"],
+               "tre_mm": report.get("tre_mm"),
                "final_ssd": report["final_ssd"], "wall_time_s": round(report["wall_time_s"], 3),
                "parties": report["parties"], "outputs": report["outputs"]}
     if as_json:
@@ -85,6 +90,10 @@ def _print_summary(report: dict, as_json: bool) -> None:
         return
     print(f"registered ({report['protocol']}) in {summary['wall_time_s']} s, {summary['iterations']} iterations; "
           f"final SSD {summary['final_ssd']:.6g}")
+    if "tre_mm" in report:
+        tre = report["tre_mm"]
+        print(f"  TRE against the ground truth: mean {tre['mean']:.3f} mm, p95 {tre['p95']:.3f} mm, "
+              f"max {tre['max']:.3f} mm")
     for party, stats in report["parties"].items():
         if stats["bytes_sent"] or stats["bytes_received"]:
             print(f"  {party} party: {stats['bytes_sent'] / 1e6:.2f} MB sent, "
@@ -220,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(ITK convention; 3D Slicer loads it as the moving-to-fixed alignment).")
     reg.add_argument("--fixed", required=True, help="fixed image (NRRD, NIfTI, MetaImage, or a DICOM folder)")
     reg.add_argument("--moving", required=True, help="moving image")
+    reg.add_argument("--ground-truth", metavar="G.h5",
+                     help="known true transform (e.g. from `ppir data synth`): adds the TRE to the report and summary")
     reg.add_argument("--protocol", choices=PROTOCOLS, default="clear",
                      help="clear: one process, no protection; mpc: the moving, fixed and dealer roles as separate "
                           "local processes over TLS (default: clear)")

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .api import Outputs, write_outputs
 from .driver import Progress, Settings, register
+from .evaluate import tre
 from .errors import PPIRError
 from .image import Grid, OutputBatch, Volume, check_output_path, read_image, write_volume
 from .net import certs
@@ -95,8 +96,11 @@ def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> Non
 
 def run_moving(moving_path: str, fixed_address: str, dealer_address: str, credentials: Credentials,
                settings: Settings, outputs: Outputs, share: str = "transform",
-               progress: Progress | None = None) -> dict:
-    """Party 1: register its image to the remote fixed image under MPC and write its outputs."""
+               progress: Progress | None = None, evaluation: tuple[Volume, sitk.Transform] | None = None) -> dict:
+    """Party 1: register its image to the remote fixed image under MPC and write its outputs.
+
+    ``evaluation`` (a fixed image and a true transform, for trials on one machine) adds ``tre_mm``.
+    """
     if share not in SHARE_CHOICES:
         raise PPIRError(f"--share-result must be one of {', '.join(SHARE_CHOICES)}")
     settings.validate()
@@ -117,6 +121,8 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str, creden
                           {"moving": str(moving_path), "fixed": fixed_address, "dealer": dealer_address},
                           outputs.to_dict())
     report["shared_with_fixed_party"] = share
+    if evaluation is not None:
+        report["tre_mm"] = tre(evaluation[0], result.transform, evaluation[1])
     write_outputs(outputs, result.transform, fixed_grid, moving, report, f"mpc {settings.transform}")
     return report
 
@@ -161,11 +167,16 @@ class _Role:
 
 
 def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
-                  progress: Progress | None = None) -> dict:
-    """The three roles as separate processes on this machine, over loopback TLS."""
+                  progress: Progress | None = None, ground_truth: sitk.Transform | None = None) -> dict:
+    """The three roles as separate processes on this machine, over loopback TLS.
+
+    The fixed image is read here only to check it before starting (and, with a ground truth, to
+    measure the TRE afterwards); the registration itself reaches it only through the fixed process.
+    """
     settings.validate()
     outputs.check(settings)
-    read_image(fixed_path, "fixed image")
+    fixed = read_image(fixed_path, "fixed image")
+    evaluation = (fixed, ground_truth) if ground_truth is not None else None
     with tempfile.TemporaryDirectory(prefix="ppir-pki-") as pki:
         certs.init(Path(pki), list(certs.ROLES), ["127.0.0.1"], days=1)
         roles = []
@@ -174,7 +185,8 @@ def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs
             roles.append(_Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
                                 "--sessions", "1"], "fixed"))
             report = run_moving(moving_path, roles[1].address, roles[0].address,
-                                Credentials.from_folder(pki, "moving"), settings, outputs, "none", progress)
+                                Credentials.from_folder(pki, "moving"), settings, outputs, "none", progress,
+                                evaluation)
         except PeerError as err:
             details = "; ".join(f"{r.name}: {r.wait(5).strip().splitlines()[-1]}" for r in roles
                                 if r.process.poll() is not None and r.process.returncode)

@@ -168,3 +168,36 @@ def test_certificate_from_another_pki_is_refused(pair, tmp_path):
                           timeout=120)
     assert done.returncode == 3 and ("certificate" in done.stderr or "TLS" in done.stderr)
     assert fixed.wait(60) != 0
+
+
+def test_version_mismatch_is_refused_with_a_reason(pair):
+    from ppir.net.channel import Credentials, connect
+    from ppir.net.framing import Message
+    from ppir.session import Kind
+    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs",
+                              str(pair / "pki")], "fixed")
+    channel = connect(fixed_at, Credentials.from_folder(pair / "pki", "moving"), "fixed")
+    channel.send(Message(Kind.HELLO, {"version": 99, "protocol": "mpc"}))
+    reply = channel.recv()
+    channel.close()
+    assert reply.kind == Kind.ERROR and "version 99" in reply.meta["reason"]
+    assert fixed.wait(30) == 3 and "version 99" in fixed.stderr.read()
+
+
+def test_ctrl_c_on_the_moving_party_stops_everyone(pair, tmp_path):
+    import signal
+    pki = str(pair / "pki")
+    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
+    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
+                             "fixed")
+    moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
+                                    dealer_at, "--certs", pki, "--levels", "2,1", "--progress-json",
+                                    "--output-transform", str(tmp_path / "t.h5")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "iteration" in moving.stdout.readline()
+    moving.send_signal(signal.SIGINT)
+    _, err = moving.communicate(timeout=60)
+    assert moving.returncode == 130 and "interrupted" in err
+    assert fixed.wait(30) == 3 and "moving party stopped" in fixed.stderr.read()
+    assert dealer.wait(30) != 0
+    assert not (tmp_path / "t.h5").exists()

@@ -146,24 +146,26 @@ class _Role:
         self.name = name
         self.process = subprocess.Popen([sys.executable, "-m", "ppir", *args], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
+        self._stderr: str | None = None
         line = self.process.stdout.readline()
         if not line:
-            raise PPIRError(f"the local {name} process did not start: {self.process.stderr.read().strip()}")
+            raise PPIRError(f"the local {name} process did not start: {self.finish(5).strip()}")
         self.address = "127.0.0.1:{port}".format(**json.loads(line))
 
-    def wait(self, timeout: float) -> str:
-        """Wait for the process to end; returns its stderr."""
-        try:
-            _, err = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, err = self.process.communicate()
-        return err
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to end (killing it after ``timeout`` s); returns its stderr."""
+        if self._stderr is None:
+            try:
+                _, self._stderr = self.process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                _, self._stderr = self.process.communicate()
+        return self._stderr
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.communicate(timeout=10)
+    def failure(self) -> str | None:
+        """The last line the process printed, if it ended with an error."""
+        text = self.finish(5).strip()
+        return text.splitlines()[-1] if self.process.returncode and text else None
 
 
 def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
@@ -179,20 +181,16 @@ def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs
     evaluation = (fixed, ground_truth) if ground_truth is not None else None
     with tempfile.TemporaryDirectory(prefix="ppir-pki-") as pki:
         certs.init(Path(pki), list(certs.ROLES), ["127.0.0.1"], days=1)
-        roles = []
+        roles: list[_Role] = []
         try:
             roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"], "dealer"))
             roles.append(_Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
                                 "--sessions", "1"], "fixed"))
-            report = run_moving(moving_path, roles[1].address, roles[0].address,
-                                Credentials.from_folder(pki, "moving"), settings, outputs, "none", progress,
-                                evaluation)
+            return run_moving(moving_path, roles[1].address, roles[0].address,
+                              Credentials.from_folder(pki, "moving"), settings, outputs, "none", progress, evaluation)
         except PeerError as err:
-            details = "; ".join(f"{r.name}: {r.wait(5).strip().splitlines()[-1]}" for r in roles
-                                if r.process.poll() is not None and r.process.returncode)
+            details = "; ".join(f"{r.name}: {r.failure()}" for r in roles if r.failure())
             raise PeerError(f"{err}" + (f" ({details})" if details else "")) from None
         finally:
             for role in roles:
-                role.wait(30)
-                role.stop()
-    return report
+                role.finish(30)

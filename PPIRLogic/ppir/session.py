@@ -195,6 +195,8 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                 log(f"level: factor {message.meta['factor']}, {'x'.join(map(str, grid.size))} voxels")
                 channel.send(Message(Kind.LEVEL_READY, {"grid": grid.to_dict()}))
             elif message.kind == Kind.SAMPLES:
+                if grid is None:
+                    raise PeerError("samples sent before any pyramid level")
                 samples = message.arrays.get("samples")
                 if samples is not None and (samples.ndim != 1 or samples.min(initial=0) < 0
                                             or samples.max(initial=0) >= grid.n_voxels):
@@ -207,11 +209,14 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                 channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, "sum_sq": party.sum_of_squares()},
                                      {"f": level.masked().numpy()}))
             elif message.kind == Kind.PRODUCT:
-                e = torch.from_numpy(message.arrays["e"])
-                if level is None or e.shape[0] != level.b.shape[0]:
+                e = torch.from_numpy(message.arrays.get("e", np.zeros((0, 0), np.int64)))
+                d = int(message.meta.get("d", -1))
+                if level is None or e.ndim != 2 or e.shape[0] != level.b.shape[0] or not 0 < d < e.shape[1]:
                     raise PeerError("product message does not match the sample set")
                 r1 = torch.from_numpy(expect(dealer, Kind.DEALER_SHARE).arrays["r1"])
-                r, cross = level.share(e, r1, int(message.meta["d"]))
+                if r1.shape != e.shape:
+                    raise PeerError("the dealer's share does not match the product")
+                r, cross = level.share(e, r1, d)
                 channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
             elif message.kind == Kind.BYE:
                 on_result(message)

@@ -99,6 +99,12 @@ def test_register_mpc_matches_clear_affine_3d(pair, tmp_path):
     moving, fixed = report["parties"]["moving"], report["parties"]["fixed"]
     assert report["protocol"] == "mpc"
     assert moving["bytes_sent"] > 0 and fixed["bytes_received"] > moving["bytes_sent"] * 0.9
+    levels = report["levels"]
+    assert sum(lv["moving_bytes_sent"] for lv in levels) <= moving["bytes_sent"]
+    for lv in levels:
+        # each product sends the masked channels: at least (d + 1) ring elements per sample
+        assert lv["moving_bytes_sent"] >= lv["joint_products"] * lv["samples"] * 4 * 8
+        assert lv["fixed_bytes_received"] >= lv["moving_bytes_sent"]
     grid = read_image(pair / "fixed.nrrd").grid
     assert _rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", grid) < 0.05
 
@@ -141,7 +147,8 @@ def test_dealer_down_fails_clearly_without_outputs(pair, tmp_path):
     assert not (tmp_path / "t.h5").exists()
 
 
-def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
+def _session_under_way(pair, tmp_path):
+    """Dealer, fixed and moving processes, returned once the moving party reports its first iteration."""
     pki = str(pair / "pki")
     dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
     fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
@@ -151,6 +158,11 @@ def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
                                     "--output-transform", str(tmp_path / "t.h5")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "iteration" in moving.stdout.readline()
+    return dealer, fixed, moving
+
+
+def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
+    dealer, fixed, moving = _session_under_way(pair, tmp_path)
     fixed.kill()
     _, err = moving.communicate(timeout=60)
     assert moving.returncode == 3 and "fixed party" in err
@@ -186,15 +198,7 @@ def test_version_mismatch_is_refused_with_a_reason(pair):
 
 def test_ctrl_c_on_the_moving_party_stops_everyone(pair, tmp_path):
     import signal
-    pki = str(pair / "pki")
-    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
-    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
-                             "fixed")
-    moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
-                                    dealer_at, "--certs", pki, "--levels", "2,1", "--progress-json",
-                                    "--output-transform", str(tmp_path / "t.h5")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert "iteration" in moving.stdout.readline()
+    dealer, fixed, moving = _session_under_way(pair, tmp_path)
     moving.send_signal(signal.SIGINT)
     _, err = moving.communicate(timeout=60)
     assert moving.returncode == 130 and "interrupted" in err

@@ -121,6 +121,11 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str, creden
                           {"moving": str(moving_path), "fixed": fixed_address, "dealer": dealer_address},
                           outputs.to_dict())
     report["shared_with_fixed_party"] = share
+    for n, level in enumerate(report["levels"]):
+        for party, traffic in backend.level_traffic.items():
+            if n < len(traffic):
+                level[f"{party}_bytes_sent"] = traffic[n]["bytes_sent"]
+                level[f"{party}_bytes_received"] = traffic[n]["bytes_received"]
     if evaluation is not None:
         report["tre_mm"] = tre(evaluation[0], result.transform, evaluation[1])
     write_outputs(outputs, result.transform, fixed_grid, moving, report, f"mpc {settings.transform}")

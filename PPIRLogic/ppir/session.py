@@ -87,6 +87,15 @@ def rebuild_basis(spec: dict, points: np.ndarray):
     raise PeerError(f"unknown basis {spec.get('kind')!r}")
 
 
+def per_level(marks: list[tuple[int, int]]) -> list[dict]:
+    """Bytes sent and received between consecutive (sent, received) marks: one entry per level."""
+    return [{"bytes_sent": b[0] - a[0], "bytes_received": b[1] - a[1]} for a, b in zip(marks, marks[1:])]
+
+
+def totals(channels: list[Channel]) -> tuple[int, int]:
+    return (sum(c.traffic.bytes_sent for c in channels if c), sum(c.traffic.bytes_received for c in channels if c))
+
+
 class _Clock:
     """Wall and CPU time of one party."""
 
@@ -121,12 +130,15 @@ class MPCBackend(JointBackend):
             self.abort("the moving party could not open the session")
             raise
         self._fixed_stats = PartyStats()
+        self._marks: list[tuple[int, int]] = []
+        self.level_traffic: dict[str, list[dict]] = {"moving": [], "fixed": []}
 
     @property
     def fixed_grid(self) -> Grid:
         return self._grid
 
     def start_level(self, spec: LevelSpec) -> Grid:
+        self._marks.append(totals([self._fixed, self._dealer]))
         self._fixed.send(Message(Kind.LEVEL, spec.to_dict()))
         return _grid_from(expect(self._fixed, Kind.LEVEL_READY).meta["grid"])
 
@@ -153,8 +165,11 @@ class MPCBackend(JointBackend):
 
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
         """End the session, handing the fixed party what the moving party chose to share."""
+        self._marks.append(totals([self._fixed, self._dealer]))
         self._fixed.send(Message(Kind.BYE, shared, arrays))
-        self._fixed_stats = PartyStats(**expect(self._fixed, Kind.FAREWELL).meta["stats"])
+        farewell = expect(self._fixed, Kind.FAREWELL).meta
+        self._fixed_stats = PartyStats(**farewell["stats"])
+        self.level_traffic = {"moving": per_level(self._marks), "fixed": farewell["levels"]}
         self._dealer.send(Message(Kind.BYE, {}))
 
     def party_stats(self) -> dict[str, PartyStats]:
@@ -188,9 +203,11 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
         dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": meta["session"]}))
         level = None
         grid = None
+        marks: list[tuple[int, int]] = []
         while True:
             message = channel.recv()
             if message.kind == Kind.LEVEL:
+                marks.append(totals(channels))
                 grid = party.start_level(LevelSpec(int(message.meta["factor"]), float(message.meta["sigma"])))
                 log(f"level: factor {message.meta['factor']}, {'x'.join(map(str, grid.size))} voxels")
                 channel.send(Message(Kind.LEVEL_READY, {"grid": grid.to_dict()}))
@@ -219,9 +236,10 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                 r, cross = level.share(e, r1, d)
                 channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
             elif message.kind == Kind.BYE:
+                marks.append(totals(channels))
                 on_result(message)
                 stats = clock.stats(channels)
-                channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict()}))
+                channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks)}))
                 return stats
             elif message.kind == Kind.ERROR:
                 raise PeerError(f"the moving party stopped: {message.meta.get('reason', 'unknown error')}")

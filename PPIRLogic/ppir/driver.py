@@ -22,6 +22,8 @@ from .pyramid import LevelSpec, default_levels, level_image
 from .sampling import METHODS, draw_gradient_weighted, draw_uniform
 
 TRANSFORMS = ("rigid", "affine", "bspline")
+RELATIVE_TOLERANCE = 1e-6
+NOISE_FLOOR = 1e-3
 
 
 @dataclass
@@ -202,7 +204,13 @@ def _draw(level: _Level, p: np.ndarray, settings: Settings, rng: np.random.Gener
 
 
 def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels, progress):
-    """LM-damped Gauss-Newton at one level; returns (parameters, SSD, accepted iterations)."""
+    """LM-damped Gauss-Newton at one level; returns (parameters, SSD, accepted iterations).
+
+    A level ends when a step would move no sample by 1 % of a voxel, when the Gauss-Newton model
+    predicts (or a step achieves) a relative decrease below RELATIVE_TOLERANCE, when a step that
+    promised less than NOISE_FLOOR (relative) is rejected (the model is no longer reliable there),
+    or after ``max_iterations`` accepted steps. Each trial costs one joint product.
+    """
     level.use_samples(_draw(level, p, settings, rng))
     state = level.evaluate(p)
     damping = 1e-3
@@ -217,13 +225,17 @@ def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels
             level.model.set_regularization(hessian, settings.bspline_regularization)
             state = level.evaluate(p)
         while True:
-            candidate = p - level.model.solve(hessian, state.gradient, damping)
+            step = level.model.solve(hessian, state.gradient, damping)
+            candidate = p - step
             moved = level.model.max_change(level.basis, p, candidate)
-            if moved < step_tol:
+            predicted = 2.0 * float(step @ state.gradient) - float(step @ (hessian @ step))
+            if moved < step_tol or predicted < RELATIVE_TOLERANCE * state.objective:
                 return p, state.ssd, iterations
             trial = level.evaluate(candidate)
             if trial.objective < state.objective:
                 break
+            if predicted < NOISE_FLOOR * state.objective:
+                return p, state.ssd, iterations
             damping *= 10.0
         relative = (state.objective - trial.objective) / max(state.objective, 1e-30)
         p, state = candidate, trial
@@ -233,6 +245,6 @@ def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels
             progress({"stage": stage, "level": number + 1, "levels": n_levels, "size": list(level.grid.size),
                       "iteration": iterations, "max_iterations": settings.max_iterations,
                       "ssd": state.ssd, "samples": level.n_samples, "moved_mm": moved})
-        if relative < 1e-6:
+        if relative < RELATIVE_TOLERANCE:
             break
     return p, state.ssd, iterations

@@ -120,13 +120,17 @@ def test_separate_roles_share_the_transform(pair, tmp_path):
     pki = str(pair / "pki")
     dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
     fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki,
-                              "--output-transform", str(tmp_path / "received.h5")], "fixed")
+                              "--output-transform", str(tmp_path / "received.h5"), "--progress-json"], "fixed")
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
                                 dealer_at, "--certs", pki, "--levels", "2,1", "--output-transform",
                                 str(tmp_path / "t.h5"), "--output-warped", str(tmp_path / "w.nrrd")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert fixed.wait(30) == 0 and dealer.wait(30) == 0
+    events = [json.loads(line) for line in fixed.stdout.read().splitlines()]
+    assert [e["level"] for e in events if e["event"] == "level"] == [1, 2]
+    products = [e for e in events if e["event"] == "product"]
+    assert products and products[-1]["bytes_received"] > products[0]["bytes_received"]
     grid = read_image(pair / "fixed.nrrd").grid
     assert _rmse(tmp_path / "t.h5", tmp_path / "received.h5", grid) < 1e-9
     assert read_image(tmp_path / "w.nrrd").grid.size == grid.size

@@ -7,6 +7,7 @@ squares, the same pyramid), and times full-resolution Gauss-Newton iterations on
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -19,8 +20,8 @@ import SimpleITK as sitk
 from . import data
 from .backend import ClearBackend
 from .driver import Settings, _Level, register
-from .evaluate import tre
-from .image import Volume, read_image, write_atomically
+from .evaluate import displacement, tre
+from .image import Grid, Volume, read_image, write_atomically
 from .linear import LinearModel
 from .moving import MovingLevel
 from .pyramid import LevelSpec, level_image
@@ -151,14 +152,85 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_engine_suite(out: Path | None, log=print) -> dict:
-    results = {"suite": "engine", "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                                              "cpus": __import__("os").cpu_count()},
-               "versions": versions(), "cases": [run_case(case, log=log) for case in ENGINE_CASES],
-               "full_resolution_iteration": full_resolution_iteration()}
-    log(f"full-resolution iteration: median {results['full_resolution_iteration']['median_iteration_s']:.2f} s")
+PAPER_TABLE_2 = {"mpc": {"seconds": 0.13, "megabytes": 1.54}, "mpc, URS": {"seconds": 0.02, "megabytes": 0.20}}
+
+
+def _large_2d_pair(folder: Path) -> tuple[Path, Path, Path]:
+    """The 2D T1 slice resampled to 1260 x 1090 voxels (the paper's PET size), and a synthetic pair."""
+    source = read_image(data.sample_path(data.SLICE_2D))
+    extent = (np.asarray(source.grid.size) - 1) * source.grid.spacing
+    size = np.array([1260, 1090])
+    spacing = extent / (size - 1)
+    grid = Grid(tuple(size[::-1]), spacing, source.grid.origin, source.grid.direction)
+    image = sitk.Resample(source.to_sitk(), grid.reference_image(), sitk.Transform(), sitk.sitkBSpline, 0.0,
+                          sitk.sitkFloat32)
+    synthesize(Volume.from_sitk(image), "affine", 1, folder)
+    return folder / "fixed.nrrd", folder / "moving.nrrd", folder / "ground_truth.h5"
+
+
+def run_mpc_suite(out: Path | None, log=print) -> dict:
+    """Clear against MPC on a 2D pair of the paper's Table 2 size, as separate processes over TLS."""
+    from .api import Outputs, register_files
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed, moving, truth_path = _large_2d_pair(Path(tmp))
+        truth = sitk.ReadTransform(str(truth_path))
+        grid = read_image(fixed).grid
+        runs = [("clear", "clear", {}), ("mpc", "mpc", {}),
+                ("mpc, URS", "mpc", {"sampling": "urs", "sample_fraction": 0.1})]
+        for name, protocol, options in runs:
+            transform = Path(tmp) / f"{protocol}-{len(rows)}.h5"
+            report = register_files(fixed, moving, Settings(transform="affine", **options), Outputs(transform),
+                                    protocol, ground_truth=truth)
+            products = report["joint_products"]
+            row = {"run": name, "size": list(grid.size), "wall_time_s": report["wall_time_s"],
+                   "iterations": report["iterations"], "joint_products": products,
+                   "tre_mm": report["tre_mm"]["mean"], "transform": str(transform)}
+            for party, stats in report["parties"].items():
+                row[f"{party}_s_per_product"] = stats["wall_time_s"] / products if stats["wall_time_s"] else None
+                row[f"{party}_mb_per_product"] = (stats["bytes_sent"] + stats["bytes_received"]) / 1e6 / products
+            if protocol == "mpc":
+                clear = displacement(sitk.ReadTransform(rows[0]["transform"]), grid)
+                row["rmse_vs_clear_mm"] = float(np.sqrt(np.mean(np.sum(
+                    (displacement(sitk.ReadTransform(str(transform)), grid) - clear) ** 2, axis=1))))
+            rows.append(row)
+            log(f"{name:<10} {row['wall_time_s']:6.1f} s, {products} products, TRE {row['tre_mm']:.4f} mm")
+    results = {"suite": "mpc", "machine": _machine(), "versions": versions(), "runs": rows,
+               "paper_table_2": PAPER_TABLE_2}
+    _save(out, "mpc", results, mpc_markdown(results))
+    return results
+
+
+def mpc_markdown(results: dict) -> str:
+    lines = ["| run | size | wall time (s) | joint products | TRE (mm) | RMSE vs clear (mm) | moving s / product | "
+             "moving MB / product | fixed MB / product | paper (Table 2): s, MB per party per iteration |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results["runs"]:
+        paper = results["paper_table_2"].get(row["run"])
+        cells = [row["run"], "x".join(map(str, row["size"])), f"{row['wall_time_s']:.1f}", str(row["joint_products"]),
+                 f"{row['tre_mm']:.4f}", f"{row['rmse_vs_clear_mm']:.4f}" if "rmse_vs_clear_mm" in row else "–",
+                 f"{row['moving_s_per_product']:.3f}" if row["moving_s_per_product"] else "–",
+                 f"{row['moving_mb_per_product']:.2f}", f"{row['fixed_mb_per_product']:.2f}",
+                 f"{paper['seconds']} s, {paper['megabytes']} MB" if paper else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count()}
+
+
+def _save(out: Path | None, name: str, results: dict, text: str) -> None:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomically(out / "engine.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-        write_atomically(out / "engine.md", lambda tmp: Path(tmp).write_text(markdown(results)))
+        write_atomically(out / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+        write_atomically(out / f"{name}.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def run_engine_suite(out: Path | None, log=print) -> dict:
+    results = {"suite": "engine", "machine": _machine(), "versions": versions(),
+               "cases": [run_case(case, log=log) for case in ENGINE_CASES],
+               "full_resolution_iteration": full_resolution_iteration()}
+    log(f"full-resolution iteration: median {results['full_resolution_iteration']['median_iteration_s']:.2f} s")
+    _save(out, "engine", results, markdown(results))
     return results

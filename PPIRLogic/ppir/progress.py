@@ -32,6 +32,45 @@ class TerminalBar:
             self.stream.flush()
 
 
+class FixedPartyBar:
+    """The fixed party's view on a terminal: one line per level, with products answered and traffic."""
+
+    def __init__(self, stream: TextIO = sys.stderr):
+        self.stream = stream
+        self._level: int | None = None
+        self._size = ""
+
+    def __call__(self, event: dict) -> None:
+        if event["event"] == "level":
+            if self._level is not None:
+                self.stream.write("\n")
+            self._level, self._size = event["level"], "x".join(str(n) for n in event["size"])
+            self.stream.write(f"\rlevel {self._level} ({self._size}): waiting for the moving party")
+        else:
+            self.stream.write(f"\rlevel {self._level} ({self._size}): {event['products']:3d} products answered, "
+                              f"{event['bytes_received'] / 1e6:8.1f} MB received")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._level is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class JsonEvents:
+    """Events as JSON lines on stdout (the fixed party's --progress-json)."""
+
+    def __init__(self, stream: TextIO = sys.stdout):
+        self.stream = stream
+
+    def __call__(self, event: dict) -> None:
+        self.stream.write(json.dumps(event) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
 class JsonLines:
     """One JSON object per iteration on stdout: {"event": "iteration", ...}."""
 

@@ -37,7 +37,7 @@ def announce(listener: Listener) -> None:
 
 
 def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, output_transform: Path | None,
-              output_warped: Path | None, log) -> None:
+              output_warped: Path | None, log, progress=None) -> None:
     """Party 2: answer ``sessions`` registration sessions (0: until stopped) about the fixed image."""
     for path in (output_transform, output_warped):
         if path is not None:
@@ -53,7 +53,7 @@ def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, 
             try:
                 stats = serve_fixed_session(channel, fixed, credentials,
                                             lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
-                                            log)
+                                            log, progress)
                 log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
                     f"{stats.wall_time_s:.1f} s")
             except (PeerError, PPIRError) as err:

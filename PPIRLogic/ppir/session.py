@@ -185,8 +185,12 @@ class MPCBackend(JointBackend):
                 channel.close()
 
 
-def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credentials, on_result, log) -> PartyStats:
-    """Answer one registration session for the fixed party; returns its cost."""
+def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credentials, on_result, log,
+                        progress=None) -> PartyStats:
+    """Answer one registration session for the fixed party; returns its cost.
+
+    ``progress`` receives {"event": "level" | "product", ...} as the session goes.
+    """
     clock = _Clock()
     hello = expect(channel, Kind.HELLO)
     meta = hello.meta
@@ -204,12 +208,16 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
         level = None
         grid = None
         marks: list[tuple[int, int]] = []
+        products = 0
         while True:
             message = channel.recv()
             if message.kind == Kind.LEVEL:
                 marks.append(totals(channels))
                 grid = party.start_level(LevelSpec(int(message.meta["factor"]), float(message.meta["sigma"])))
-                log(f"level: factor {message.meta['factor']}, {'x'.join(map(str, grid.size))} voxels")
+                products = 0
+                if progress:
+                    progress({"event": "level", "level": len(marks), "factor": int(message.meta["factor"]),
+                              "size": list(grid.size)})
                 channel.send(Message(Kind.LEVEL_READY, {"grid": grid.to_dict()}))
             elif message.kind == Kind.SAMPLES:
                 if grid is None:
@@ -235,6 +243,11 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                     raise PeerError("the dealer's share does not match the product")
                 r, cross = level.share(e, r1, d)
                 channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
+                products += 1
+                if progress:
+                    sent, received = totals(channels)
+                    progress({"event": "product", "level": len(marks), "products": products,
+                              "samples": int(e.shape[0]), "bytes_sent": sent, "bytes_received": received})
             elif message.kind == Kind.BYE:
                 marks.append(totals(channels))
                 on_result(message)

@@ -15,7 +15,6 @@ import torch
 
 from .backend import FixedParty, JointBackend, JointResult, PartyStats
 from .basis import AffineBasis, BSplineBasis, ControlGrid
-from .errors import PPIRError
 from .image import Grid, Volume
 from .mpc.protocol import FIXED_BITS, FixedLevel, MovingProduct, dealer_share, fixed_scale
 from .mpc.ring import BASIS_BITS, RingBasis, new_seed, random_ring
@@ -158,8 +157,9 @@ class MPCBackend(JointBackend):
         seeds = expect(self._dealer, Kind.DEALER_SEEDS).arrays
         product = MovingProduct(channels, warped, self._ring_basis, seeds["a"].tobytes(), seeds["r0"].tobytes())
         self._fixed.send(Message(Kind.PRODUCT, {"d": channels.shape[1]}, {"e": product.masked().numpy()}))
+        own = product.share(self._f, self._ring_basis)
         share = expect(self._fixed, Kind.SHARE).arrays
-        r, cross = product.finish(self._f, self._ring_basis, torch.from_numpy(share["r"]),
+        r, cross = product.finish(own, self._ring_basis, torch.from_numpy(share["r"]),
                                   torch.from_numpy(share["cross"]).reshape(()), self._fixed_scale)
         return JointResult(r, cross, self._fixed_sq)
 
@@ -201,7 +201,7 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                         f"fixed-point bits {meta.get('fixed_bits')}/{meta.get('basis_bits')}")
     party = FixedParty(fixed)
     channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict()}))
-    dealer = connect(meta["dealer"], credentials, "dealer", channel._sock.gettimeout(), retry_for=10.0)
+    dealer = connect(meta["dealer"], credentials, "dealer", channel.timeout, retry_for=10.0)
     channels = [channel, dealer]
     try:
         dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": meta["session"]}))
@@ -283,9 +283,10 @@ def serve_dealer_session(listener: Listener, log, wait: float | None = None) -> 
                 if b is None:
                     raise PeerError("triple requested before any sample set")
                 seed_a, seed_r0 = new_seed(), new_seed()
-                r1 = dealer_share(seed_a, seed_r0, b, int(message.meta["channels"]))
+                # seeds first: the moving party prepares its product while the dealer computes r1
                 moving.send(Message(Kind.DEALER_SEEDS, {}, {"a": np.frombuffer(seed_a, np.uint8),
                                                             "r0": np.frombuffer(seed_r0, np.uint8)}))
+                r1 = dealer_share(seed_a, seed_r0, b, int(message.meta["channels"]))
                 fixed.send(Message(Kind.DEALER_SHARE, {}, {"r1": r1.numpy()}))
             elif message.kind == Kind.BYE:
                 log("session done")

@@ -97,19 +97,24 @@ class MovingProduct:
         self.bits = channel_bits(normalised, basis)
         self.d = gradients.shape[1]
         self.g_bar = encode(normalised, self.bits)
-        shape = tuple(self.g_bar.shape)
-        self.a = random_ring(seed_a, shape)
-        self.r0 = random_ring(seed_r0, shape)
+        self._shape = tuple(self.g_bar.shape)
+        self._seed_r0 = seed_r0
+        self.a = random_ring(seed_a, self._shape)
 
     def masked(self) -> torch.Tensor:
         """e = G' - a, sent to the fixed party."""
         return self.g_bar - self.a
 
-    def finish(self, f: torch.Tensor, basis: RingBasis, fixed_r: torch.Tensor, fixed_cross: torch.Tensor,
-               fixed_scale_value: float) -> tuple[np.ndarray, float]:
-        """Reveal r = Phi^T (G * J) (gradient channels) and cross = sum I(T(x)) J(x)."""
-        z0 = self.g_bar * f[:, None] + self.r0
-        r = basis.decode(basis.transpose_apply(z0[:, :self.d]) + fixed_r, self.bits + FIXED_BITS)
-        cross = decode((z0[:, self.d].sum() + fixed_cross).reshape(1), self.bits + FIXED_BITS)[0]
+    def share(self, f: torch.Tensor, basis: RingBasis) -> tuple[torch.Tensor, torch.Tensor]:
+        """The moving party's shares (r0 is expanded here, while the fixed party computes its own)."""
+        z0 = self.g_bar * f[:, None] + random_ring(self._seed_r0, self._shape)
+        return basis.transpose_apply(z0[:, :self.d]), z0[:, self.d].sum()
+
+    def finish(self, own: tuple[torch.Tensor, torch.Tensor], basis: RingBasis, fixed_r: torch.Tensor,
+               fixed_cross: torch.Tensor, fixed_scale_value: float) -> tuple[np.ndarray, float]:
+        """Reveal r = Phi^T (G * J) (gradient channels) and cross = sum I(T(x)) J(x) from both shares."""
+        own_r, own_cross = own
+        r = basis.decode(own_r + fixed_r, self.bits + FIXED_BITS)
+        cross = decode((own_cross + fixed_cross).reshape(1), self.bits + FIXED_BITS)[0]
         r = r * self.scales[None, :self.d] * fixed_scale_value
         return r, float(cross * self.scales[self.d] * fixed_scale_value)

@@ -27,8 +27,9 @@ def random_ring(seed: bytes, shape: tuple[int, ...]) -> torch.Tensor:
     """
     count = int(np.prod(shape))
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor()
-    stream = encryptor.update(bytes(8 * count)) + encryptor.finalize()
-    return torch.from_numpy(np.frombuffer(stream, dtype="<i8").astype(np.int64).reshape(shape))
+    out = np.empty(count + 2, dtype="<i8")  # update_into wants room for one more block
+    encryptor.update_into(bytes(8 * count), out.view(np.uint8))
+    return torch.from_numpy(out[:count].reshape(shape))
 
 
 def encode(values: np.ndarray, bits: int) -> torch.Tensor:
@@ -51,6 +52,7 @@ class RingBasis:
 
     def __init__(self, basis: AffineBasis | BSplineBasis):
         self._basis = basis
+        self._magnitude = None
         if isinstance(basis, AffineBasis):
             self.scales = np.maximum(np.abs(basis.matrix).max(axis=0), 1e-30)
             self._dense = encode(basis.matrix / self.scales, BASIS_BITS)
@@ -78,10 +80,13 @@ class RingBasis:
         return out
 
     def abs_transpose_apply(self, magnitudes: np.ndarray) -> np.ndarray:
-        """|Phi'|^T magnitudes in floating point (for bounding the ring results)."""
-        if isinstance(self._basis, AffineBasis):
-            return np.abs(self._basis.matrix / self.scales).T @ magnitudes
-        return np.asarray(abs(self._basis.phi).T @ magnitudes)
+        """|Phi'|^T magnitudes in floating point (for bounding the ring results); |Phi'| is cached."""
+        if self._magnitude is None:
+            if isinstance(self._basis, AffineBasis):
+                self._magnitude = np.abs(self._basis.matrix / self.scales).T.copy()
+            else:
+                self._magnitude = abs(self._basis.phi).T.tocsr()
+        return np.asarray(self._magnitude @ magnitudes)
 
     def decode(self, revealed: torch.Tensor, value_bits: int) -> np.ndarray:
         """Floats of Phi^T (values) from the revealed ring result whose values had ``value_bits``."""

@@ -17,7 +17,8 @@ from ..errors import PPIRError
 from .framing import PREFIX, FramingError, Message, decode, encode, parse_prefix
 
 DEFAULT_MAX_MESSAGE = 4 << 30
-READ_SIZE = 1 << 18
+READ_SIZE = 1 << 20
+WRITE_SIZE = 1 << 20
 
 
 class PeerError(PPIRError):
@@ -132,18 +133,26 @@ class Channel:
             raise PeerError(f"expected the {self.peer_role} party but the peer's certificate names {role!r}")
         self.peer_role = role
 
-    def send(self, message: Message) -> None:
-        self._tls_call(self._tls.write, encode(message))
+    @property
+    def timeout(self) -> float:
+        """Seconds a send or receive may wait for the peer."""
+        return self._sock.gettimeout()
 
-    def _read_exact(self, n: int) -> bytes:
-        chunks, remaining = [], n
-        while remaining:
-            chunk = self._tls_call(self._tls.read, min(remaining, READ_SIZE))
-            if not chunk:
+    def send(self, message: Message) -> None:
+        """Encrypt and send in pieces, so that large messages stream instead of piling up in memory."""
+        data = memoryview(encode(message))
+        for start in range(0, len(data), WRITE_SIZE):
+            self._tls_call(self._tls.write, data[start:start + WRITE_SIZE])
+
+    def _read_exact(self, n: int) -> bytearray:
+        buffer = bytearray(n)
+        view, filled = memoryview(buffer), 0
+        while filled < n:
+            got = self._tls_call(self._tls.read, min(n - filled, READ_SIZE), view[filled:])
+            if not got:
                 raise PeerError(f"the {self.peer_role} party closed the connection")
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+            filled += got
+        return buffer
 
     def recv(self) -> Message:
         try:

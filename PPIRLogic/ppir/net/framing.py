@@ -55,9 +55,9 @@ def parse_prefix(prefix: bytes, max_body: int) -> tuple[int, int, int]:
     return kind, header_len, body_len
 
 
-def decode(kind: int, header: bytes, body: bytes) -> Message:
+def decode(kind: int, header: bytes | bytearray, body: bytes | bytearray) -> Message:
     try:
-        parsed = json.loads(header.decode())
+        parsed = json.loads(bytes(header).decode())
         meta, specs = parsed["meta"], parsed["arrays"]
         if not isinstance(meta, dict) or not isinstance(specs, list):
             raise TypeError
@@ -76,8 +76,8 @@ def decode(kind: int, header: bytes, body: bytes) -> Message:
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if offset + size > len(body):
             raise FramingError(f"array {name!r} runs past the end of the message")
-        arrays[str(name)] = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize,
-                                          offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
+        array = np.frombuffer(body, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape)
+        arrays[str(name)] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
         offset += size
     if offset != len(body):
         raise FramingError("message body has trailing bytes")

@@ -186,18 +186,23 @@ def test_certificate_from_another_pki_is_refused(pair, tmp_path):
     assert fixed.wait(60) != 0
 
 
-def test_version_mismatch_is_refused_with_a_reason(pair):
+@pytest.mark.parametrize("hello, reason", [
+    ({"version": 99, "protocol": "mpc"}, "version 99"),
+    ({"version": 1, "protocol": "mpc", "fixed_bits": 12, "basis_bits": 12}, "fixed-point bits 12/12"),
+    ({"version": 1, "protocol": "fhe", "fixed_bits": 16, "basis_bits": 12}, "protocol fhe"),
+])
+def test_session_mismatch_is_refused_with_a_reason(pair, hello, reason):
     from ppir.net.channel import Credentials, connect
     from ppir.net.framing import Message
     from ppir.session import Kind
     fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs",
                               str(pair / "pki")], "fixed")
     channel = connect(fixed_at, Credentials.from_folder(pair / "pki", "moving"), "fixed")
-    channel.send(Message(Kind.HELLO, {"version": 99, "protocol": "mpc"}))
+    channel.send(Message(Kind.HELLO, hello))
     reply = channel.recv()
     channel.close()
-    assert reply.kind == Kind.ERROR and "version 99" in reply.meta["reason"]
-    assert fixed.wait(30) == 3 and "version 99" in fixed.stderr.read()
+    assert reply.kind == Kind.ERROR and reason in reply.meta["reason"]
+    assert fixed.wait(30) == 3 and reason in fixed.stderr.read()
 
 
 def test_ctrl_c_on_the_moving_party_stops_everyone(pair, tmp_path):

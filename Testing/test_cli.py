@@ -141,3 +141,11 @@ def test_certs_init_and_unknown_role(tmp_path):
     bad = ppir("certs", "init", tmp_path / "other", "--parties", "moving,auditor", check=False)
     assert bad.returncode == 2 and "auditor" in bad.stderr
     assert not (tmp_path / "other" / "ca.pem").exists()
+
+
+def test_bad_tls_config_is_refused(tmp_path):
+    (tmp_path / "tls.toml").write_text('ca = "ca.pem"\npassword = "x"\n')
+    done = ppir("dealer", "--listen", "127.0.0.1:0", "--tls-config", tmp_path / "tls.toml", check=False)
+    assert done.returncode == 2 and "unknown: password" in done.stderr
+    done = ppir("dealer", "--listen", "127.0.0.1:0", check=False)
+    assert done.returncode == 2 and "no ca, cert, key given" in done.stderr

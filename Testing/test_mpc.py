@@ -118,7 +118,9 @@ def test_register_mpc_matches_clear_bspline_2d(slice_2d, tmp_path):
 
 def test_separate_roles_share_the_transform(pair, tmp_path):
     pki = str(pair / "pki")
-    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
+    config = tmp_path / "dealer-tls.toml"
+    config.write_text(f'ca = "{pair / "pki/ca.pem"}"\ncert = "{pair / "pki/dealer.pem"}"\nkey = "{pair / "pki/dealer.key"}"\n')
+    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--tls-config", str(config)], "dealer")
     fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki,
                               "--output-transform", str(tmp_path / "received.h5"), "--progress-json"], "fixed")
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",

@@ -106,6 +106,8 @@ def _add_tls_options(p: argparse.ArgumentParser, role: str) -> None:
     g = p.add_argument_group("TLS (mutual authentication, always on)")
     g.add_argument("--certs", metavar="DIR",
                    help=f"folder with ca.pem, {role}.pem and {role}.key (as `ppir certs init` writes them)")
+    g.add_argument("--tls-config", metavar="FILE.toml",
+                   help="a TOML file with ca = ..., cert = ..., key = ... (paths relative to the file)")
     g.add_argument("--ca", help="CA certificate to trust (overrides DIR/ca.pem)")
     g.add_argument("--cert", help=f"this party's certificate (overrides DIR/{role}.pem)")
     g.add_argument("--key", help=f"this party's private key (overrides DIR/{role}.key)")
@@ -113,11 +115,34 @@ def _add_tls_options(p: argparse.ArgumentParser, role: str) -> None:
 
 
 def _credentials(args: argparse.Namespace):
+    """TLS files from --certs DIR, --tls-config FILE and --ca/--cert/--key (later ones override)."""
     from .net.channel import Credentials
-    if not args.certs and not (args.ca and args.cert and args.key):
-        raise PPIRError("give --certs DIR or all of --ca, --cert and --key")
-    base = Credentials.from_folder(args.certs or ".", args.role)
-    return Credentials(Path(args.ca or base.ca), Path(args.cert or base.cert), Path(args.key or base.key), args.role)
+    files = {}
+    if args.certs:
+        base = Credentials.from_folder(args.certs, args.role)
+        files = {"ca": base.ca, "cert": base.cert, "key": base.key}
+    if args.tls_config:
+        files.update(_read_tls_config(Path(args.tls_config)))
+    files.update({k: Path(v) for k, v in (("ca", args.ca), ("cert", args.cert), ("key", args.key)) if v})
+    missing = [k for k in ("ca", "cert", "key") if k not in files]
+    if missing:
+        raise PPIRError(f"TLS: no {', '.join(missing)} given (use --certs DIR, --tls-config FILE or --ca/--cert/--key)")
+    return Credentials(files["ca"], files["cert"], files["key"], args.role)
+
+
+def _read_tls_config(path: Path) -> dict[str, Path]:
+    import tomllib
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PPIRError(f"TLS config '{path}': no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise PPIRError(f"TLS config '{path}': not valid TOML ({err})") from None
+    unknown = sorted(set(table) - {"ca", "cert", "key"})
+    if unknown or not all(isinstance(v, str) for v in table.values()):
+        raise PPIRError(f"TLS config '{path}': expected only ca, cert and key as strings"
+                        + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return {k: (path.parent / v) for k, v in table.items()}
 
 
 def _log(message: str) -> None:

@@ -102,8 +102,9 @@ Progress = Callable[[dict], None]
 
 @dataclass
 class _State:
+    """The data terms at one parameter vector (the model's penalty is added where they are used)."""
+
     ssd: float
-    objective: float
     gradient: np.ndarray
     channels: np.ndarray
 
@@ -140,8 +141,7 @@ class _Level:
         v = values.astype(np.float64)
         ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
         local = self.joint_basis.transpose_apply(g * values[:, None])
-        gradient = self.model.gradient_vector(local - joint.r, p) + self.model.penalty_gradient(p)
-        return _State(ssd, ssd + self.model.penalty(p), gradient, g)
+        return _State(ssd, self.model.gradient_vector(local - joint.r, p), g)
 
 
 def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str) -> tuple[LinearModel, np.ndarray]:
@@ -211,6 +211,7 @@ def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels
     promised less than NOISE_FLOOR (relative) is rejected (the model is no longer reliable there),
     or after ``max_iterations`` accepted steps. Each trial costs one joint product.
     """
+    model = level.model
     level.use_samples(_draw(level, p, settings, rng))
     state = level.evaluate(p)
     damping = 1e-3
@@ -220,24 +221,26 @@ def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels
         if settings.resample_each_iteration and iterations > 0 and settings.sampling != "full":
             level.use_samples(_draw(level, p, settings, rng))
             state = level.evaluate(p)
-        hessian = level.model.hessian(level.joint_basis, state.channels, p)
+        hessian = model.hessian(level.joint_basis, state.channels, p)
         if iterations == 0 and stage == "bspline":
-            level.model.set_regularization(hessian, settings.bspline_regularization)
-            state = level.evaluate(p)
+            model.set_regularization(hessian, settings.bspline_regularization)
+        objective = state.ssd + model.penalty(p)
+        gradient = state.gradient + model.penalty_gradient(p)
         while True:
-            step = level.model.solve(hessian, state.gradient, damping)
+            step = model.solve(hessian, gradient, damping)
             candidate = p - step
-            moved = level.model.max_change(level.basis, p, candidate)
-            predicted = 2.0 * float(step @ state.gradient) - float(step @ (hessian @ step))
-            if moved < step_tol or predicted < RELATIVE_TOLERANCE * state.objective:
+            moved = model.max_change(level.basis, p, candidate)
+            predicted = 2.0 * float(step @ gradient) - float(step @ (hessian @ step))
+            if moved < step_tol or predicted < RELATIVE_TOLERANCE * objective:
                 return p, state.ssd, iterations
             trial = level.evaluate(candidate)
-            if trial.objective < state.objective:
+            trial_objective = trial.ssd + model.penalty(candidate)
+            if trial_objective < objective:
                 break
-            if predicted < NOISE_FLOOR * state.objective:
+            if predicted < NOISE_FLOOR * objective:
                 return p, state.ssd, iterations
             damping *= 10.0
-        relative = (state.objective - trial.objective) / max(state.objective, 1e-30)
+        relative = (objective - trial_objective) / max(objective, 1e-30)
         p, state = candidate, trial
         damping = max(damping / 10.0, 1e-9)
         iterations += 1

@@ -13,7 +13,7 @@ import torch
 
 from ppir.backend import ClearBackend
 from ppir.driver import _Level
-from ppir.evaluate import displacement
+from ppir.evaluate import disagreement
 from ppir.image import read_image
 from ppir.linear import LinearModel
 from ppir.moving import MovingLevel
@@ -80,8 +80,7 @@ def pair(tmp_path_factory, mni_4mm):
 
 
 def _rmse(a, b, grid):
-    diff = displacement(sitk.ReadTransform(str(a)), grid) - displacement(sitk.ReadTransform(str(b)), grid)
-    return float(np.sqrt(np.mean(np.sum(diff ** 2, axis=1))))
+    return disagreement(sitk.ReadTransform(str(a)), sitk.ReadTransform(str(b)), grid)["rmse"]
 
 
 def _clear_and_mpc(fixed, moving, folder, *options):

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from . import data
 from .backend import ClearBackend
 from .driver import Settings, _Level, register
-from .evaluate import displacement, tre
+from .evaluate import disagreement, tre
 from .image import Grid, Volume, read_image, write_atomically
 from .linear import LinearModel
 from .moving import MovingLevel
@@ -190,9 +190,8 @@ def run_mpc_suite(out: Path | None, log=print) -> dict:
                 row[f"{party}_s_per_product"] = stats["wall_time_s"] / products if stats["wall_time_s"] else None
                 row[f"{party}_mb_per_product"] = (stats["bytes_sent"] + stats["bytes_received"]) / 1e6 / products
             if protocol == "mpc":
-                clear = displacement(sitk.ReadTransform(rows[0]["transform"]), grid)
-                row["rmse_vs_clear_mm"] = float(np.sqrt(np.mean(np.sum(
-                    (displacement(sitk.ReadTransform(str(transform)), grid) - clear) ** 2, axis=1))))
+                row["rmse_vs_clear_mm"] = disagreement(sitk.ReadTransform(str(transform)),
+                                                       sitk.ReadTransform(rows[0]["transform"]), grid)["rmse"]
             rows.append(row)
             log(f"{name:<10} {row['wall_time_s']:6.1f} s, {products} products, TRE {row['tre_mm']:.4f} mm")
     results = {"suite": "mpc", "machine": _machine(), "versions": versions(), "runs": rows,

@@ -28,8 +28,13 @@ def distance_stats(distances: np.ndarray) -> dict:
             "voxels": int(distances.size)}
 
 
+def disagreement(transform: sitk.Transform, other: sitk.Transform, grid: Grid,
+                 mask: np.ndarray | None = None) -> dict:
+    """Statistics in mm of |T(x) - T'(x)| over the voxels of ``grid`` (or those in ``mask``)."""
+    diff = displacement(transform, grid) - displacement(other, grid)
+    return distance_stats(np.linalg.norm(diff if mask is None else diff[mask], axis=1))
+
+
 def tre(fixed: Volume, transform: sitk.Transform, truth: sitk.Transform, mask: np.ndarray | None = None) -> dict:
     """TRE statistics in mm over ``mask`` (default: the fixed image's Otsu foreground)."""
-    mask = foreground(fixed) if mask is None else mask
-    diff = displacement(transform, fixed.grid)[mask] - displacement(truth, fixed.grid)[mask]
-    return distance_stats(np.linalg.norm(diff, axis=1))
+    return disagreement(transform, truth, fixed.grid, foreground(fixed) if mask is None else mask)

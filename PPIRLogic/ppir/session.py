@@ -91,7 +91,8 @@ def per_level(marks: list[tuple[int, int]]) -> list[dict]:
     return [{"bytes_sent": b[0] - a[0], "bytes_received": b[1] - a[1]} for a, b in zip(marks, marks[1:])]
 
 
-def totals(channels: list[Channel]) -> tuple[int, int]:
+def totals(channels: list[Channel | None]) -> tuple[int, int]:
+    """Bytes sent and received over the (open) channels."""
     return (sum(c.traffic.bytes_sent for c in channels if c), sum(c.traffic.bytes_received for c in channels if c))
 
 
@@ -101,9 +102,8 @@ class _Clock:
     def __init__(self):
         self._wall, self._cpu = time.perf_counter(), time.process_time()
 
-    def stats(self, channels: list[Channel]) -> PartyStats:
-        return PartyStats(time.perf_counter() - self._wall, time.process_time() - self._cpu,
-                          sum(c.traffic.bytes_sent for c in channels), sum(c.traffic.bytes_received for c in channels))
+    def stats(self, channels: list[Channel | None]) -> PartyStats:
+        return PartyStats(time.perf_counter() - self._wall, time.process_time() - self._cpu, *totals(channels))
 
 
 class MPCBackend(JointBackend):
@@ -173,7 +173,7 @@ class MPCBackend(JointBackend):
         self._dealer.send(Message(Kind.BYE, {}))
 
     def party_stats(self) -> dict[str, PartyStats]:
-        return {"moving": self._clock.stats([c for c in (self._fixed, self._dealer) if c]), "fixed": self._fixed_stats}
+        return {"moving": self._clock.stats([self._fixed, self._dealer]), "fixed": self._fixed_stats}
 
     def abort(self, reason: str) -> None:
         for channel in (self._fixed, self._dealer):

@@ -16,7 +16,7 @@ from .report import build_report, dumps
 from .snapshot import resample_into, write_snapshot
 
 TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
-PROTOCOLS = ("clear", "mpc")
+PROTOCOLS = ("clear", "mpc", "fhe")
 
 
 @dataclass
@@ -46,14 +46,14 @@ def register_files(fixed: str | Path, moving: str | Path, settings: Settings, ou
                    ground_truth: sitk.Transform | None = None) -> dict:
     """Register ``moving`` to ``fixed``, write the outputs (all or none) and return the report.
 
-    ``clear`` computes in this process; ``mpc`` runs the three roles as separate local processes.
+    ``clear`` computes in this process; ``mpc`` and ``fhe`` run the roles as separate local processes.
     With a ``ground_truth`` transform the report gets ``tre_mm`` over the fixed image's foreground.
     """
     if protocol not in PROTOCOLS:
         raise PPIRError(f"protocol {protocol!r} is not available here; choose from {', '.join(PROTOCOLS)}")
-    if protocol == "mpc":
-        from .roles import run_local_mpc
-        return run_local_mpc(fixed, moving, settings, outputs, progress, ground_truth)
+    if protocol != "clear":
+        from .roles import run_local
+        return run_local(protocol, fixed, moving, settings, outputs, progress, ground_truth)
     settings.validate()
     outputs.check(settings)
     fixed_volume = read_image(fixed, "fixed image")

@@ -174,8 +174,9 @@ def _cmd_moving(args: argparse.Namespace) -> int:
                       snapshot=args.snapshot, displacement=args.output_displacement)
     progress = JsonLines() if args.progress_json else (TerminalBar() if sys.stderr.isatty() else None)
     try:
+        protocol = args.protocol or ("mpc" if args.dealer else "fhe")
         report = run_moving(args.image, args.connect, args.dealer, _credentials(args), _settings(args), outputs,
-                            args.share_result, progress)
+                            args.share_result, progress, protocol=protocol)
     finally:
         if progress:
             progress.close()
@@ -267,14 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="known true transform (e.g. from `ppir data synth`): adds the TRE to the report and summary")
     reg.add_argument("--protocol", choices=PROTOCOLS, default="clear",
                      help="clear: one process, no protection; mpc: the moving, fixed and dealer roles as separate "
-                          "local processes over TLS (default: clear)")
+                          "local processes over TLS; fhe: the moving and fixed roles only, CKKS homomorphic "
+                          "encryption (default: clear)")
     _add_registration_options(reg)
     _add_outputs(reg)
     reg.set_defaults(run=_cmd_register)
 
     fixed = sub.add_parser("fixed", help="party 2: hold the fixed image and answer registration sessions",
-                           description="Listens for the moving party, answers its MPC session about the fixed "
-                                       "image and writes what the moving party shares at the end.")
+                           description="Listens for the moving party, answers its MPC or FHE session about the "
+                                       "fixed image and writes what the moving party shares at the end.")
     fixed.add_argument("--image", required=True, help="the fixed image")
     fixed.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
     fixed.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
@@ -296,14 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls_options(dealer, "dealer")
     dealer.set_defaults(run=_cmd_dealer)
 
-    mov = sub.add_parser("moving", help="party 1: register the moving image to a remote fixed image under MPC",
-                         description="Connects to the fixed party and the dealer, runs the registration and "
+    mov = sub.add_parser("moving", help="party 1: register the moving image to a remote fixed image (MPC or FHE)",
+                         description="Connects to the fixed party (and, for MPC, the dealer), runs the registration and "
                                      "writes the outputs; the warped image is this party's own image resampled "
                                      "into the fixed grid.")
     mov.add_argument("--image", required=True, help="the moving image")
     mov.add_argument("--connect", required=True, metavar="HOST:PORT", help="the fixed party")
-    mov.add_argument("--dealer", required=True, metavar="HOST:PORT", help="the dealer")
-    mov.add_argument("--protocol", choices=("mpc",), default="mpc", help="private protocol (default: mpc)")
+    mov.add_argument("--dealer", metavar="HOST:PORT", help="the dealer (MPC only)")
+    mov.add_argument("--protocol", choices=("mpc", "fhe"),
+                     help="private protocol (default: mpc with --dealer, fhe without)")
     mov.add_argument("--share-result", choices=("none", "transform", "warped"), default="transform",
                      help="what the fixed party receives at the end (default: transform)")
     _add_registration_options(mov)

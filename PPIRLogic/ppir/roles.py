@@ -1,8 +1,8 @@
-"""The three roles as programs: fixed party, dealer, moving party, and all three on one machine.
+"""The roles as programs: fixed party, dealer, moving party, and all of them on one machine.
 
-``run_local_mpc`` is what ``ppir register --protocol mpc`` does: it makes trial certificates in a
-temporary folder, starts the dealer and the fixed party as separate processes listening on
-loopback, and runs the moving party in this process: the same code paths as across hospitals.
+``run_local`` is what ``ppir register --protocol mpc|fhe`` does: it makes trial certificates in a
+temporary folder, starts the fixed party (and, for MPC, the dealer) as separate processes listening
+on loopback, and runs the moving party in this process: the same code paths as across hospitals.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .session import MPCBackend, serve_dealer_session, serve_fixed_session, tell
 from .snapshot import resample_into
 
 SHARE_CHOICES = ("none", "transform", "warped")
+PRIVATE_PROTOCOLS = ("mpc", "fhe")
 
 
 def announce(listener: Listener) -> None:
@@ -94,20 +95,45 @@ def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> Non
         listener.close()
 
 
-def run_moving(moving_path: str, fixed_address: str, dealer_address: str, credentials: Credentials,
+def check_protocol(protocol: str, dealer_address: str | None, settings: Settings) -> None:
+    """Refuse, before any work, a protocol that cannot run these settings."""
+    if protocol not in PRIVATE_PROTOCOLS:
+        raise PPIRError(f"unknown protocol {protocol!r}; choose from {', '.join(PRIVATE_PROTOCOLS)}")
+    if protocol == "mpc" and not dealer_address:
+        raise PPIRError("the MPC protocol needs a dealer (--dealer HOST:PORT)")
+    if protocol == "fhe":
+        from .fhe import params
+        if settings.transform == "bspline":
+            raise PPIRError("the FHE protocol supports rigid and affine transforms only (use --protocol mpc "
+                            "for B-spline)")
+        d = 3
+        values = len(settings.levels) * (settings.max_iterations + 1) * (d * (d + 1) + 1)
+        if values > params.MAX_RELEASED:
+            raise PPIRError(f"FHE: {len(settings.levels)} levels x {settings.max_iterations} iterations could need "
+                            f"{values} decrypted values, over the session budget of {params.MAX_RELEASED}; "
+                            "lower --max-iterations")
+
+
+def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None, credentials: Credentials,
                settings: Settings, outputs: Outputs, share: str = "transform",
-               progress: Progress | None = None, evaluation: tuple[Volume, sitk.Transform] | None = None) -> dict:
-    """Party 1: register its image to the remote fixed image under MPC and write its outputs.
+               progress: Progress | None = None, evaluation: tuple[Volume, sitk.Transform] | None = None,
+               protocol: str = "mpc") -> dict:
+    """Party 1: register its image to the remote fixed image under ``protocol`` and write its outputs.
 
     ``evaluation`` (a fixed image and a true transform, for trials on one machine) adds ``tre_mm``.
     """
     if share not in SHARE_CHOICES:
         raise PPIRError(f"--share-result must be one of {', '.join(SHARE_CHOICES)}")
     settings.validate()
+    check_protocol(protocol, dealer_address, settings)
     outputs.check(settings)
     moving = read_image(moving_path, "moving image")
     start = time.perf_counter()
-    backend = MPCBackend(fixed_address, dealer_address, credentials, settings.__dict__)
+    if protocol == "fhe":
+        from .fhe.backend import FHEBackend
+        backend = FHEBackend(fixed_address, credentials, settings.__dict__)
+    else:
+        backend = MPCBackend(fixed_address, dealer_address, credentials, settings.__dict__)
     try:
         result = register(moving, backend, settings, progress)
         fixed_grid = backend.fixed_grid
@@ -117,9 +143,11 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str, creden
         raise
     finally:
         backend.close()
-    report = build_report("mpc", settings, result, time.perf_counter() - start, backend.party_stats(),
-                          {"moving": str(moving_path), "fixed": fixed_address, "dealer": dealer_address},
-                          outputs.to_dict())
+    inputs = {"moving": str(moving_path), "fixed": fixed_address}
+    if dealer_address:
+        inputs["dealer"] = dealer_address
+    report = build_report(protocol, settings, result, time.perf_counter() - start, backend.party_stats(),
+                          inputs, outputs.to_dict())
     report["shared_with_fixed_party"] = share
     for n, level in enumerate(report["levels"]):
         for party, traffic in backend.level_traffic.items():
@@ -128,7 +156,7 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str, creden
                 level[f"{party}_bytes_received"] = traffic[n]["bytes_received"]
     if evaluation is not None:
         report["tre_mm"] = tre(evaluation[0], result.transform, evaluation[1])
-    write_outputs(outputs, result.transform, fixed_grid, moving, report, f"mpc {settings.transform}")
+    write_outputs(outputs, result.transform, fixed_grid, moving, report, f"{protocol} {settings.transform}")
     return report
 
 
@@ -173,14 +201,15 @@ class _Role:
         return text.splitlines()[-1] if self.process.returncode and text else None
 
 
-def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
-                  progress: Progress | None = None, ground_truth: sitk.Transform | None = None) -> dict:
-    """The three roles as separate processes on this machine, over loopback TLS.
+def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
+              progress: Progress | None = None, ground_truth: sitk.Transform | None = None) -> dict:
+    """The roles as separate processes on this machine, over loopback TLS.
 
     The fixed image is read here only to check it before starting (and, with a ground truth, to
     measure the TRE afterwards); the registration itself reaches it only through the fixed process.
     """
     settings.validate()
+    check_protocol(protocol, "local" if protocol == "mpc" else None, settings)
     outputs.check(settings)
     fixed = read_image(fixed_path, "fixed image")
     evaluation = (fixed, ground_truth) if ground_truth is not None else None
@@ -188,11 +217,15 @@ def run_local_mpc(fixed_path: str, moving_path: str, settings: Settings, outputs
         certs.init(Path(pki), list(certs.ROLES), ["127.0.0.1"], days=1)
         roles: list[_Role] = []
         try:
-            roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"], "dealer"))
-            roles.append(_Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
-                                "--sessions", "1"], "fixed"))
-            return run_moving(moving_path, roles[1].address, roles[0].address,
-                              Credentials.from_folder(pki, "moving"), settings, outputs, "none", progress, evaluation)
+            if protocol == "mpc":
+                roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"],
+                                   "dealer"))
+            fixed_role = _Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
+                                "--sessions", "1"], "fixed")
+            roles.append(fixed_role)
+            dealer = roles[0].address if protocol == "mpc" else None
+            return run_moving(moving_path, fixed_role.address, dealer, Credentials.from_folder(pki, "moving"),
+                              settings, outputs, "none", progress, evaluation, protocol)
         except PeerError as err:
             details = "; ".join(f"{r.name}: {r.failure()}" for r in roles if r.failure())
             raise PeerError(f"{err}" + (f" ({details})" if details else "")) from None

@@ -1,8 +1,10 @@
-"""The two-party runtime: the fixed party's server, the dealer, and the moving party's MPC backend.
+"""The two-party runtime: the fixed party's server, the dealer, and the moving party's backends.
 
 Every message crosses a mutually authenticated TLS channel (``ppir.net``). The moving party drives:
-it opens the session with the fixed party (which then connects to the dealer named in the session
-parameters), and asks the dealer for correlated randomness. Message kinds are listed in ``Kind``.
+it opens the session with the fixed party and names the protocol. Under MPC the fixed party then
+connects to the dealer named in the session parameters, and the moving party asks the dealer for
+correlated randomness; under FHE (``ppir.fhe.backend``) there is no dealer. Message kinds are
+listed in ``Kind``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class Kind(IntEnum):
     BYE = 9
     FAREWELL = 10
     ERROR = 11
+    FHE_COLUMNS = 12
+    FHE_VALUES = 13
     DEALER_HELLO = 20
     DEALER_READY = 21
     DEALER_LEVEL = 22
@@ -106,40 +110,81 @@ class _Clock:
         return PartyStats(time.perf_counter() - self._wall, time.process_time() - self._cpu, *totals(channels))
 
 
-class MPCBackend(JointBackend):
-    """The moving party's end of the MPC protocol (see ``ppir.mpc.protocol``)."""
+class RemoteBackend(JointBackend):
+    """The moving party's end of a session with a remote fixed party: levels, accounting, ending."""
 
-    name = "mpc"
-
-    def __init__(self, fixed: str, dealer: str, credentials: Credentials, session: dict, timeout: float = 60.0,
-                 retry_for: float = 10.0):
+    def __init__(self, fixed: str, credentials: Credentials, hello: dict, timeout: float, retry_for: float):
         self._clock = _Clock()
         self._fixed = connect(fixed, credentials, "fixed", timeout, retry_for)
-        self._dealer: Channel | None = None
+        self.session_id = secrets.token_hex(8)
         try:
-            session_id = secrets.token_hex(8)
-            self._fixed.send(Message(Kind.HELLO, {"version": SESSION_VERSION, "protocol": "mpc", "session": session_id,
-                                                  "dealer": dealer, "fixed_bits": FIXED_BITS,
-                                                  "basis_bits": BASIS_BITS, "settings": session}))
-            self._grid = _grid_from(expect(self._fixed, Kind.WELCOME).meta["grid"])
-            self._dealer = connect(dealer, credentials, "dealer", timeout, retry_for)
-            self._dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": session_id}))
-            expect(self._dealer, Kind.DEALER_READY)
+            self._fixed.send(Message(Kind.HELLO, {"version": SESSION_VERSION, "session": self.session_id, **hello}))
+            self.welcome = expect(self._fixed, Kind.WELCOME)
+            self._grid = _grid_from(self.welcome.meta["grid"])
         except BaseException:
             self.abort("the moving party could not open the session")
+            self.close()
             raise
         self._fixed_stats = PartyStats()
         self._marks: list[tuple[int, int]] = []
         self.level_traffic: dict[str, list[dict]] = {"moving": [], "fixed": []}
 
     @property
+    def channels(self) -> list[Channel | None]:
+        return [self._fixed]
+
+    @property
     def fixed_grid(self) -> Grid:
         return self._grid
 
     def start_level(self, spec: LevelSpec) -> Grid:
-        self._marks.append(totals([self._fixed, self._dealer]))
+        self._marks.append(totals(self.channels))
         self._fixed.send(Message(Kind.LEVEL, spec.to_dict()))
         return _grid_from(expect(self._fixed, Kind.LEVEL_READY).meta["grid"])
+
+    def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
+        """End the session, handing the fixed party what the moving party chose to share."""
+        self._marks.append(totals(self.channels))
+        self._fixed.send(Message(Kind.BYE, shared, arrays))
+        farewell = expect(self._fixed, Kind.FAREWELL).meta
+        self._fixed_stats = PartyStats(**farewell["stats"])
+        self.level_traffic = {"moving": per_level(self._marks), "fixed": farewell["levels"]}
+
+    def party_stats(self) -> dict[str, PartyStats]:
+        return {"moving": self._clock.stats(self.channels), "fixed": self._fixed_stats}
+
+    def abort(self, reason: str) -> None:
+        for channel in self.channels:
+            tell_error(channel, reason)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            if channel is not None:
+                channel.close()
+
+
+class MPCBackend(RemoteBackend):
+    """The moving party's end of the MPC protocol (see ``ppir.mpc.protocol``)."""
+
+    name = "mpc"
+
+    def __init__(self, fixed: str, dealer: str, credentials: Credentials, session: dict, timeout: float = 60.0,
+                 retry_for: float = 10.0):
+        self._dealer: Channel | None = None
+        super().__init__(fixed, credentials, {"protocol": "mpc", "dealer": dealer, "fixed_bits": FIXED_BITS,
+                                              "basis_bits": BASIS_BITS, "settings": session}, timeout, retry_for)
+        try:
+            self._dealer = connect(dealer, credentials, "dealer", timeout, retry_for)
+            self._dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self.session_id}))
+            expect(self._dealer, Kind.DEALER_READY)
+        except BaseException:
+            self.abort("the moving party could not open the session")
+            self.close()
+            raise
+
+    @property
+    def channels(self) -> list[Channel | None]:
+        return [self._fixed, self._dealer]
 
     def set_samples(self, samples: np.ndarray | None, basis):
         arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
@@ -164,25 +209,65 @@ class MPCBackend(JointBackend):
         return JointResult(r, cross, self._fixed_sq)
 
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
-        """End the session, handing the fixed party what the moving party chose to share."""
-        self._marks.append(totals([self._fixed, self._dealer]))
-        self._fixed.send(Message(Kind.BYE, shared, arrays))
-        farewell = expect(self._fixed, Kind.FAREWELL).meta
-        self._fixed_stats = PartyStats(**farewell["stats"])
-        self.level_traffic = {"moving": per_level(self._marks), "fixed": farewell["levels"]}
+        super().finish(shared, arrays)
         self._dealer.send(Message(Kind.BYE, {}))
 
-    def party_stats(self) -> dict[str, PartyStats]:
-        return {"moving": self._clock.stats([self._fixed, self._dealer]), "fixed": self._fixed_stats}
 
-    def abort(self, reason: str) -> None:
-        for channel in (self._fixed, self._dealer):
-            tell_error(channel, reason)
+class _FixedMPC:
+    """The fixed party's side of the MPC protocol (its dealer connection included)."""
+
+    def __init__(self, meta: dict, channel: Channel, credentials: Credentials):
+        if meta.get("fixed_bits") != FIXED_BITS or meta.get("basis_bits") != BASIS_BITS:
+            raise PeerError(f"unsupported session parameters: fixed-point bits {meta.get('fixed_bits')}/"
+                            f"{meta.get('basis_bits')}, this side {FIXED_BITS}/{BASIS_BITS}")
+        self._meta, self._channel, self._credentials = meta, channel, credentials
+        self.dealer: Channel | None = None
+        self._level: FixedLevel | None = None
+
+    def welcome(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    def open(self) -> None:
+        self.dealer = connect(self._meta["dealer"], self._credentials, "dealer", self._channel.timeout, retry_for=10.0)
+        self.dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self._meta["session"]}))
+
+    @property
+    def channels(self) -> list[Channel | None]:
+        return [self._channel, self.dealer]
+
+    def on_samples(self, party: FixedParty, basis) -> None:
+        seed_b = expect(self.dealer, Kind.DEALER_SEED_B).arrays["b"].tobytes()
+        scale = fixed_scale(party.values)
+        self._level = FixedLevel.start(party.values, scale, seed_b, RingBasis(basis))
+        self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, "sum_sq": party.sum_of_squares()},
+                                   {"f": self._level.masked().numpy()}))
+
+    def on_product(self, message: Message) -> int:
+        """Answer one product; returns the number of samples."""
+        e = torch.from_numpy(message.arrays.get("e", np.zeros((0, 0), np.int64)))
+        d = int(message.meta.get("d", -1))
+        if self._level is None or e.ndim != 2 or e.shape[0] != self._level.b.shape[0] or not 0 < d < e.shape[1]:
+            raise PeerError("product message does not match the sample set")
+        r1 = torch.from_numpy(expect(self.dealer, Kind.DEALER_SHARE).arrays["r1"])
+        if r1.shape != e.shape:
+            raise PeerError("the dealer's share does not match the product")
+        r, cross = self._level.share(e, r1, d)
+        self._channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
+        return int(e.shape[0])
 
     def close(self) -> None:
-        for channel in (self._fixed, self._dealer):
-            if channel is not None:
-                channel.close()
+        if self.dealer is not None:
+            self.dealer.close()
+
+
+def _fixed_protocol(meta: dict, channel: Channel, credentials: Credentials):
+    """The fixed party's handler for the protocol the moving party asks for."""
+    if meta.get("protocol") == "mpc":
+        return _FixedMPC(meta, channel, credentials)
+    if meta.get("protocol") == "fhe":
+        from .fhe.backend import FixedFHE
+        return FixedFHE(meta, channel)
+    raise PeerError(f"unsupported session parameters: protocol {meta.get('protocol')}")
 
 
 def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credentials, on_result, log,
@@ -192,27 +277,22 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
     ``progress`` receives {"event": "level" | "product", ...} as the session goes.
     """
     clock = _Clock()
-    hello = expect(channel, Kind.HELLO)
-    meta = hello.meta
+    meta = expect(channel, Kind.HELLO).meta
     if meta.get("version") != SESSION_VERSION:
         raise PeerError(f"the moving party speaks session version {meta.get('version')}, this side {SESSION_VERSION}")
-    if meta.get("protocol") != "mpc" or meta.get("fixed_bits") != FIXED_BITS or meta.get("basis_bits") != BASIS_BITS:
-        raise PeerError(f"unsupported session parameters: protocol {meta.get('protocol')}, "
-                        f"fixed-point bits {meta.get('fixed_bits')}/{meta.get('basis_bits')}")
+    handler = _fixed_protocol(meta, channel, credentials)
     party = FixedParty(fixed)
-    channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict()}))
-    dealer = connect(meta["dealer"], credentials, "dealer", channel.timeout, retry_for=10.0)
-    channels = [channel, dealer]
+    extra, arrays = handler.welcome()
+    channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), **extra}, arrays))
     try:
-        dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": meta["session"]}))
-        level = None
+        handler.open()
         grid = None
         marks: list[tuple[int, int]] = []
         products = 0
         while True:
             message = channel.recv()
             if message.kind == Kind.LEVEL:
-                marks.append(totals(channels))
+                marks.append(totals(handler.channels))
                 grid = party.start_level(LevelSpec(int(message.meta["factor"]), float(message.meta["sigma"])))
                 products = 0
                 if progress:
@@ -228,30 +308,18 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                     raise PeerError("sample indices outside the fixed grid")
                 basis = rebuild_basis(message.meta["basis"], grid.points(samples))
                 party.set_samples(samples, basis)
-                seed_b = expect(dealer, Kind.DEALER_SEED_B).arrays["b"].tobytes()
-                scale = fixed_scale(party.values)
-                level = FixedLevel.start(party.values, scale, seed_b, RingBasis(basis))
-                channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, "sum_sq": party.sum_of_squares()},
-                                     {"f": level.masked().numpy()}))
+                handler.on_samples(party, basis)
             elif message.kind == Kind.PRODUCT:
-                e = torch.from_numpy(message.arrays.get("e", np.zeros((0, 0), np.int64)))
-                d = int(message.meta.get("d", -1))
-                if level is None or e.ndim != 2 or e.shape[0] != level.b.shape[0] or not 0 < d < e.shape[1]:
-                    raise PeerError("product message does not match the sample set")
-                r1 = torch.from_numpy(expect(dealer, Kind.DEALER_SHARE).arrays["r1"])
-                if r1.shape != e.shape:
-                    raise PeerError("the dealer's share does not match the product")
-                r, cross = level.share(e, r1, d)
-                channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
+                n_samples = handler.on_product(message)
                 products += 1
                 if progress:
-                    sent, received = totals(channels)
+                    sent, received = totals(handler.channels)
                     progress({"event": "product", "level": len(marks), "products": products,
-                              "samples": int(e.shape[0]), "bytes_sent": sent, "bytes_received": received})
+                              "samples": n_samples, "bytes_sent": sent, "bytes_received": received})
             elif message.kind == Kind.BYE:
-                marks.append(totals(channels))
+                marks.append(totals(handler.channels))
                 on_result(message)
-                stats = clock.stats(channels)
+                stats = clock.stats(handler.channels)
                 channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks)}))
                 return stats
             elif message.kind == Kind.ERROR:
@@ -259,7 +327,7 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
             else:
                 raise PeerError(f"unexpected message {message.kind} from the moving party")
     finally:
-        dealer.close()
+        handler.close()
 
 
 def serve_dealer_session(listener: Listener, log, wait: float | None = None) -> None:

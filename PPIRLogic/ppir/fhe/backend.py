@@ -1,0 +1,138 @@
+"""The FHE protocol between two parties (no dealer), on the session runtime of ``ppir.session``.
+
+    fixed  -> moving  public context: CKKS parameters + Galois keys of the rotations (once)
+    fixed  -> moving  Enc(C_a), C_a = J * Phi_a / s_a for each basis column a (once per sample set)
+    moving -> fixed   Enc(sum_x w_b C_a + U_ab + V_ab) for each output (a, b) (each iteration)
+    fixed  -> moving  the constant coefficient of each, decrypted exactly, plus flooding (each iteration)
+    moving: R_ab = (value - U_ab) / 2**136 * |w_b|_1 * s_a
+
+Phi_a are the columns of the affine basis [x - c, 1] (so the last column gives J itself, used for the
+SSD's cross term); w_b are the moving party's channels (image gradient components, and the warped
+intensities for the cross term), each divided by its l1 norm. Masks, flooding and parameters:
+``ppir.fhe.params``; what each party learns: docs/security.md.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import FixedParty, JointResult
+from ..basis import AffineBasis
+from ..mpc.protocol import fixed_scale
+from ..net.channel import Channel, Credentials, PeerError
+from ..net.framing import Message
+from ..session import Kind, RemoteBackend, basis_spec, expect
+from . import params
+from .fixed import FixedKeys
+from .moving import MovingEvaluator
+
+
+def pack(blobs: list[bytes]) -> dict[str, np.ndarray]:
+    """Byte strings as two arrays for a message."""
+    return {"blobs": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+            "sizes": np.array([len(b) for b in blobs], dtype=np.int64)}
+
+
+def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
+    data, sizes = arrays.get("blobs"), arrays.get("sizes")
+    if data is None or sizes is None or sizes.sum() != data.size or np.any(sizes < 0):
+        raise PeerError("malformed ciphertext list")
+    ends = np.cumsum(sizes)
+    raw = data.tobytes()
+    return [raw[end - size:end] for end, size in zip(ends, sizes)]
+
+
+def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
+    """s_a = s_J * (power of two >= max |Phi_a|): public geometry and the exponent of max |J|."""
+    peaks = np.abs(basis.matrix).max(axis=0)
+    return fixed_scale(values) * np.array([2.0 ** math.ceil(math.log2(p)) if p > 0 else 1.0 for p in peaks])
+
+
+class FixedFHE:
+    """The fixed party's side: owns the keys, encrypts its columns, releases flooded values."""
+
+    def __init__(self, meta: dict, channel: Channel):
+        if meta.get("fhe") != params.describe():
+            raise PeerError(f"unsupported session parameters: CKKS parameters {meta.get('fhe')}, "
+                            f"this side {params.describe()}")
+        self._channel = channel
+        self._keys = FixedKeys()
+        self._outputs = 0
+
+    def welcome(self) -> tuple[dict, dict]:
+        bundle = self._keys.public_bundle()
+        return {"fhe": params.describe()}, {k: np.frombuffer(v, dtype=np.uint8) for k, v in bundle.items()}
+
+    def open(self) -> None:
+        """No third party under FHE."""
+
+    @property
+    def channels(self) -> list[Channel | None]:
+        return [self._channel]
+
+    def on_samples(self, party: FixedParty, basis) -> None:
+        if not isinstance(basis, AffineBasis):
+            raise PeerError("the FHE protocol supports rigid and affine transforms only")
+        scales = column_scales(party.values, basis)
+        columns = (basis.matrix * party.values[:, None] / scales).T
+        blobs = self._keys.encrypt(columns)
+        self._outputs = 0
+        self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), "sum_sq": party.sum_of_squares()},
+                                   pack(blobs)))
+
+    def on_product(self, message: Message) -> int:
+        blobs = unpack(message.arrays)
+        if not blobs:
+            raise PeerError("empty product message")
+        values = self._keys.release(blobs)
+        self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
+        return int(message.meta.get("samples", 0))
+
+    def close(self) -> None:
+        """Nothing to release: the keys die with the session."""
+
+
+class FHEBackend(RemoteBackend):
+    """The moving party's end of the FHE protocol."""
+
+    name = "fhe"
+
+    def __init__(self, fixed: str, credentials: Credentials, session: dict, timeout: float = 60.0,
+                 retry_for: float = 10.0):
+        super().__init__(fixed, credentials, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
+                         timeout, retry_for)
+        bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois")}
+        self._evaluator = MovingEvaluator(bundle)
+
+    def set_samples(self, samples: np.ndarray | None, basis):
+        if not isinstance(basis, AffineBasis):
+            raise PeerError("the FHE protocol supports rigid and affine transforms only")
+        arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
+        self._fixed.send(Message(Kind.SAMPLES, {"basis": basis_spec(basis)}, arrays))
+        reply = expect(self._fixed, Kind.FHE_COLUMNS)
+        self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
+        self._fixed_sq = float(reply.meta["sum_sq"])
+        self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+        self._n_samples = basis.n_samples
+        return basis
+
+    def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        weights = np.vstack([channels.T, warped[None]]).astype(np.float64)
+        norms = np.abs(weights).sum(axis=1)
+        q, d = len(self._scales), channels.shape[1]
+        wanted = [(a, b) for a in range(q) for b in range(d)] + [(q - 1, d)]
+        values = np.zeros(len(wanted))
+        normalised = weights / np.where(norms > 0, norms, 1.0)[:, None]
+        masked = self._evaluator.masked_sums(normalised, wanted)
+        if masked:
+            order = sorted(masked)
+            self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples},
+                                     pack([masked[k][0] for k in order])))
+            released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
+            if len(released) != len(order):
+                raise PeerError("the fixed party returned the wrong number of values")
+            for k, value in zip(order, released):
+                a, b = wanted[k]
+                values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
+        return JointResult(values[:-1].reshape(q, d), float(values[-1]), self._fixed_sq)

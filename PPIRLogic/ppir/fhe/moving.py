@@ -1,0 +1,105 @@
+"""The moving party's homomorphic work: products of its weights with the encrypted fixed columns.
+
+For outputs k = (column a_k, weight row b_k) it computes Enc(sum_x w_b(x) C_a(x)) chunk by chunk
+(plaintext x ciphertext products, accumulated) and sums the slots with log2(slots) rotations, so
+the sum sits in every slot, i.e. in the constant coefficient. It then adds masks it keeps: a uniform
+integer U to the constant coefficient (hides the sum) and a complex per-slot V with zero real mean
+(smudges the error in all other coefficients, leaving the constant one alone).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from . import masks, params
+from .seal_io import context, dump, load
+
+
+class MovingEvaluator:
+    """Holds the public context and the current sample set's encrypted columns."""
+
+    def __init__(self, bundle: dict[str, bytes]):
+        parms = load(seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS), None, bundle["parms"])
+        self._context = context(parms)
+        self._galois = load(seal.GaloisKeys(), self._context, bundle["galois"])
+        self._encoder = seal.CKKSEncoder(self._context)
+        self._evaluator = seal.Evaluator(self._context)
+        self._columns: list[list[seal.Ciphertext]] = []
+
+    def set_columns(self, blobs: list[bytes], n_columns: int) -> None:
+        """The fixed party's encrypted columns, in ``FixedKeys.encrypt`` order."""
+        if n_columns < 1 or len(blobs) % n_columns:
+            raise ValueError("the encrypted columns do not split evenly")
+        chunks = len(blobs) // n_columns
+        cts = [load(seal.Ciphertext(), self._context, blob) for blob in blobs]
+        self._columns = [cts[a * chunks:(a + 1) * chunks] for a in range(n_columns)]
+
+    def masked_sums(self, weights: np.ndarray, outputs: list[tuple[int, int]]) -> dict[int, tuple[bytes, int]]:
+        """Masked ciphertexts of sum_x weights[b] * C_a for (a, b) in outputs, with the masks to remove.
+
+        Keyed by position in ``outputs``; an output whose weights all encode to zero (below the
+        encoding's precision) is left out: its sum is 0. Each weight row must have l1 norm <= 1
+        (the bound the fixed party's flooding assumes).
+        """
+        if np.abs(weights).sum(axis=1).max(initial=0.0) > 1.0 + 1e-9:
+            raise ValueError("weights must have l1 norm <= 1")
+        acc: dict[int, seal.Ciphertext] = {}
+        for chunk in range(len(self._columns[0])):
+            plains = self._encode_chunk(weights, chunk, {b for _, b in outputs})
+            for k, (a, b) in enumerate(outputs):
+                if b in plains:
+                    product = seal.Ciphertext()
+                    self._evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
+                    if k in acc:
+                        self._evaluator.add_inplace(acc[k], product)
+                    else:
+                        acc[k] = product
+        masked = {}
+        for k, ciphertext in acc.items():
+            self._rotate_and_sum(ciphertext)
+            mask = self._add_mask(ciphertext, len(self._columns[0]))
+            masked[k] = (dump(ciphertext), mask)
+        return masked
+
+    def _encode_chunk(self, weights: np.ndarray, chunk: int, rows: set[int]) -> dict[int, seal.Plaintext]:
+        """Plaintexts of the chunk's weights for ``rows``, skipping those that encode to zero."""
+        lo = chunk * params.SLOTS
+        plains = {}
+        for b in sorted(rows):
+            piece = weights[b, lo:lo + params.SLOTS]
+            if np.any(piece):
+                plain = seal.Plaintext()
+                self._encoder.encode(piece.tolist(), params.DELTA_MOVING, plain)
+                if not plain.is_zero():
+                    plains[b] = plain
+        return plains
+
+    @staticmethod
+    def unmask(released: int, removed: int) -> float:
+        """The sum R' from a released constant coefficient and the mask that was added to it."""
+        return math.ldexp(float(released - removed), -params.PRODUCT_BITS)
+
+    def _rotate_and_sum(self, ciphertext: seal.Ciphertext) -> None:
+        step = params.SLOTS // 2
+        while step:
+            rotated = seal.Ciphertext()
+            self._evaluator.rotate_vector(ciphertext, step, self._galois, rotated)
+            self._evaluator.add_inplace(ciphertext, rotated)
+            step //= 2
+
+    def _add_mask(self, ciphertext: seal.Ciphertext, chunks: int) -> int:
+        """Add V (all slots) and U (constant coefficient); returns U."""
+        plain = seal.Plaintext()
+        v = masks.zero_mean_slots(params.SLOTS, params.slot_mask_width(chunks))
+        self._encoder.encode(v.tolist(), ciphertext.scale, plain)
+        self._evaluator.add_plain_inplace(ciphertext, plain)
+        u = masks.integer(params.MASK_RANGE_BITS)
+        # a constant encodes exactly as round(value * scale): add U in 53-bit pieces, each a double
+        for shift in range(0, params.MASK_RANGE_BITS, 53):
+            piece = (u >> shift) & ((1 << 53) - 1)
+            if piece:
+                self._encoder.encode(math.ldexp(float(piece), shift - params.PRODUCT_BITS), ciphertext.scale, plain)
+                self._evaluator.add_plain_inplace(ciphertext, plain)
+        return u

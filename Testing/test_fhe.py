@@ -1,0 +1,189 @@
+"""The FHE protocol: real SEAL (TenSEAL's sealapi), real processes over loopback TLS, real images."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import tenseal.sealapi as seal
+
+from ppir.evaluate import disagreement
+from ppir.fhe import params
+from ppir.fhe.fixed import FixedKeys
+from ppir.fhe.moving import MovingEvaluator
+from ppir.fhe.seal_io import context, dump, load
+from ppir.image import read_image
+from ppir.net import certs
+from ppir.synth import synthesize
+
+PY = [sys.executable, "-m", "ppir"]
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return FixedKeys()
+
+
+def _masked(keys, columns, weights, outputs):
+    evaluator = MovingEvaluator(keys.public_bundle())
+    evaluator.set_columns(keys.encrypt(columns), len(columns))
+    return evaluator.masked_sums(weights, outputs)
+
+
+def test_masked_sums_recover_the_products(keys):
+    rng = np.random.default_rng(0)
+    columns = np.stack([rng.random(10000), rng.uniform(-1, 1, 10000)])
+    weights = rng.standard_normal((2, 10000))
+    weights /= np.abs(weights).sum(axis=1, keepdims=True)
+    outputs = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    masked = _masked(keys, columns, weights, outputs)
+    blobs, removed = [masked[k][0] for k in range(4)], [masked[k][1] for k in range(4)]
+    released = keys.release(blobs)
+    got = np.array([MovingEvaluator.unmask(v, u) for v, u in zip(released, removed)])
+    want = np.array([weights[b] @ columns[a] for a, b in outputs])
+    assert np.abs(got - want).max() < 1e-8
+    # the fixed party saw only masked values: U spreads them over 2**177 integer units
+    assert min(abs(v) for v in released) > 2.0 ** 150
+
+
+def test_release_is_flooded_not_a_raw_decryption(keys):
+    rng = np.random.default_rng(1)
+    columns = rng.random((1, 5000))
+    weights = rng.random((1, 5000))
+    weights /= weights.sum()
+    blobs = [_masked(keys, columns, weights, [(0, 0)])[0][0]]
+    first, second = keys.release(blobs * 2)
+    assert first != second  # fresh flooding noise on each release of the same ciphertext
+    raw = keys._constant_coefficient(_decrypt(keys, blobs[0]))
+    assert raw not in (first, second)
+    width = params.flood_width(2)
+    assert abs(first - raw) <= width and abs(second - raw) <= width
+    assert abs(first - second) > width / 2 ** 20
+
+
+def _decrypt(keys, blob):
+    plain = seal.Plaintext()
+    keys._decryptor.decrypt(load(seal.Ciphertext(), keys._context, blob), plain)
+    return plain
+
+
+def test_the_public_context_holds_no_secret_key(keys):
+    bundle = keys.public_bundle()
+    secret = dump(keys._secret)
+    assert secret[16:80] not in bundle["parms"] + bundle["galois"]
+    # a party with only the public context can make keys of its own; they do not decrypt Enc(J)
+    ctx = context(load(seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS), None, bundle["parms"]))
+    other = seal.Decryptor(ctx, seal.KeyGenerator(ctx).secret_key())
+    values = np.linspace(0, 1, params.SLOTS)
+    ciphertext = load(seal.Ciphertext(), ctx, keys.encrypt(values[None])[0])
+    plain = seal.Plaintext()
+    other.decrypt(ciphertext, plain)
+    assert np.abs(np.array(seal.CKKSEncoder(ctx).decode_double(plain)) - values).max() > 1e3
+
+
+def test_decryption_budget_is_enforced(keys):
+    keys.released = params.MAX_RELEASED
+    try:
+        with pytest.raises(Exception, match="budget"):
+            keys.release([b"x"])
+    finally:
+        keys.released = 0
+
+
+def _clear_and_fhe(fixed, moving, folder, *options):
+    for protocol in ("clear", "fhe"):
+        done = subprocess.run(PY + ["register", "--fixed", str(fixed), "--moving", str(moving), *map(str, options),
+                                    "--protocol", protocol, "--output-transform", str(folder / f"{protocol}.h5"),
+                                    "--report", str(folder / f"{protocol}.json")],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+    return json.loads((folder / "fhe.json").read_text())
+
+
+def _rmse(a, b, grid):
+    return disagreement(sitk.ReadTransform(str(a)), sitk.ReadTransform(str(b)), grid)["rmse"]
+
+
+def test_register_fhe_matches_clear_affine_3d(mni_4mm, tmp_path):
+    synthesize(mni_4mm, "affine", 6, tmp_path)
+    report = _clear_and_fhe(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--levels", "2,1")
+    assert report["protocol"] == "fhe" and "dealer" not in report["inputs"]
+    moving, fixed = report["parties"]["moving"], report["parties"]["fixed"]
+    # the fixed party sends the Galois keys and Enc(J x basis column) per level
+    assert fixed["bytes_sent"] > 8e6 and moving["bytes_received"] >= fixed["bytes_sent"] * 0.99
+    assert _rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", mni_4mm.grid) < 1e-3
+
+
+def test_register_fhe_matches_clear_rigid_2d(slice_2d, tmp_path):
+    synthesize(slice_2d, "affine", 2, tmp_path)
+    _clear_and_fhe(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "rigid",
+                   "--levels", "2,1", "--sampling", "urs", "--sample-fraction", "0.3")
+    assert _rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", slice_2d.grid) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, mni_4mm):
+    folder = tmp_path_factory.mktemp("fhepair")
+    synthesize(mni_4mm, "affine", 4, folder)
+    certs.init(folder / "pki", ["moving", "fixed"], ["127.0.0.1"])
+    return folder
+
+
+def _start_fixed(pair, *extra):
+    process = subprocess.Popen(PY + ["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0",
+                                     "--certs", str(pair / "pki"), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    assert line, process.stderr.read()
+    return process, "127.0.0.1:{port}".format(**json.loads(line))
+
+
+def test_two_parties_without_dealer_share_the_transform(pair, tmp_path):
+    fixed, address = _start_fixed(pair, "--output-transform", str(tmp_path / "received.h5"))
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,
+                                "--certs", str(pair / "pki"), "--levels", "2", "--output-transform",
+                                str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "registered (fhe)" in done.stdout
+    assert fixed.wait(30) == 0
+    assert _rmse(tmp_path / "t.h5", tmp_path / "received.h5", read_image(pair / "fixed.nrrd").grid) < 1e-9
+
+
+def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
+    fixed, address = _start_fixed(pair)
+    moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,
+                                    "--certs", str(pair / "pki"), "--levels", "2,1", "--progress-json",
+                                    "--output-transform", str(tmp_path / "t.h5")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "iteration" in moving.stdout.readline()
+    fixed.kill()
+    _, err = moving.communicate(timeout=60)
+    assert moving.returncode == 3 and "fixed party" in err and "Traceback" not in err
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_certificate_from_another_pki_is_refused(pair, tmp_path):
+    certs.init(tmp_path / "other", ["moving"], ["127.0.0.1"])
+    fixed, address = _start_fixed(pair)
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,
+                                "--protocol", "fhe", "--certs", str(tmp_path / "other"), "--ca",
+                                str(pair / "pki/ca.pem"), "--output-transform", str(tmp_path / "t.h5")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and ("certificate" in done.stderr or "TLS" in done.stderr)
+    assert fixed.wait(60) != 0
+    assert not (tmp_path / "t.h5").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--protocol", "fhe", "--transform", "bspline"], "rigid and affine"),
+    (["--protocol", "mpc"], "needs a dealer"),
+    (["--protocol", "fhe", "--max-iterations", "200"], "decrypted values"),
+])
+def test_impossible_protocol_settings_fail_before_connecting(pair, tmp_path, options, message):
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", "127.0.0.1:9",
+                                "--certs", str(pair / "pki"), *options, "--output-transform", str(tmp_path / "t.h5")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr

@@ -25,8 +25,9 @@ demo: venv
 	mkdir -p $(DEMO)
 	$(BIN)/ppir data synth --image $(PPIR_DATA)/mni152_t1_1mm.nii.gz --transform affine --seed 1 \
 		--noise 0.02 --bias --out $(DEMO) > /dev/null
-	@for protocol in clear mpc; do \
+	@for protocol in clear mpc fhe; do \
 		$(BIN)/ppir register --fixed $(DEMO)/fixed.nrrd --moving $(DEMO)/moving.nrrd --transform affine \
+			--sampling urs --sample-fraction 0.05 \
 			--protocol $$protocol --ground-truth $(DEMO)/ground_truth.h5 \
 			--output-transform $(DEMO)/$$protocol-transform.h5 --output-warped $(DEMO)/$$protocol-warped.nrrd \
 			--report $(DEMO)/$$protocol-report.json --snapshot $(DEMO)/$$protocol-snapshot.png || exit $$?; \

@@ -85,7 +85,10 @@ class FixedFHE:
         blobs = unpack(message.arrays)
         if not blobs:
             raise PeerError("empty product message")
-        values = self._keys.release(blobs)
+        try:
+            values = self._keys.release(blobs)
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
         self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
         return int(message.meta.get("samples", 0))
 
@@ -113,7 +116,10 @@ class FHEBackend(RemoteBackend):
         reply = expect(self._fixed, Kind.FHE_COLUMNS)
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
         self._fixed_sq = float(reply.meta["sum_sq"])
-        self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+        try:
+            self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
         self._n_samples = basis.n_samples
         return basis
 

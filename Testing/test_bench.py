@@ -18,6 +18,7 @@ def test_mpc_suite_runs_and_agrees_with_clear():
     from ppir.bench import mpc_markdown, run_mpc_suite
     results = run_mpc_suite(None, log=lambda *_: None)
     runs = {row["run"]: row for row in results["runs"]}
-    assert set(runs) == {"clear", "mpc", "mpc, URS"}
+    assert set(runs) == {"clear", "mpc", "mpc, URS", "fhe, URS"}
+    assert runs["fhe, URS"]["rmse_vs_clear_mm"] < 0.05
     assert runs["mpc"]["rmse_vs_clear_mm"] < 0.05 and runs["mpc"]["moving_mb_per_product"] > 0
     assert "| mpc | 1260x1090 |" in mpc_markdown(results)

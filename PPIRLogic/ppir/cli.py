@@ -377,7 +377,7 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
                            description="Runs synthetic registrations with known truth on the sample images "
                                        "with PPIR and SimpleITK and prints a markdown table.")
     bench.add_argument("--suite", choices=("engine", "mpc"), default="engine",
-                       help="engine: PPIR (clear) vs SimpleITK, 2D and 3D, affine and B-spline; mpc: clear vs MPC "
+                       help="engine: PPIR (clear) vs SimpleITK, 2D and 3D, affine and B-spline; mpc: clear vs MPC and FHE "
                             "on a 1260x1090 2D pair, per-product time and traffic next to the paper's Table 2")
     bench.add_argument("--out", type=Path, default=None, help="folder for engine.json and engine.md")
     bench.set_defaults(run=_cmd_bench)

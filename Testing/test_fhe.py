@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import tenseal.sealapi as seal
 
-from ppir.evaluate import disagreement
 from ppir.fhe import params
 from ppir.fhe.fixed import FixedKeys
 from ppir.fhe.moving import MovingEvaluator
@@ -18,8 +15,8 @@ from ppir.fhe.seal_io import context, dump, load
 from ppir.image import read_image
 from ppir.net import certs
 from ppir.synth import synthesize
+from private_runs import PY, clear_and_private, transform_rmse
 
-PY = [sys.executable, "-m", "ppir"]
 
 
 @pytest.fixture(scope="module")
@@ -93,35 +90,23 @@ def test_decryption_budget_is_enforced(keys):
         keys.released = 0
 
 
-def _clear_and_fhe(fixed, moving, folder, *options):
-    for protocol in ("clear", "fhe"):
-        done = subprocess.run(PY + ["register", "--fixed", str(fixed), "--moving", str(moving), *map(str, options),
-                                    "--protocol", protocol, "--output-transform", str(folder / f"{protocol}.h5"),
-                                    "--report", str(folder / f"{protocol}.json")],
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr
-    return json.loads((folder / "fhe.json").read_text())
-
-
-def _rmse(a, b, grid):
-    return disagreement(sitk.ReadTransform(str(a)), sitk.ReadTransform(str(b)), grid)["rmse"]
 
 
 def test_register_fhe_matches_clear_affine_3d(mni_4mm, tmp_path):
     synthesize(mni_4mm, "affine", 6, tmp_path)
-    report = _clear_and_fhe(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--levels", "2,1")
+    report = clear_and_private("fhe", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--levels", "2,1")
     assert report["protocol"] == "fhe" and "dealer" not in report["inputs"]
     moving, fixed = report["parties"]["moving"], report["parties"]["fixed"]
     # the fixed party sends the Galois keys and Enc(J x basis column) per level
     assert fixed["bytes_sent"] > 8e6 and moving["bytes_received"] >= fixed["bytes_sent"] * 0.99
-    assert _rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", mni_4mm.grid) < 1e-3
+    assert transform_rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", mni_4mm.grid) < 1e-3
 
 
 def test_register_fhe_matches_clear_rigid_2d(slice_2d, tmp_path):
     synthesize(slice_2d, "affine", 2, tmp_path)
-    _clear_and_fhe(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "rigid",
+    clear_and_private("fhe", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "rigid",
                    "--levels", "2,1", "--sampling", "urs", "--sample-fraction", "0.3")
-    assert _rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", slice_2d.grid) < 1e-3
+    assert transform_rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", slice_2d.grid) < 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +134,7 @@ def test_two_parties_without_dealer_share_the_transform(pair, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "registered (fhe)" in done.stdout
     assert fixed.wait(30) == 0
-    assert _rmse(tmp_path / "t.h5", tmp_path / "received.h5", read_image(pair / "fixed.nrrd").grid) < 1e-9
+    assert transform_rmse(tmp_path / "t.h5", tmp_path / "received.h5", read_image(pair / "fixed.nrrd").grid) < 1e-9
 
 
 def test_fixed_party_that_disappears_mid_run(pair, tmp_path):

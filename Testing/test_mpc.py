@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
 
 from ppir.backend import ClearBackend
 from ppir.driver import _Level
-from ppir.evaluate import disagreement
 from ppir.image import read_image
 from ppir.linear import LinearModel
 from ppir.moving import MovingLevel
@@ -22,8 +19,8 @@ from ppir.mpc.ring import RingBasis, new_seed, random_ring
 from ppir.net import certs
 from ppir.pyramid import LevelSpec, level_image
 from ppir.synth import synthesize
+from private_runs import PY, clear_and_private, transform_rmse
 
-PY = [sys.executable, "-m", "ppir"]
 
 
 def test_masks_are_uniform_and_seed_determined():
@@ -79,22 +76,10 @@ def pair(tmp_path_factory, mni_4mm):
     return folder
 
 
-def _rmse(a, b, grid):
-    return disagreement(sitk.ReadTransform(str(a)), sitk.ReadTransform(str(b)), grid)["rmse"]
-
-
-def _clear_and_mpc(fixed, moving, folder, *options):
-    for protocol in ("clear", "mpc"):
-        done = subprocess.run(PY + ["register", "--fixed", str(fixed), "--moving", str(moving), *map(str, options),
-                                    "--protocol", protocol, "--output-transform", str(folder / f"{protocol}.h5"),
-                                    "--report", str(folder / f"{protocol}.json")],
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr
-    return json.loads((folder / "mpc.json").read_text())
 
 
 def test_register_mpc_matches_clear_affine_3d(pair, tmp_path):
-    report = _clear_and_mpc(pair / "fixed.nrrd", pair / "moving.nrrd", tmp_path, "--levels", "2,1")
+    report = clear_and_private("mpc", pair / "fixed.nrrd", pair / "moving.nrrd", tmp_path, "--levels", "2,1")
     moving, fixed = report["parties"]["moving"], report["parties"]["fixed"]
     assert report["protocol"] == "mpc"
     assert moving["bytes_sent"] > 0 and fixed["bytes_received"] > moving["bytes_sent"] * 0.9
@@ -105,14 +90,14 @@ def test_register_mpc_matches_clear_affine_3d(pair, tmp_path):
         assert lv["moving_bytes_sent"] >= lv["joint_products"] * lv["samples"] * 4 * 8
         assert lv["fixed_bytes_received"] >= lv["moving_bytes_sent"]
     grid = read_image(pair / "fixed.nrrd").grid
-    assert _rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", grid) < 0.05
+    assert transform_rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", grid) < 0.05
 
 
 def test_register_mpc_matches_clear_bspline_2d(slice_2d, tmp_path):
     synthesize(slice_2d, "bspline", 3, tmp_path)
-    _clear_and_mpc(tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "bspline",
+    clear_and_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "bspline",
                    "--levels", "2,1", "--bspline-spacing", "16")
-    assert _rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", slice_2d.grid) < 0.05
+    assert transform_rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", slice_2d.grid) < 0.05
 
 
 def test_separate_roles_share_the_transform(pair, tmp_path):
@@ -133,7 +118,7 @@ def test_separate_roles_share_the_transform(pair, tmp_path):
     products = [e for e in events if e["event"] == "product"]
     assert products and products[-1]["bytes_received"] > products[0]["bytes_received"]
     grid = read_image(pair / "fixed.nrrd").grid
-    assert _rmse(tmp_path / "t.h5", tmp_path / "received.h5", grid) < 1e-9
+    assert transform_rmse(tmp_path / "t.h5", tmp_path / "received.h5", grid) < 1e-9
     assert read_image(tmp_path / "w.nrrd").grid.size == grid.size
 
 

@@ -142,6 +142,11 @@ class RemoteBackend(JointBackend):
         self._fixed.send(Message(Kind.LEVEL, spec.to_dict()))
         return _grid_from(expect(self._fixed, Kind.LEVEL_READY).meta["grid"])
 
+    def send_samples(self, samples: np.ndarray | None, basis) -> None:
+        """Tell the fixed party the sample indices (None: all voxels) and the public basis."""
+        arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
+        self._fixed.send(Message(Kind.SAMPLES, {"basis": basis_spec(basis)}, arrays))
+
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
         """End the session, handing the fixed party what the moving party chose to share."""
         self._marks.append(totals(self.channels))
@@ -187,8 +192,7 @@ class MPCBackend(RemoteBackend):
         return [self._fixed, self._dealer]
 
     def set_samples(self, samples: np.ndarray | None, basis):
-        arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
-        self._fixed.send(Message(Kind.SAMPLES, {"basis": basis_spec(basis)}, arrays))
+        self.send_samples(samples, basis)
         self._dealer.send(Message(Kind.DEALER_LEVEL, {"samples": int(basis.n_samples)}))
         reply = expect(self._fixed, Kind.FIXED_MASKED)
         self._f = torch.from_numpy(reply.arrays["f"])

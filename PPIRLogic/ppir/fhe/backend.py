@@ -13,8 +13,6 @@ intensities for the cross term), each divided by its l1 norm. Masks, flooding an
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..backend import FixedParty, JointResult
@@ -22,7 +20,7 @@ from ..basis import AffineBasis
 from ..mpc.protocol import fixed_scale
 from ..net.channel import Channel, Credentials, PeerError
 from ..net.framing import Message
-from ..session import Kind, RemoteBackend, basis_spec, expect
+from ..session import Kind, RemoteBackend, expect
 from . import params
 from .fixed import FixedKeys
 from .moving import MovingEvaluator
@@ -45,8 +43,7 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
 
 def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
     """s_a = s_J * (power of two >= max |Phi_a|): public geometry and the exponent of max |J|."""
-    peaks = np.abs(basis.matrix).max(axis=0)
-    return fixed_scale(values) * np.array([2.0 ** math.ceil(math.log2(p)) if p > 0 else 1.0 for p in peaks])
+    return fixed_scale(values) * np.array([fixed_scale(column) for column in basis.matrix.T])
 
 
 class FixedFHE:
@@ -58,7 +55,6 @@ class FixedFHE:
                             f"this side {params.describe()}")
         self._channel = channel
         self._keys = FixedKeys()
-        self._outputs = 0
 
     def welcome(self) -> tuple[dict, dict]:
         bundle = self._keys.public_bundle()
@@ -77,7 +73,6 @@ class FixedFHE:
         scales = column_scales(party.values, basis)
         columns = (basis.matrix * party.values[:, None] / scales).T
         blobs = self._keys.encrypt(columns)
-        self._outputs = 0
         self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), "sum_sq": party.sum_of_squares()},
                                    pack(blobs)))
 
@@ -111,8 +106,7 @@ class FHEBackend(RemoteBackend):
     def set_samples(self, samples: np.ndarray | None, basis):
         if not isinstance(basis, AffineBasis):
             raise PeerError("the FHE protocol supports rigid and affine transforms only")
-        arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
-        self._fixed.send(Message(Kind.SAMPLES, {"basis": basis_spec(basis)}, arrays))
+        self.send_samples(samples, basis)
         reply = expect(self._fixed, Kind.FHE_COLUMNS)
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
         self._fixed_sq = float(reply.meta["sum_sq"])

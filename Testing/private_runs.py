@@ -1,0 +1,28 @@
+"""Helpers shared by the MPC and FHE tests: a clear and a private run of the same registration."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import SimpleITK as sitk
+
+from ppir.evaluate import disagreement
+
+PY = [sys.executable, "-m", "ppir"]
+
+
+def clear_and_private(protocol: str, fixed, moving, folder, *options) -> dict:
+    """`ppir register` in the clear and under ``protocol``; returns the private run's report."""
+    for name in ("clear", protocol):
+        done = subprocess.run(PY + ["register", "--fixed", str(fixed), "--moving", str(moving), *map(str, options),
+                                    "--protocol", name, "--output-transform", str(folder / f"{name}.h5"),
+                                    "--report", str(folder / f"{name}.json")],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+    return json.loads((folder / f"{protocol}.json").read_text())
+
+
+def transform_rmse(a, b, grid) -> float:
+    """RMSE (mm) between two transform files over a grid's foreground."""
+    return disagreement(sitk.ReadTransform(str(a)), sitk.ReadTransform(str(b)), grid)["rmse"]

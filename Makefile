@@ -12,10 +12,10 @@ DEMO := out/demo
 
 venv: $(STAMP)
 
-$(STAMP): PPIRLogic/requirements.txt PPIRLogic/pyproject.toml
+$(STAMP): PPIRLogic/requirements.txt PPIRLogic/pyproject.toml Testing/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements.txt
+	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements.txt -r Testing/requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps crypten==0.4.1
 	$(BIN)/python -m pip install --quiet --no-deps -e PPIRLogic
 	touch $(STAMP)

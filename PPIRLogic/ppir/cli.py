@@ -285,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     fixed.add_argument("--output-warped", type=Path, metavar="W.nrrd",
                        help="where to write the registered moving image if the moving party shares it")
     fixed.add_argument("--progress-json", action="store_true",
-                       help="print JSON lines on stdout: listening, then one per level and per product answered")
+                       help="print JSON lines on stdout: listening, one per level and per product answered, "
+                            "and a 'done' line per session with its cost and what was shared")
     _add_tls_options(fixed, "fixed")
     fixed.set_defaults(run=_cmd_fixed)
 

@@ -52,11 +52,15 @@ def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, 
             channel = listener.accept("moving")
             log("moving party connected")
             try:
-                stats = serve_fixed_session(channel, fixed, credentials,
-                                            lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
-                                            log, progress)
+                shared = []
+                stats = serve_fixed_session(
+                    channel, fixed, credentials,
+                    lambda bye: shared.append(_write_shared(bye, fixed, output_transform, output_warped, log)),
+                    log, progress)
                 log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
                     f"{stats.wall_time_s:.1f} s")
+                if progress:
+                    progress({"event": "done", "shared": shared[0], **stats.to_dict()})
             except (PeerError, PPIRError) as err:
                 tell_error(channel, str(err))
                 raise
@@ -67,8 +71,8 @@ def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, 
         listener.close()
 
 
-def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warped: Path | None, log) -> None:
-    """Write what the moving party shared (all or nothing)."""
+def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warped: Path | None, log) -> str:
+    """Write what the moving party shared (all or nothing); returns what that was."""
     shared = bye.meta.get("shared", "none")
     with OutputBatch() as batch:
         if shared == "transform" and output_transform is not None:
@@ -80,6 +84,7 @@ def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warp
             batch.add(output_warped, lambda tmp: write_volume(fixed.with_array(array), tmp))
         batch.commit()
     log(f"the moving party shared: {shared}")
+    return shared
 
 
 def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> None:

@@ -21,9 +21,11 @@ from pathlib import Path
 class PPIRProcess:
     """One ``python -m ppir ...`` run with JSON progress events."""
 
-    def __init__(self, args: list[str], python: str = sys.executable, workdir: Path | None = None):
+    def __init__(self, args: list[str], python: str = sys.executable, workdir: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.args = list(args)
         self.python = python
+        self.env = env
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ppir-slicer-"))
         self._events: queue.Queue[dict] = queue.Queue()
         self._stderr: list[str] = []
@@ -32,7 +34,8 @@ class PPIRProcess:
 
     def start(self) -> None:
         self._process = subprocess.Popen([self.python, "-m", "ppir", *self.args], stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, cwd=self.workdir)
+                                         stderr=subprocess.PIPE, text=True, cwd=self.workdir,
+                                         env=self.env)
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for reader in self._readers:

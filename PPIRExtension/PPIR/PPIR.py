@@ -1,0 +1,410 @@
+"""PPIR: privacy-preserving image registration between two sites, as a 3D Slicer scripted module.
+
+The panel is a thin layer over the ``ppir`` package: each party's run is a ``ppir`` subprocess of
+Slicer's Python (PPIRLib.jobs), so the heavy work never blocks Slicer and Cancel really stops it.
+"""
+import enum
+import pathlib
+import tempfile
+from typing import Annotated, Optional
+
+import ctk
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from PPIRLib import dependencies, loopback, mrml
+from PPIRLib.package import check_python
+from PPIRLib.events import describe, summary_lines
+from PPIRLib.jobs import Job, JobResult, RunSettings, create_certificates
+
+
+class PPIR(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("PPIR")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["PPIR developers"]
+        self.parent.helpText = _(
+            "Privacy-preserving image registration: align your volume with another site's volume without either "
+            "image leaving its owner in clear form. Party 1 (moving image) computes the transform; party 2 (fixed "
+            "image) answers encrypted or secret-shared joint products. See the user guide in the project's docs.")
+        self.parent.acknowledgementText = _(
+            "Follows Taiello, Onen, Humbert, Lorenzi, Privacy Preserving Image Registration (MICCAI 2022; "
+            "Medical Image Analysis 2024).")
+
+
+class Role(enum.Enum):
+    MOVING = "moving"
+    FIXED = "fixed"
+    DEALER = "dealer"
+    LOCAL = "local"
+
+    def label(self):
+        return {"moving": _("Party 1: moving-image owner"), "fixed": _("Party 2: fixed-image owner"),
+                "dealer": _("MPC dealer (third machine)"),
+                "local": _("Local clear-text test (both volumes here)")}[self.value]
+
+
+class Protocol(enum.Enum):
+    FHE = "fhe"
+    MPC = "mpc"
+
+    def label(self):
+        return {"fhe": _("FHE: homomorphic encryption (no third party)"),
+                "mpc": _("MPC: secret sharing with a dealer")}[self.value]
+
+
+@parameterNodeWrapper
+class PPIRParameterNode:
+    """All settings of the panel, saved with the scene."""
+
+    role: Role = Role.MOVING
+    protocol: Protocol = Protocol.FHE
+    movingVolume: vtkMRMLScalarVolumeNode
+    fixedVolume: vtkMRMLScalarVolumeNode
+    address: str = "127.0.0.1:7000"
+    dealer: str = ""
+    certificates: pathlib.Path
+    shareResult: Annotated[str, Choice(["transform", "warped", "none"])] = "transform"
+    transform: Annotated[str, Choice(["affine", "rigid", "bspline"])] = "affine"
+    sampling: Annotated[str, Choice(["urs", "gms", "full"])] = "urs"
+    sampleFraction: Annotated[float, WithinRange(0.001, 1.0)] = 0.1
+    levels: str = "4,2,1"
+    maxIterations: Annotated[int, WithinRange(1, 500)] = 50
+    bsplineSpacing: Annotated[float, WithinRange(5.0, 200.0)] = 20.0
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    allowClear: bool = False
+    outputTransform: vtkMRMLTransformNode
+    warpedVolume: vtkMRMLScalarVolumeNode
+
+
+#
+# Logic: callable without the GUI, from the Python console or a script
+#
+
+class PPIRLogic(ScriptedLoadableModuleLogic):
+    """Runs one party of a private registration on volume nodes.
+
+    From Slicer's Python console, party 2 (the fixed-image owner) then party 1::
+
+        import PPIR
+        PPIR.PPIRLogic().run("fixed", fixedVolume=getNode("MRHead"), address="0.0.0.0:7000", certificates="/path/pki")
+        PPIR.PPIRLogic().run("moving", movingVolume=getNode("MRBrainTumor1"), address="hospital-b:7000",
+                             certificates="/path/pki")
+
+    ``run`` blocks (keeping Slicer responsive) and returns a PPIRLib.jobs.JobResult with the new nodes.
+    """
+
+    def getParameterNode(self):
+        return PPIRParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def settingsFrom(parameterNode) -> RunSettings:
+        """The run settings the panel's parameter node holds."""
+        role = parameterNode.role.value
+        protocol = {"local": "clear", "dealer": "mpc"}.get(role, parameterNode.protocol.value)
+        return RunSettings(role=role, protocol=protocol, address=parameterNode.address.strip(),
+                           dealer=parameterNode.dealer.strip(), certificates=str(parameterNode.certificates or ""),
+                           transform=parameterNode.transform, sampling=parameterNode.sampling,
+                           sample_fraction=parameterNode.sampleFraction, levels=parameterNode.levels.strip(),
+                           max_iterations=parameterNode.maxIterations, bspline_spacing=parameterNode.bsplineSpacing,
+                           share_result=parameterNode.shareResult, seed=parameterNode.seed)
+
+    @staticmethod
+    def ensureDependencies(protocol: str, ask: bool = True) -> bool:
+        """Install the Python packages ``protocol`` needs, after the user agrees; True when all are present."""
+        missing = dependencies.missing_for(protocol)
+        if not missing["normal"] and not missing["no_deps"]:
+            return True
+        packaging = getattr(slicer, "packaging", None)
+        if ask and packaging is not None and hasattr(packaging, "pip_ensure") and not missing["no_deps"]:
+            packaging.pip_ensure(missing["normal"], requester="PPIR")   # Slicer >= 5.12: asks, installs, offers restart
+        else:
+            listing = ", ".join(missing["normal"] + missing["no_deps"])
+            if ask and not slicer.util.confirmOkCancelDisplay(
+                    _("The {protocol} protocol needs these Python packages: {listing}. Install them now?").format(
+                        protocol=protocol.upper(), listing=listing), windowTitle="PPIR"):
+                return False
+            with slicer.util.WaitCursor():
+                if missing["normal"]:
+                    slicer.util.pip_install(missing["normal"])
+                if missing["no_deps"]:
+                    slicer.util.pip_install(["--no-deps", *missing["no_deps"]])
+        return not any(dependencies.missing_for(protocol).values())
+
+    @staticmethod
+    def createCertificates(folder: str, hosts: str) -> pathlib.Path:
+        """Trial certificates for every role in ``folder``, valid for ``hosts`` (comma-separated)."""
+        return create_certificates(pathlib.Path(folder), hosts)
+
+    def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None) -> Job:
+        """Start one party's run in a subprocess (returns at once; poll the job)."""
+        check_python()
+        if not self.ensureDependencies(settings.protocol):
+            raise RuntimeError(_("the Python packages the {protocol} protocol needs are not installed").format(
+                protocol=settings.protocol.upper()))
+        job = Job(settings, moving_node=movingVolume, fixed_node=fixedVolume)
+        job.start()
+        return job
+
+    def run(self, role: str, movingVolume=None, fixedVolume=None, show: bool = True, **settings) -> JobResult:
+        """One party's whole run, blocking; ``settings`` are RunSettings fields (protocol, address, ...)."""
+        runSettings = RunSettings(role=role, **settings)
+        job = self.start(runSettings, movingVolume, fixedVolume)
+        result = job.wait(on_event=lambda event: print(describe(event)[1]), idle=slicer.app.processEvents)
+        if show:
+            self.show(result, fixedVolume if role in ("fixed", "local") else movingVolume)
+        return result
+
+    @staticmethod
+    def show(result: JobResult, background) -> None:
+        """The views: this site's volume behind, the warped volume (if any) in front at half fade, on its grid."""
+        mrml.show_overlay(slicer.mrmlScene, background, result.warped_node, 0.5 if result.warped_node else 0.0)
+        slicer.util.resetSliceViews()
+
+
+#
+# Widget: the panel
+#
+
+ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with the role
+    "protocolLabel": "protocolComboBox", "movingVolumeLabel": "movingVolumeSelector",
+    "fixedVolumeLabel": "fixedVolumeSelector", "dealerLabel": "dealerLineEdit", "shareResultLabel": "shareResultComboBox",
+}
+
+
+def visibleRows(role: str, mpc: bool) -> dict:
+    """Which rows the panel shows for a role."""
+    return {"protocolLabel": role in ("moving", "fixed"), "movingVolumeLabel": role in ("moving", "local"),
+            "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role == "moving" and mpc,
+            "shareResultLabel": role == "moving"}
+
+
+class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: settings bound to the parameter node, Start / Cancel, progress, results."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job: Optional[Job] = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self._poll)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PPIR.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.certificatesPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.logic = PPIRLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.createCertificatesButton.connect("clicked(bool)", self.onCreateCertificates)
+        self.ui.fadeSliderWidget.connect("valueChanged(double)", lambda value: mrml.set_fade(slicer.mrmlScene, value))
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self._timer.stop()
+        if self._job is not None:
+            self._job.process.cleanup()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.movingVolume and not self._parameterNode.fixedVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.movingVolume = first
+                self._parameterNode.fixedVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[PPIRParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+            self._updateGUI()
+
+    def _cannotStart(self) -> Optional[str]:
+        """Why Start is disabled, or None."""
+        node = self._parameterNode
+        if node.role == Role.LOCAL and not node.allowClear:
+            return _("Enable the local clear-text test under Advanced first.")
+        try:
+            self.logic.settingsFrom(node).check()
+        except ValueError as error:
+            return str(error)
+        role = node.role.value
+        if role in ("moving", "local") and not node.movingVolume:
+            return _("Select the moving volume.")
+        if role in ("fixed", "local") and not node.fixedVolume:
+            return _("Select the fixed volume.")
+        return None
+
+    def _updateGUI(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        if node is None:
+            return
+        role = node.role.value
+        for labelName, shown in visibleRows(role, node.protocol == Protocol.MPC).items():
+            getattr(self.ui, labelName).setVisible(shown)
+            getattr(self.ui, ROW_WIDGETS[labelName]).setVisible(shown)
+        self.ui.connectionCollapsibleButton.setVisible(role != "local")
+        self.ui.registrationCollapsibleButton.setVisible(role in ("moving", "local"))
+        self.ui.addressLabel.text = _("Fixed party (host:port):") if role == "moving" else _("Listen on (host:port):")
+        reason = self._cannotStart()
+        self.ui.startButton.enabled = reason is None and self._job is None
+        self.ui.startButton.toolTip = reason or _("Start this party's run.")
+        self.ui.cancelButton.enabled = self._job is not None
+
+    def _log(self, line: str) -> None:
+        self.ui.statusLog.appendPlainText(line)
+
+    def onStart(self) -> None:
+        node = self._parameterNode
+        settings = self.logic.settingsFrom(node)
+        self.ui.statusLog.clear()
+        self.ui.progressBar.value = 0
+        self.ui.resultsLabel.text = _("Running...")
+        try:
+            with slicer.util.WaitCursor():
+                self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume)
+        except (RuntimeError, ValueError, OSError) as error:
+            self.ui.resultsLabel.text = _("Not started.")
+            slicer.util.errorDisplay(_("PPIR could not start: {error}").format(error=error))
+            return
+        self._log(_("Started as {role} ({protocol}).").format(role=node.role.label(), protocol=settings.protocol))
+        self._timer.start()
+        self._updateGUI()
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._log(_("Cancelling..."))
+            self._job.cancel()
+
+    def _poll(self) -> None:
+        for event in self._job.poll():
+            fraction, line = describe(event)
+            if fraction is not None:
+                self.ui.progressBar.value = int(round(100 * fraction))
+            self._log(line)
+        if self._job.running:
+            return
+        self._timer.stop()
+        job, self._job = self._job, None
+        try:
+            result = job.finish()
+        except RuntimeError as error:
+            message = str(error)
+            self.ui.resultsLabel.text = _("Cancelled.") if message == "cancelled" else _("Failed: {message}").format(
+                message=message)
+            self._log(self.ui.resultsLabel.text)
+            if message != "cancelled":
+                slicer.util.errorDisplay(_("PPIR stopped: {message}").format(message=message))
+            self._updateGUI()
+            return
+        self._showResult(job.settings, result)
+        self._updateGUI()
+
+    def _showResult(self, settings: RunSettings, result: JobResult) -> None:
+        node = self._parameterNode
+        node.outputTransform = result.transform_node
+        node.warpedVolume = result.warped_node
+        self.ui.progressBar.value = 100
+        self.ui.resultsLabel.text = "\n".join(summary_lines(result.summary))
+        background = node.fixedVolume if settings.role in ("fixed", "local") else node.movingVolume
+        PPIRLogic.show(result, background)
+        self.ui.fadeSliderWidget.value = 0.5
+        self._log(_("Finished."))
+
+    def onCreateCertificates(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for trial certificates"))
+        if not folder:
+            return
+        host = self._parameterNode.address.rpartition(":")[0]
+        hosts = ",".join(dict.fromkeys(h for h in (host, "127.0.0.1", "localhost") if h and h != "0.0.0.0"))
+        try:
+            with slicer.util.WaitCursor():
+                self.logic.createCertificates(folder, hosts)
+        except RuntimeError as error:
+            slicer.util.errorDisplay(_("Could not create certificates: {error}").format(error=error))
+            return
+        self._parameterNode.certificates = pathlib.Path(folder)
+        slicer.util.infoDisplay(_(
+            "Trial certificates for {hosts} are in {folder}. Give the other site ca.pem and its own certificate and "
+            "key (fixed.pem and fixed.key for party 2); keep the rest. For real use, ask your IT for certificates "
+            "from a PKI both sites trust.").format(hosts=hosts, folder=folder), windowTitle="PPIR")
+
+
+#
+# Self-test: both parties inside this Slicer, over loopback
+#
+
+class PPIRTest(ScriptedLoadableModuleTest):
+    """Runs the fixed and moving parties (and the MPC dealer) on a generated phantom and checks the alignment."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PPIR_FHE_loopback()
+        self.setUp()
+        self.test_PPIR_MPC_loopback()
+
+    def test_PPIR_FHE_loopback(self):
+        self._loopback("fhe")
+
+    def test_PPIR_MPC_loopback(self):
+        self._loopback("mpc")
+
+    def _loopback(self, protocol: str):
+        self.delayDisplay(f"Installing the packages {protocol.upper()} needs (if missing)")
+        self.assertTrue(PPIRLogic.ensureDependencies(protocol, ask=False))
+        self.delayDisplay(f"Fixed and moving parties over loopback ({protocol.upper()})")
+        with tempfile.TemporaryDirectory(prefix="ppir-selftest-") as folder:
+            outcome = loopback.run_loopback(slicer.mrmlScene, protocol, pathlib.Path(folder),
+                                            idle=slicer.app.processEvents)
+        self.assertLess(outcome["error_mm"], loopback.TOLERANCE_MM)
+        self.assertEqual(outcome["fixed"].summary["shared"], "transform")
+        self.assertIsNotNone(outcome["fixed"].transform_node)
+        self.assertIsNotNone(outcome["moving"].warped_node)
+        PPIRLogic.show(outcome["moving"], outcome["moving_node"])
+        self.delayDisplay(f"{protocol.upper()} test passed: largest error {outcome['error_mm']:.2f} mm")

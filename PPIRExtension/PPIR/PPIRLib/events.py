@@ -1,0 +1,48 @@
+"""What the panel shows for ``ppir``'s JSON progress events and for a finished run."""
+from __future__ import annotations
+
+
+def describe(event: dict) -> tuple[float | None, str]:
+    """(fraction done or None, one status-log line) for one progress event."""
+    kind = event.get("event")
+    if kind == "listening":
+        return None, f"Listening on {event['host']}:{event['port']}; waiting for the other party"
+    if kind == "iteration":
+        levels, level = event["levels"], event["level"]
+        within = min(event["iteration"] / max(event["max_iterations"], 1), 1.0)
+        size = "x".join(str(n) for n in event["size"])
+        return ((level - 1 + within) / levels,
+                f"{event['stage']} level {level}/{levels} ({size}), iteration {event['iteration']}: "
+                f"SSD {event['ssd']:.4g}, {event['samples']} samples")
+    if kind == "level":
+        size = "x".join(str(n) for n in event["size"])
+        return None, f"Level {event['level']} ({size}) started by the moving party"
+    if kind == "product":
+        return None, (f"Level {event['level']}: {event['products']} joint products answered, "
+                      f"{event['bytes_received'] / 1e6:.1f} MB received")
+    if kind == "done":
+        return 1.0, "Done"
+    return None, str(event)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
+def summary_lines(summary: dict | None) -> list[str]:
+    """The results section: iterations, time and bytes exchanged, for either party."""
+    if not summary:
+        return ["The run ended without figures."]
+    if "parties" in summary:   # the moving party (or the local test): the whole run
+        lines = [f"Protocol: {summary['protocol']}", f"Iterations: {summary['iterations']}",
+                 f"Time: {summary['wall_time_s']:.1f} s"]
+        for party, stats in summary["parties"].items():
+            if stats["bytes_sent"] or stats["bytes_received"]:
+                lines.append(f"{party.capitalize()} party: sent {_megabytes(stats['bytes_sent'])}, "
+                             f"received {_megabytes(stats['bytes_received'])}")
+        if summary.get("tre_mm"):
+            lines.append(f"Target registration error: {summary['tre_mm']['mean']:.2f} mm (mean)")
+        return lines
+    return [f"Session time: {summary['wall_time_s']:.1f} s",
+            f"Sent {_megabytes(summary['bytes_sent'])}, received {_megabytes(summary['bytes_received'])}",
+            f"Shared by the moving party: {summary['shared']}"]

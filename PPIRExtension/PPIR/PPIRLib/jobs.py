@@ -1,0 +1,215 @@
+"""One party's run from Slicer: export the volume, run ``ppir`` in a subprocess, import the results.
+
+``RunSettings`` holds what the module's panel sets; ``ppir_arguments`` turns it into the command
+line of the chosen role; ``Job`` drives one run: the volume goes to a temporary file, progress comes
+back as JSON events, and on success the output transform and volumes become MRML nodes. Whatever
+happens, the temporary folder is removed.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import mrml
+from .package import ppir_environment, python_executable
+from .runner import PPIRProcess
+
+ROLES = ("moving", "fixed", "dealer", "local")
+PROTOCOLS = ("fhe", "mpc", "clear")
+TRANSFORMS = ("rigid", "affine", "bspline")
+SAMPLINGS = ("full", "urs", "gms")
+SHARES = ("none", "transform", "warped")
+OUTPUT_FLAGS = {"transform": "--output-transform", "warped": "--output-warped", "report": "--report"}
+
+
+@dataclass
+class RunSettings:
+    """What one party chose. ``address`` is the fixed party's (moving: connect to; fixed, dealer: listen on)."""
+
+    role: str = "moving"
+    protocol: str = "fhe"
+    address: str = "127.0.0.1:7000"
+    dealer: str = ""
+    certificates: str = ""
+    transform: str = "affine"
+    sampling: str = "urs"
+    sample_fraction: float = 0.1
+    levels: str = "4,2,1"
+    max_iterations: int = 50
+    bspline_spacing: float = 20.0
+    share_result: str = "transform"
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        for name, value, allowed in (("role", self.role, ROLES), ("protocol", self.protocol, PROTOCOLS),
+                                     ("transform", self.transform, TRANSFORMS),
+                                     ("sampling", self.sampling, SAMPLINGS),
+                                     ("share result", self.share_result, SHARES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not '{value}'")
+        if self.role == "local":
+            if self.protocol != "clear":
+                raise ValueError("the local test role runs the clear protocol only")
+            return
+        if self.protocol == "clear":
+            raise ValueError("the clear protocol needs both volumes on this machine: use the local test role")
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"address must be HOST:PORT, not '{self.address}'")
+        if self.role == "moving" and self.protocol == "mpc" and not self.dealer:
+            raise ValueError("MPC needs the dealer's address")
+        if self.role == "dealer" and self.protocol != "mpc":
+            raise ValueError("a dealer serves MPC sessions only")
+        if self.role == "moving" and self.protocol == "fhe" and self.transform == "bspline":
+            raise ValueError("the FHE protocol supports rigid and affine transforms; use MPC for B-spline")
+        if not self.certificates or not Path(self.certificates).is_dir():
+            raise ValueError(f"certificate folder not found: '{self.certificates}'")
+
+
+def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict[str, Path]) -> list[str]:
+    """The ``ppir`` command line for ``settings.role``; ``inputs``: image paths, ``outputs``: files to write."""
+    registration = ["--transform", settings.transform, "--sampling", settings.sampling,
+                    "--sample-fraction", repr(settings.sample_fraction), "--levels", settings.levels,
+                    "--max-iterations", str(settings.max_iterations),
+                    "--bspline-spacing", repr(settings.bspline_spacing), "--seed", str(settings.seed)]
+    written = [arg for key, path in outputs.items() for arg in (OUTPUT_FLAGS[key], str(path))]
+    tls = ["--certs", settings.certificates]
+    if settings.role == "local":
+        return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]), "--protocol", "clear",
+                *registration, *written, "--progress-json"]
+    if settings.role == "moving":
+        dealer = ["--dealer", settings.dealer] if settings.protocol == "mpc" else []
+        return ["moving", "--image", str(inputs["moving"]), "--connect", settings.address, *dealer,
+                "--protocol", settings.protocol, "--share-result", settings.share_result,
+                *registration, *written, *tls, "--progress-json"]
+    if settings.role == "fixed":
+        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *written, *tls,
+                "--progress-json"]
+    return ["dealer", "--listen", settings.address, *tls]
+
+
+def _outputs(role: str, folder: Path) -> dict[str, Path]:
+    if role in ("moving", "local"):
+        return {"transform": folder / "transform.h5", "warped": folder / "warped.nrrd", "report": folder / "report.json"}
+    if role == "fixed":
+        return {"transform": folder / "transform.h5", "warped": folder / "warped.nrrd"}
+    return {}
+
+
+@dataclass
+class JobResult:
+    """What a finished run produced: the new nodes and the run's figures."""
+
+    transform_node: object = None
+    warped_node: object = None
+    summary: dict | None = None
+
+
+class Job:
+    """One party's ``ppir`` run on MRML volume nodes."""
+
+    def __init__(self, settings: RunSettings, moving_node=None, fixed_node=None, python: str | None = None):
+        settings.check()
+        needed = {"moving": ("moving",), "fixed": ("fixed",), "local": ("moving", "fixed"), "dealer": ()}[settings.role]
+        nodes = {"moving": moving_node, "fixed": fixed_node}
+        for key in needed:
+            if nodes[key] is None:
+                raise ValueError(f"select the {key} volume")
+        self.settings = settings
+        self.nodes = {key: nodes[key] for key in needed}
+        self.scene = next((node.GetScene() for node in self.nodes.values()), None)
+        self.process: PPIRProcess | None = None
+        self.events: list[dict] = []
+        self._python = python or python_executable()
+
+    def start(self) -> None:
+        """Export the volumes and start the subprocess (returns at once)."""
+        self.process = PPIRProcess([], python=self._python, env=ppir_environment())
+        folder = self.process.workdir
+        try:
+            inputs = {key: mrml.export_volume(node, folder / f"{key}.nrrd") for key, node in self.nodes.items()}
+        except Exception:
+            self.process.cleanup()
+            raise
+        self.outputs = _outputs(self.settings.role, folder)
+        self.process.args = ppir_arguments(self.settings, inputs, self.outputs)
+        self.process.start()
+
+    def poll(self) -> list[dict]:
+        """New progress events (never blocks)."""
+        events = self.process.poll()
+        self.events += events
+        return events
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    def cancel(self) -> None:
+        self.process.cancel()
+
+    def finish(self, name: str = "PPIR") -> JobResult:
+        """After the process ended: raise RuntimeError with its message, or import its outputs as nodes.
+
+        The temporary folder is removed in both cases.
+        """
+        try:
+            self.process.wait()
+            self.poll()
+            error = self.process.error()
+            if error:
+                raise RuntimeError(error)
+            return self._import(name)
+        finally:
+            self.process.cleanup()
+
+    def wait(self, on_event=None, timeout: float | None = None, idle=None) -> JobResult:
+        """Run to the end from a script: ``on_event`` sees each progress event, ``idle`` runs between polls."""
+        if self.process is None:
+            self.start()
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            for event in self.poll():
+                if on_event:
+                    on_event(event)
+            if end is not None and time.monotonic() > end:
+                self.cancel()
+                break
+            if idle:
+                idle()
+            time.sleep(0.05)
+        for event in self.poll():
+            if on_event:
+                on_event(event)
+        return self.finish()
+
+    def _import(self, name: str) -> JobResult:
+        done = [event for event in self.events if event.get("event") == "done"]
+        result = JobResult(summary=done[-1] if done else None)
+        role, outputs = self.settings.role, self.outputs
+        if role == "dealer":
+            return result
+        if "report" in outputs and outputs["report"].exists():
+            result.summary = {**(result.summary or {}), "report": json.loads(outputs["report"].read_text())}
+        if outputs["transform"].exists():
+            result.transform_node = mrml.import_transform(self.scene, outputs["transform"], f"{name} transform",
+                                                          self.settings.transform if role != "fixed" else "")
+        if outputs["warped"].exists():
+            result.warped_node = mrml.import_volume(self.scene, outputs["warped"], f"{name} warped")
+        return result
+
+
+def create_certificates(folder: Path, hosts: str = "127.0.0.1,localhost", python: str | None = None) -> Path:
+    """Trial certificates (a local CA and one certificate per role) in ``folder``, via ``ppir certs init``."""
+    process = PPIRProcess(["certs", "init", str(folder), "--hosts", hosts], python=python or python_executable(),
+                          env=ppir_environment())
+    process.start()
+    try:
+        if process.wait(120) != 0:
+            raise RuntimeError(process.error())
+    finally:
+        process.cleanup()
+    return Path(folder)

@@ -1,0 +1,167 @@
+"""Static checks of the Slicer module (there is no Slicer application here to load it)."""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "PPIRExtension" / "PPIR"
+UI = MODULE / "Resources" / "UI" / "PPIR.ui"
+sys.path.insert(0, str(MODULE))
+
+from PPIRLib import dependencies  # noqa: E402
+
+# What Slicer's own Python has without installing anything (besides the standard library).
+SLICER_PROVIDES = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "SimpleITK", "PPIRLib"}
+# The parameter node type each bound widget class can show (Slicer's parameterNodeWrapper connectors).
+WIDGET_FOR_TYPE = {"Role": "QComboBox", "Protocol": "QComboBox", "str": "QLineEdit", "int": "QSpinBox",
+                   "bool": "QCheckBox", "pathlib.Path": "ctkPathLineEdit", "float": "ctkSliderWidget",
+                   "vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox"}
+
+
+def _module_sources() -> dict[Path, str]:
+    return {path: path.read_text() for path in [MODULE / "PPIR.py", *sorted((MODULE / "PPIRLib").glob("*.py"))]}
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def _parameters() -> dict[str, str]:
+    """PPIRParameterNode's fields: name -> annotation source."""
+    tree = ast.parse((MODULE / "PPIR.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PPIRParameterNode")
+    return {s.target.id: ast.unparse(s.annotation) for s in cls.body if isinstance(s, ast.AnnAssign)}
+
+
+def test_module_sources_compile_for_the_oldest_slicer_python():
+    """Slicer 5.8 runs Python 3.9: the module must at least load there to say what it needs."""
+    for path, source in _module_sources().items():
+        compile(source, str(path), "exec")
+        ast.parse(source, str(path), feature_version=(3, 9))
+
+
+def test_an_old_slicer_python_is_refused_with_the_reason():
+    from PPIRLib.package import check_python
+    with pytest.raises(RuntimeError, match="Slicer 5.10 or later.*is 3.9"):
+        check_python((3, 9))
+    check_python((3, 12))
+    from PPIRLib.package import PPIR_PYTHON
+    assert f'requires-python = ">={PPIR_PYTHON[0]}.{PPIR_PYTHON[1]}"' in (ROOT / "PPIRLogic" / "pyproject.toml").read_text()
+
+
+def test_every_ui_name_the_module_uses_exists_in_the_ui_file():
+    source = (MODULE / "PPIR.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    tree = ast.parse(source)
+    rows = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ROW_WIDGETS")
+    used |= {ast.literal_eval(k) for k in rows.keys} | {ast.literal_eval(v) for v in rows.values}
+    missing = used - set(_ui_widgets())
+    assert len(used) > 20 and not missing, f"PPIR.py uses widgets PPIR.ui lacks: {sorted(missing)}"
+
+
+def test_ui_widgets_are_qt_ctk_or_slicer_classes():
+    root = ET.parse(UI).getroot()
+    classes = {w.get("class") for w in root.iter("widget")}
+    foreign = {c for c in classes if not re.match(r"^(Q[A-Z]|ctk[A-Z]|qMRML|qSlicer)", c)}
+    assert not foreign, f"not Qt, CTK or Slicer widgets: {foreign}"
+    declared = {c.findtext("class"): c.findtext("header") for c in root.iter("customwidget")}
+    custom = {c for c in classes if not c.startswith("Q")}
+    assert custom <= set(declared), f"custom widgets not declared: {custom - set(declared)}"
+    assert all(header == f"{name}.h" for name, header in declared.items())
+
+
+def test_bound_widgets_match_parameter_types():
+    parameters = _parameters()
+    bound = {}
+    for name, widget in _ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                assert prop.get("stdset") == "0", f"{name}: SlicerParameterName must be a dynamic property"
+                bound[prop.findtext("string")] = widget.get("class")
+    assert set(bound) <= set(parameters), f"the .ui binds unknown parameters: {set(bound) - set(parameters)}"
+    for parameter, widget_class in bound.items():
+        annotation = parameters[parameter]
+        if "Choice(" in annotation:
+            expected = "QComboBox"
+        else:
+            base = re.sub(r"^Annotated\[([\w.]+),.*\]$", r"\1", annotation)
+            expected = WIDGET_FOR_TYPE[base]
+            if widget_class == "ctkSliderWidget":
+                assert "WithinRange" in annotation, f"{parameter}: a slider needs a bounded float"
+        assert widget_class == expected, f"{parameter} ({annotation}) is bound to a {widget_class}"
+    unbound = set(parameters) - set(bound) - {"outputTransform", "warpedVolume"}
+    assert not unbound, f"settings without a widget: {unbound}"
+
+
+def test_module_imports_only_what_slicer_has():
+    for path, source in _module_sources().items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in SLICER_PROVIDES, \
+                    f"{path.name} imports {name}, which Slicer's Python lacks (the ppir subprocess does the work)"
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    body = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
+    return [item.replace("${MODULE_NAME}", "PPIR") for item in body.split()]
+
+
+def test_cmake_lists_name_every_module_file():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    scripts = set(_cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
+    resources = set(_cmake_list(text, "MODULE_PYTHON_RESOURCES"))
+    on_disk = {str(p.relative_to(MODULE)) for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert scripts == on_disk
+    assert resources == {str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for folder in re.findall(r"add_subdirectory\((\S+)\)", top):
+        assert (ROOT / folder / "CMakeLists.txt").is_file()
+    for url in re.findall(r'"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/([^"]+)"', top):
+        assert (ROOT / url).is_file(), f"the extension's metadata points at a missing file: {url}"
+    assert "WITH_GENERIC_TESTS" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    assert (ROOT / "LICENSE").is_file()
+
+
+def _pins(path: Path) -> dict[str, str]:
+    found = re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s#]+)", path.read_text(), re.M)
+    return {name.lower(): version for name, version in found}
+
+
+def test_module_requirements_pin_the_tested_versions():
+    tested = _pins(ROOT / "PPIRLogic" / "requirements.txt")
+    tested["crypten"] = re.search(r"crypten==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)
+    for protocol in ("fhe", "mpc"):
+        files = dependencies.requirement_files(protocol)
+        for path in files["normal"] + files["no_deps"]:
+            for name, version in _pins(path).items():
+                assert tested[name] == version, f"{path.name} pins {name}=={version}, the tests use {tested[name]}"
+    assert "crypten==0.4.1" in dependencies.read_requirements(dependencies.requirement_files("mpc")["no_deps"][0])
+
+
+def test_unmet_requirements_are_found():
+    import numpy
+    assert dependencies.unmet(["numpy", f"numpy=={numpy.__version__}"]) == []
+    assert dependencies.unmet(["numpy==0.0.1", "no-such-package-for-ppir"]) == ["numpy==0.0.1",
+                                                                               "no-such-package-for-ppir"]
+    # this test environment has everything both protocols need
+    assert dependencies.missing_for("fhe") == {"normal": [], "no_deps": []}
+    assert dependencies.missing_for("mpc") == {"normal": [], "no_deps": []}
+
+
+def test_requirement_lines_beyond_name_and_pin_are_refused(tmp_path):
+    (tmp_path / "r.txt").write_text("scipy>=1.0\n")
+    with pytest.raises(ValueError, match="scipy>=1.0"):
+        dependencies.read_requirements(tmp_path / "r.txt")

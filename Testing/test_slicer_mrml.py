@@ -1,0 +1,206 @@
+"""The Slicer module's MRML glue and jobs (PPIRExtension/PPIR/PPIRLib) on the real MRML library (slicer-core)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "PPIR"))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML) is a test requirement")
+from vtkmodules.vtkCommonMath import vtkMatrix4x4  # noqa: E402
+
+from PPIRLib import jobs, loopback, mrml  # noqa: E402
+from PPIRLib.events import describe, summary_lines  # noqa: E402
+
+from ppir.image import write_volume  # noqa: E402
+from ppir.synth import synthesize  # noqa: E402
+
+from conftest import oblique  # noqa: E402
+
+LPS = np.array([-1.0, -1.0, 1.0])
+
+
+def _scene():
+    scene = slicer.vtkMRMLScene()
+    for name in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)
+        scene.AddNode(composite)
+    return scene
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    matrix = vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _itk_ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    out[:3, 3] = image.GetOrigin()
+    return out
+
+
+def test_volume_round_trip_keeps_oblique_anisotropic_geometry(mni_4mm, tmp_path):
+    source = oblique(mni_4mm, (3.0, 4.0, 5.5))
+    write_volume(source, tmp_path / "source.nrrd")
+    scene = _scene()
+    node = mrml.import_volume(scene, tmp_path / "source.nrrd", "source")
+    lps = _itk_ijk_to_lps(sitk.ReadImage(str(tmp_path / "source.nrrd")))
+    assert np.allclose(_ijk_to_ras(node), np.diag([-1, -1, 1, 1]) @ lps, atol=1e-9)
+    mrml.export_volume(node, tmp_path / "exported.nrrd")
+    back = sitk.ReadImage(str(tmp_path / "exported.nrrd"))
+    assert np.allclose(_itk_ijk_to_lps(back), lps, atol=1e-9)
+    assert np.array_equal(sitk.GetArrayFromImage(back), source.array.astype(sitk.GetArrayFromImage(back).dtype))
+    assert scene.GetNodesByClass("vtkMRMLStorageNode").GetNumberOfItems() == 0   # no temporary storage left
+
+
+def test_export_refuses_an_empty_node(tmp_path):
+    scene = _scene()
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(ValueError, match="no image data"):
+        mrml.export_volume(empty, tmp_path / "x.nrrd")
+    assert not (tmp_path / "x.nrrd").exists()
+
+
+@pytest.fixture(scope="module")
+def registered(mni_4mm, tmp_path_factory):
+    """A clear affine registration run through a local-test Job on MRML nodes."""
+    folder = tmp_path_factory.mktemp("mrml")
+    synthesize(mni_4mm, "affine", 3, folder)
+    scene = _scene()
+    fixed = mrml.import_volume(scene, folder / "fixed.nrrd", "fixed")
+    moving = mrml.import_volume(scene, folder / "moving.nrrd", "moving")
+    settings = jobs.RunSettings(role="local", protocol="clear", transform="affine", sampling="urs",
+                                sample_fraction=0.3, levels="2,1")
+    events = []
+    job = jobs.Job(settings, moving_node=moving, fixed_node=fixed)
+    result = job.wait(on_event=events.append, timeout=600)
+    return {"scene": scene, "fixed": fixed, "result": result, "events": events, "workdir": job.process.workdir,
+            "truth": sitk.ReadTransform(str(folder / "ground_truth.h5"))}
+
+
+def test_local_job_imports_the_registration_as_a_linear_node_and_cleans_up(registered):
+    result, fixed = registered["result"], registered["fixed"]
+    assert result.transform_node.GetClassName() == "vtkMRMLLinearTransformNode"
+    assert result.summary["report"]["protocol"] == "clear" and result.summary["iterations"] >= 2
+    assert [e["event"] for e in registered["events"]].count("iteration") >= 2
+    assert registered["events"][-1]["event"] == "done"
+    assert not registered["workdir"].exists()
+    fractions = [describe(e)[0] for e in registered["events"] if e["event"] == "iteration"]
+    assert all(0 < f <= 1 for f in fractions) and fractions[-1] > 0.5
+    assert f"Iterations: {result.summary['iterations']}" in summary_lines(result.summary)
+    ras = _ijk_to_ras(fixed)
+    ijk = np.random.default_rng(0).uniform(8, 40, (200, 3))
+    points_lps = (ijk @ ras[:3, :3].T + ras[:3, 3]) * LPS
+    truth = np.array([registered["truth"].TransformPoint(p.tolist()) for p in points_lps])
+    mapping = result.transform_node.GetTransformFromParent()
+    found = np.array([mapping.TransformPoint((p * LPS).tolist()) for p in points_lps]) * LPS
+    assert np.linalg.norm(truth - points_lps, axis=1).mean() > 3.0     # the pair is really misaligned
+    assert np.linalg.norm(found - truth, axis=1).mean() < 0.5          # and the node undoes it
+
+
+def test_transform_node_matches_the_itk_file_exactly(mni_4mm, tmp_path):
+    """Linear and composite B-spline files: Slicer's 'from parent' mapping is ITK's, in RAS."""
+    synthesize(mni_4mm, "bspline", 5, tmp_path)
+    scene = _scene()
+    fixed = mrml.import_volume(scene, tmp_path / "fixed.nrrd", "fixed")
+    for path, model, node_class in ((tmp_path / "ground_truth.h5", "bspline", "vtkMRMLTransformNode"),):
+        node = mrml.import_transform(scene, path, "truth", model)
+        assert node.GetClassName() == node_class
+        itk = sitk.ReadTransform(str(path))
+        ras = _ijk_to_ras(fixed)
+        ijk = np.random.default_rng(1).uniform(0, 40, (100, 3))
+        points_lps = (ijk @ ras[:3, :3].T + ras[:3, 3]) * LPS
+        expected = np.array([itk.TransformPoint(p.tolist()) for p in points_lps])
+        mapped = np.array([node.GetTransformFromParent().TransformPoint((p * LPS).tolist()) for p in points_lps]) * LPS
+        assert np.abs(mapped - expected).max() < 1e-6
+
+
+def test_linear_file_becomes_a_linear_node(tmp_path):
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix([1.1, 0.1, 0, -0.05, 0.95, 0.02, 0, 0.03, 1.0])
+    affine.SetTranslation([3.0, -4.0, 5.0])
+    affine.SetCenter([10.0, 20.0, -5.0])
+    sitk.WriteTransform(affine, str(tmp_path / "a.h5"))
+    node = mrml.import_transform(_scene(), tmp_path / "a.h5", "a", "affine")
+    assert node.GetClassName() == "vtkMRMLLinearTransformNode"
+    for point in np.random.default_rng(2).uniform(-80, 80, (20, 3)):
+        mapped = np.array(node.GetTransformFromParent().TransformPoint((point * LPS).tolist())) * LPS
+        assert np.allclose(mapped, affine.TransformPoint(point.tolist()), atol=1e-9)
+
+
+def test_bad_transform_file_gives_a_clear_error_and_no_node(tmp_path):
+    (tmp_path / "bad.h5").write_bytes(b"not a transform")
+    scene = _scene()
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(OSError, match="could not read transform"):
+        mrml.import_transform(scene, tmp_path / "bad.h5", "bad")
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_warped_node_has_the_fixed_geometry_and_is_shown_over_it(registered):
+    fixed, warped, scene = registered["fixed"], registered["result"].warped_node, registered["scene"]
+    assert np.allclose(_ijk_to_ras(warped), _ijk_to_ras(fixed))
+    assert warped.GetImageData().GetDimensions() == fixed.GetImageData().GetDimensions()
+    mrml.show_overlay(scene, fixed, warped, 0.5)
+    mrml.set_fade(scene, 0.8)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(i)
+        assert composite.GetBackgroundVolumeID() == fixed.GetID()
+        assert composite.GetForegroundVolumeID() == warped.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.8)
+
+
+def test_settings_refuse_what_cannot_work(tmp_path):
+    good = dict(certificates=str(tmp_path))
+    with pytest.raises(ValueError, match="dealer's address"):
+        jobs.RunSettings(role="moving", protocol="mpc", **good).check()
+    with pytest.raises(ValueError, match="B-spline"):
+        jobs.RunSettings(role="moving", protocol="fhe", transform="bspline", **good).check()
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        jobs.RunSettings(role="fixed", address="hospital-b", **good).check()
+    with pytest.raises(ValueError, match="local test role"):
+        jobs.RunSettings(role="moving", protocol="clear", **good).check()
+    with pytest.raises(ValueError, match="certificate folder"):
+        jobs.RunSettings(role="moving", certificates=str(tmp_path / "none")).check()
+    with pytest.raises(ValueError, match="select the moving volume"):
+        jobs.Job(jobs.RunSettings(role="moving", **good))
+
+
+@pytest.mark.parametrize("protocol", ["fhe", "mpc"])
+def test_loopback_parties_align_the_phantom_and_share_the_transform(protocol):
+    """What the module's self-test (PPIRTest) runs inside Slicer, here on slicer-core's MRML."""
+    scene = _scene()
+    outcome = loopback.run_loopback(scene, protocol)
+    assert outcome["error_mm"] < loopback.TOLERANCE_MM
+    moving, fixed = outcome["moving"], outcome["fixed"]
+    assert moving.summary["report"]["protocol"] == protocol
+    assert moving.summary["parties"]["moving"]["bytes_sent"] > 0
+    assert fixed.summary["shared"] == "transform" and fixed.summary["bytes_received"] > 0
+    assert fixed.transform_node is not None and fixed.warped_node is None
+    assert "Shared by the moving party: transform" in summary_lines(fixed.summary)
+    assert any(line.startswith("Fixed party: sent") for line in summary_lines(moving.summary))
+    assert loopback.transform_error_mm(fixed.transform_node, outcome["fixed_node"]) == pytest.approx(
+        outcome["error_mm"], abs=1e-9)
+
+
+def test_failed_run_shows_the_commands_message_and_leaves_no_node(tmp_path):
+    scene = _scene()
+    loopback.phantom_pair(tmp_path)
+    moving = mrml.import_volume(scene, tmp_path / "moving.nrrd", "moving")
+    jobs.create_certificates(tmp_path / "pki")
+    before = scene.GetNumberOfNodes()
+    job = jobs.Job(jobs.RunSettings(role="moving", address="127.0.0.1:1", certificates=str(tmp_path / "pki")),
+                   moving_node=moving)
+    with pytest.raises(RuntimeError) as failure:
+        job.wait(timeout=120)
+    assert "127.0.0.1:1" in str(failure.value) and "Traceback" not in str(failure.value)
+    assert scene.GetNumberOfNodes() == before
+    assert not job.process.workdir.exists()

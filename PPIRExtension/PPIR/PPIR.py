@@ -114,8 +114,9 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         """The run settings the panel's parameter node holds."""
         role = parameterNode.role.value
         protocol = {"local": "clear", "dealer": "mpc"}.get(role, parameterNode.protocol.value)
+        certificates = str(parameterNode.certificates or "")
         return RunSettings(role=role, protocol=protocol, address=parameterNode.address.strip(),
-                           dealer=parameterNode.dealer.strip(), certificates=str(parameterNode.certificates or ""),
+                           dealer=parameterNode.dealer.strip(), certificates="" if certificates == "." else certificates,
                            transform=parameterNode.transform, sampling=parameterNode.sampling,
                            sample_fraction=parameterNode.sampleFraction, levels=parameterNode.levels.strip(),
                            max_iterations=parameterNode.maxIterations, bspline_spacing=parameterNode.bsplineSpacing,
@@ -163,7 +164,7 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         runSettings = RunSettings(role=role, **settings)
         job = self.start(runSettings, movingVolume, fixedVolume)
         result = job.wait(on_event=lambda event: print(describe(event)[1]), idle=slicer.app.processEvents)
-        if show:
+        if show and role != "dealer":
             self.show(result, fixedVolume if role in ("fixed", "local") else movingVolume)
         return result
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -107,6 +108,27 @@ def test_register_fhe_matches_clear_rigid_2d(slice_2d, tmp_path):
     clear_and_private("fhe", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--transform", "rigid",
                    "--levels", "2,1", "--sampling", "urs", "--sample-fraction", "0.3")
     assert transform_rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", slice_2d.grid) < 1e-3
+
+
+def test_fhe_runs_where_torch_and_crypten_are_not_installed(slice_2d, tmp_path):
+    """An FHE-only install (what the Slicer module installs for FHE) has no torch: every process must do without."""
+    blocked = tmp_path / "blocked"
+    for name in ("torch", "crypten"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    synthesize(slice_2d, "affine", 3, tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(PY + ["register", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving",
+                                str(tmp_path / "moving.nrrd"), "--protocol", "fhe", "--levels", "2",
+                                "--output-transform", str(tmp_path / "t.h5")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    refused = subprocess.run(PY + ["register", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving",
+                                   str(tmp_path / "moving.nrrd"), "--protocol", "mpc", "--levels", "2",
+                                   "--output-transform", str(tmp_path / "m.h5")],
+                             capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "the MPC protocol needs PyTorch and CrypTen, which this Python lacks" in refused.stderr
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from ppir.driver import _Level
 from ppir.image import read_image
 from ppir.linear import LinearModel
 from ppir.moving import MovingLevel
-from ppir.mpc.protocol import FixedLevel, MovingProduct, dealer_share, fixed_scale
+from ppir.backend import fixed_scale
+from ppir.mpc.protocol import FixedLevel, MovingProduct, dealer_share
 from ppir.mpc.ring import RingBasis, new_seed, random_ring
 from ppir.net import certs
 from ppir.pyramid import LevelSpec, level_image

@@ -12,6 +12,7 @@ backends, which compute the same quantities without either party seeing the othe
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -28,6 +29,12 @@ class JointResult:
     fixed_sq: float
 
 
+def fixed_scale(values: np.ndarray) -> float:
+    """The smallest power of two >= max |values|: the scale a private backend divides J by (only its exponent is disclosed)."""
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    return 2.0 ** math.ceil(math.log2(peak)) if peak > 0 else 1.0
+
+
 @dataclass
 class PartyStats:
     """What one party spent: filled in by backends that have a network."""
@@ -36,6 +43,7 @@ class PartyStats:
     cpu_time_s: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
+    peak_memory_mb: float = 0.0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -25,7 +25,7 @@ from .image import Grid, OutputBatch, Volume, check_output_path, read_image, wri
 from .net import certs
 from .net.channel import Credentials, Listener, PeerError
 from .report import build_report
-from .session import MPCBackend, serve_dealer_session, serve_fixed_session, tell_error
+from .session import protocol_backend, serve_fixed_session, tell_error
 from .snapshot import resample_into
 
 SHARE_CHOICES = ("none", "transform", "warped")
@@ -94,7 +94,7 @@ def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> Non
     served = 0
     try:
         while sessions == 0 or served < sessions:
-            serve_dealer_session(listener, log)
+            protocol_backend("mpc").serve_dealer_session(listener, log)
             served += 1
     finally:
         listener.close()
@@ -106,6 +106,7 @@ def check_protocol(protocol: str, dealer_address: str | None, settings: Settings
         raise PPIRError(f"unknown protocol {protocol!r}; choose from {', '.join(PRIVATE_PROTOCOLS)}")
     if protocol == "mpc" and not dealer_address:
         raise PPIRError("the MPC protocol needs a dealer (--dealer HOST:PORT)")
+    protocol_backend(protocol)
     if protocol == "fhe":
         from .fhe import params
         if settings.transform == "bspline":
@@ -135,10 +136,9 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None,
     moving = read_image(moving_path, "moving image")
     start = time.perf_counter()
     if protocol == "fhe":
-        from .fhe.backend import FHEBackend
-        backend = FHEBackend(fixed_address, credentials, settings.__dict__)
+        backend = protocol_backend("fhe").FHEBackend(fixed_address, credentials, settings.__dict__)
     else:
-        backend = MPCBackend(fixed_address, dealer_address, credentials, settings.__dict__)
+        backend = protocol_backend("mpc").MPCBackend(fixed_address, dealer_address, credentials, settings.__dict__)
     try:
         result = register(moving, backend, settings, progress)
         fixed_grid = backend.fixed_grid

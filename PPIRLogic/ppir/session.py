@@ -1,26 +1,26 @@
-"""The two-party runtime: the fixed party's server, the dealer, and the moving party's backends.
+"""The two-party runtime shared by the protocols: messages, the moving party's remote backend, the fixed server.
 
 Every message crosses a mutually authenticated TLS channel (``ppir.net``). The moving party drives:
-it opens the session with the fixed party and names the protocol. Under MPC the fixed party then
-connects to the dealer named in the session parameters, and the moving party asks the dealer for
-correlated randomness; under FHE (``ppir.fhe.backend``) there is no dealer. Message kinds are
-listed in ``Kind``.
+it opens the session with the fixed party and names the protocol; the fixed party answers with that
+protocol's handler (``ppir.mpc.backend``: secret sharing with a dealer; ``ppir.fhe.backend``: CKKS,
+no dealer). Message kinds are listed in ``Kind``. Each protocol's libraries are imported only when
+that protocol is used.
 """
 from __future__ import annotations
 
+import importlib
 import secrets
+import sys
 import time
 from enum import IntEnum
 
 import numpy as np
-import torch
 
-from .backend import FixedParty, JointBackend, JointResult, PartyStats
+from .backend import FixedParty, JointBackend, PartyStats
 from .basis import AffineBasis, BSplineBasis, ControlGrid
+from .errors import PPIRError
 from .image import Grid, Volume
-from .mpc.protocol import FIXED_BITS, FixedLevel, MovingProduct, dealer_share, fixed_scale
-from .mpc.ring import BASIS_BITS, RingBasis, new_seed, random_ring
-from .net.channel import Channel, Credentials, Listener, PeerError, connect
+from .net.channel import Channel, Credentials, PeerError, connect
 from .net.framing import Message
 from .pyramid import LevelSpec
 
@@ -100,14 +100,25 @@ def totals(channels: list[Channel | None]) -> tuple[int, int]:
     return (sum(c.traffic.bytes_sent for c in channels if c), sum(c.traffic.bytes_received for c in channels if c))
 
 
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far (0 where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KiB elsewhere
+
+
 class _Clock:
-    """Wall and CPU time of one party."""
+    """Wall and CPU time of one party, and its process's peak memory."""
 
     def __init__(self):
         self._wall, self._cpu = time.perf_counter(), time.process_time()
 
     def stats(self, channels: list[Channel | None]) -> PartyStats:
-        return PartyStats(time.perf_counter() - self._wall, time.process_time() - self._cpu, *totals(channels))
+        return PartyStats(time.perf_counter() - self._wall, time.process_time() - self._cpu, *totals(channels),
+                          peak_memory_mb())
 
 
 class RemoteBackend(JointBackend):
@@ -168,109 +179,24 @@ class RemoteBackend(JointBackend):
                 channel.close()
 
 
-class MPCBackend(RemoteBackend):
-    """The moving party's end of the MPC protocol (see ``ppir.mpc.protocol``)."""
-
-    name = "mpc"
-
-    def __init__(self, fixed: str, dealer: str, credentials: Credentials, session: dict, timeout: float = 60.0,
-                 retry_for: float = 10.0):
-        self._dealer: Channel | None = None
-        super().__init__(fixed, credentials, {"protocol": "mpc", "dealer": dealer, "fixed_bits": FIXED_BITS,
-                                              "basis_bits": BASIS_BITS, "settings": session}, timeout, retry_for)
-        try:
-            self._dealer = connect(dealer, credentials, "dealer", timeout, retry_for)
-            self._dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self.session_id}))
-            expect(self._dealer, Kind.DEALER_READY)
-        except BaseException:
-            self.abort("the moving party could not open the session")
-            self.close()
-            raise
-
-    @property
-    def channels(self) -> list[Channel | None]:
-        return [self._fixed, self._dealer]
-
-    def set_samples(self, samples: np.ndarray | None, basis):
-        self.send_samples(samples, basis)
-        self._dealer.send(Message(Kind.DEALER_LEVEL, {"samples": int(basis.n_samples)}))
-        reply = expect(self._fixed, Kind.FIXED_MASKED)
-        self._f = torch.from_numpy(reply.arrays["f"])
-        self._fixed_scale = float(reply.meta["scale"])
-        self._fixed_sq = float(reply.meta["sum_sq"])
-        self._ring_basis = RingBasis(basis)
-        return self._ring_basis.effective()
-
-    def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
-        self._dealer.send(Message(Kind.DEALER_TRIPLE, {"channels": channels.shape[1] + 1}))
-        seeds = expect(self._dealer, Kind.DEALER_SEEDS).arrays
-        product = MovingProduct(channels, warped, self._ring_basis, seeds["a"].tobytes(), seeds["r0"].tobytes())
-        self._fixed.send(Message(Kind.PRODUCT, {"d": channels.shape[1]}, {"e": product.masked().numpy()}))
-        own = product.share(self._f, self._ring_basis)
-        share = expect(self._fixed, Kind.SHARE).arrays
-        r, cross = product.finish(own, self._ring_basis, torch.from_numpy(share["r"]),
-                                  torch.from_numpy(share["cross"]).reshape(()), self._fixed_scale)
-        return JointResult(r, cross, self._fixed_sq)
-
-    def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
-        super().finish(shared, arrays)
-        self._dealer.send(Message(Kind.BYE, {}))
+PROTOCOL_PACKAGES = {"mpc": "PyTorch and CrypTen", "fhe": "TenSEAL"}
 
 
-class _FixedMPC:
-    """The fixed party's side of the MPC protocol (its dealer connection included)."""
-
-    def __init__(self, meta: dict, channel: Channel, credentials: Credentials):
-        if meta.get("fixed_bits") != FIXED_BITS or meta.get("basis_bits") != BASIS_BITS:
-            raise PeerError(f"unsupported session parameters: fixed-point bits {meta.get('fixed_bits')}/"
-                            f"{meta.get('basis_bits')}, this side {FIXED_BITS}/{BASIS_BITS}")
-        self._meta, self._channel, self._credentials = meta, channel, credentials
-        self.dealer: Channel | None = None
-        self._level: FixedLevel | None = None
-
-    def welcome(self) -> tuple[dict, dict]:
-        return {}, {}
-
-    def open(self) -> None:
-        self.dealer = connect(self._meta["dealer"], self._credentials, "dealer", self._channel.timeout, retry_for=10.0)
-        self.dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self._meta["session"]}))
-
-    @property
-    def channels(self) -> list[Channel | None]:
-        return [self._channel, self.dealer]
-
-    def on_samples(self, party: FixedParty, basis) -> None:
-        seed_b = expect(self.dealer, Kind.DEALER_SEED_B).arrays["b"].tobytes()
-        scale = fixed_scale(party.values)
-        self._level = FixedLevel.start(party.values, scale, seed_b, RingBasis(basis))
-        self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, "sum_sq": party.sum_of_squares()},
-                                   {"f": self._level.masked().numpy()}))
-
-    def on_product(self, message: Message) -> int:
-        """Answer one product; returns the number of samples."""
-        e = torch.from_numpy(message.arrays.get("e", np.zeros((0, 0), np.int64)))
-        d = int(message.meta.get("d", -1))
-        if self._level is None or e.ndim != 2 or e.shape[0] != self._level.b.shape[0] or not 0 < d < e.shape[1]:
-            raise PeerError("product message does not match the sample set")
-        r1 = torch.from_numpy(expect(self.dealer, Kind.DEALER_SHARE).arrays["r1"])
-        if r1.shape != e.shape:
-            raise PeerError("the dealer's share does not match the product")
-        r, cross = self._level.share(e, r1, d)
-        self._channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
-        return int(e.shape[0])
-
-    def close(self) -> None:
-        if self.dealer is not None:
-            self.dealer.close()
+def protocol_backend(protocol: str):
+    """The protocol's session module (``ppir.mpc.backend`` or ``ppir.fhe.backend``), imported on first use."""
+    try:
+        return importlib.import_module(f"{__package__}.{protocol}.backend")
+    except ImportError as err:
+        raise PPIRError(f"the {protocol.upper()} protocol needs {PROTOCOL_PACKAGES[protocol]}, which this Python "
+                        f"lacks ({err})") from None
 
 
 def _fixed_protocol(meta: dict, channel: Channel, credentials: Credentials):
     """The fixed party's handler for the protocol the moving party asks for."""
     if meta.get("protocol") == "mpc":
-        return _FixedMPC(meta, channel, credentials)
+        return protocol_backend("mpc").FixedMPC(meta, channel, credentials)
     if meta.get("protocol") == "fhe":
-        from .fhe.backend import FixedFHE
-        return FixedFHE(meta, channel)
+        return protocol_backend("fhe").FixedFHE(meta, channel)
     raise PeerError(f"unsupported session parameters: protocol {meta.get('protocol')}")
 
 
@@ -332,42 +258,3 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                 raise PeerError(f"unexpected message {message.kind} from the moving party")
     finally:
         handler.close()
-
-
-def serve_dealer_session(listener: Listener, log, wait: float | None = None) -> None:
-    """Pair one moving and one fixed party by session id and serve their correlated randomness."""
-    first = listener.accept(("moving", "fixed"), wait=wait)
-    second = listener.accept(("fixed",) if first.peer_role == "moving" else ("moving",), wait=60.0)
-    moving, fixed = (first, second) if first.peer_role == "moving" else (second, first)
-    try:
-        hellos = [expect(moving, Kind.DEALER_HELLO).meta, expect(fixed, Kind.DEALER_HELLO).meta]
-        if hellos[0].get("session") != hellos[1].get("session"):
-            raise PeerError("the moving and fixed parties belong to different sessions")
-        moving.send(Message(Kind.DEALER_READY, {}))
-        b = None
-        while True:
-            message = moving.recv()
-            if message.kind == Kind.DEALER_LEVEL:
-                seed_b = new_seed()
-                b = random_ring(seed_b, (int(message.meta["samples"]),))
-                fixed.send(Message(Kind.DEALER_SEED_B, {}, {"b": np.frombuffer(seed_b, np.uint8)}))
-            elif message.kind == Kind.DEALER_TRIPLE:
-                if b is None:
-                    raise PeerError("triple requested before any sample set")
-                seed_a, seed_r0 = new_seed(), new_seed()
-                # seeds first: the moving party prepares its product while the dealer computes r1
-                moving.send(Message(Kind.DEALER_SEEDS, {}, {"a": np.frombuffer(seed_a, np.uint8),
-                                                            "r0": np.frombuffer(seed_r0, np.uint8)}))
-                r1 = dealer_share(seed_a, seed_r0, b, int(message.meta["channels"]))
-                fixed.send(Message(Kind.DEALER_SHARE, {}, {"r1": r1.numpy()}))
-            elif message.kind == Kind.BYE:
-                log("session done")
-                return
-            elif message.kind == Kind.ERROR:
-                tell_error(fixed, message.meta.get("reason", "the moving party stopped"))
-                raise PeerError(f"the moving party stopped: {message.meta.get('reason')}")
-            else:
-                raise PeerError(f"unexpected message {message.kind} from the moving party")
-    finally:
-        moving.close()
-        fixed.close()

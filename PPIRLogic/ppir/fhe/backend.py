@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import FixedParty, JointResult
+from ..backend import FixedParty, JointResult, fixed_scale
 from ..basis import AffineBasis
-from ..mpc.protocol import fixed_scale
 from ..net.channel import Channel, Credentials, PeerError
 from ..net.framing import Message
 from ..session import Kind, RemoteBackend, expect

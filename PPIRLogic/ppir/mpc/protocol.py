@@ -34,12 +34,6 @@ MAX_CHANNEL_BITS = 20
 MIN_CHANNEL_BITS = 8
 
 
-def fixed_scale(values: np.ndarray) -> float:
-    """s_J: the smallest power of two >= max |J| (only its exponent is disclosed)."""
-    peak = float(np.abs(values).max()) if values.size else 0.0
-    return 2.0 ** math.ceil(math.log2(peak)) if peak > 0 else 1.0
-
-
 def channel_bits(normalised: np.ndarray, basis: RingBasis) -> int:
     """Fractional bits for the moving channels such that no revealed sum can leave the ring.
 

@@ -1,6 +1,7 @@
 # PPIR: two commands do all setup.
 #   make demo   set up .venv and run a registration on the bundled sample data
 #   make test   set up .venv and run the test suite
+#   make bench  the quick benchmark suite (tables and plots in out/bench)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.ppir-installed
 export PPIR_DATA ?= $(HOME)/.cache/ppir/data
 DEMO := out/demo
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench clean
 
 venv: $(STAMP)
 
@@ -35,6 +36,14 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest Testing -q
+
+# The quick benchmark suite (a few minutes): tables and plots in out/bench/.
+bench: venv
+	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements-bench.txt
+	$(BIN)/ppir data fetch > /dev/null
+	mkdir -p out/bench
+	$(BIN)/ppir bench --suite quick --out out/bench > /dev/null
+	@echo "results: out/bench/results.md, out/bench/matrix.png, out/bench/scaling.png"
 
 clean:
 	rm -rf $(VENV) out

@@ -22,3 +22,29 @@ def test_mpc_suite_runs_and_agrees_with_clear():
     assert runs["fhe, URS"]["rmse_vs_clear_mm"] < 0.05
     assert runs["mpc"]["rmse_vs_clear_mm"] < 0.05 and runs["mpc"]["moving_mb_per_product"] > 0
     assert "| mpc | 1260x1090 |" in mpc_markdown(results)
+
+
+def test_smallest_suite_case_writes_tables_and_plots(tmp_path, monkeypatch):
+    """`ppir bench --suite quick|full` end to end on its smallest pair (64x64) and two tiny scaling sizes."""
+    from ppir import benchsuite, data
+    smallest = benchsuite.Suite(pairs=(benchsuite.Pair("2D brain slice", data.SLICE_2D, 4, "1", ("full",), 32.0),),
+                                scaling_shrinks=(16, 12), repeats=1, paper_size_pair=False)
+    monkeypatch.setitem(benchsuite.SUITES, "smallest", smallest)
+    out = tmp_path / "out"
+    results = benchsuite.run_suite("smallest", out, log=lambda *_: None)
+    assert sorted(p.name for p in out.iterdir()) == ["matrix.png", "results.json", "results.md", "scaling.png"]
+    assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in ("matrix.png", "scaling.png"))
+    rows = results["pairs"][0]["runs"]
+    assert {(r["transform"], r["protocol"], r["sampling"]) for r in rows} == (
+        {("affine", p, s) for p in benchsuite.PROTOCOLS for s in benchsuite.SAMPLINGS}
+        | {("bspline", "clear", "full"), ("bspline", "mpc", "full")})
+    for row in rows:
+        assert row["iterations"] > 0 and row["moving"]["peak_mb"] > 50
+        if row["protocol"] != "clear":
+            assert row["moving"]["mb"] > 0 and row["fixed"]["peak_mb"] > 50
+        if row["protocol"] != "clear" and row["transform"] == "affine":
+            assert row["rmse_vs_clear_mm"] < 0.05
+    assert results["pairs"][0]["peers"][0]["protocol"] == "SimpleITK"
+    assert {p["protocol"] for p in results["scaling"]["points"]} == set(benchsuite.PROTOCOLS)
+    text = (out / "results.md").read_text()
+    assert "| affine | fhe | gms |" in text and "Fitted power laws" in text and "Table 3" in text

@@ -225,8 +225,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import markdown, mpc_markdown, run_engine_suite, run_mpc_suite
+    from .image import check_output_path
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    if args.suite == "engine":
+    if args.out is not None:
+        check_output_path(args.out)
+    if args.suite in ("quick", "full"):
+        from .benchreport import markdown as suite_markdown
+        from .benchsuite import run_suite
+        print(suite_markdown(run_suite(args.suite, args.out, log)))
+    elif args.suite == "engine":
         print(markdown(run_engine_suite(args.out, log)))
     else:
         print(mpc_markdown(run_mpc_suite(args.out, log)))
@@ -374,13 +381,17 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     init.add_argument("--days", type=int, default=30, help="validity in days (default: 30)")
     init.set_defaults(run=_cmd_certs_init)
 
-    bench = sub.add_parser("bench", help="benchmarks that print figures (accuracy, time) against SimpleITK",
-                           description="Runs synthetic registrations with known truth on the sample images "
-                                       "with PPIR and SimpleITK and prints a markdown table.")
-    bench.add_argument("--suite", choices=("engine", "mpc"), default="engine",
-                       help="engine: PPIR (clear) vs SimpleITK, 2D and 3D, affine and B-spline; mpc: clear vs MPC and FHE "
-                            "on a 1260x1090 2D pair, per-product time and traffic next to the paper's Table 2")
-    bench.add_argument("--out", type=Path, default=None, help="folder for engine.json and engine.md")
+    bench = sub.add_parser("bench", help="benchmarks that print figures: accuracy, time, traffic, memory",
+                           description="Runs synthetic registrations with known truth on the sample images and "
+                                       "prints markdown tables (progress on stderr).")
+    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc"), default="quick",
+                       help="quick (minutes) / full (under an hour): clear, MPC and FHE with full, URS and GMS "
+                            "sampling, affine and B-spline, 2D and 3D, SimpleITK and elastix peers, scaling with "
+                            "image size, the paper's tables; engine: PPIR (clear) vs SimpleITK; mpc: per-product "
+                            "cost on a 1260x1090 2D pair (default: quick)")
+    bench.add_argument("--out", type=Path, default=None,
+                       help="folder for the results: results.json, results.md, matrix.png, scaling.png "
+                            "(engine.* / mpc.* for those suites)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

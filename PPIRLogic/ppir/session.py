@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import secrets
-import sys
 import time
 from enum import IntEnum
 
@@ -23,6 +22,7 @@ from .image import Grid, Volume
 from .net.channel import Channel, Credentials, PeerError, connect
 from .net.framing import Message
 from .pyramid import LevelSpec
+from .report import peak_memory_mb
 
 SESSION_VERSION = 1
 
@@ -98,16 +98,6 @@ def per_level(marks: list[tuple[int, int]]) -> list[dict]:
 def totals(channels: list[Channel | None]) -> tuple[int, int]:
     """Bytes sent and received over the (open) channels."""
     return (sum(c.traffic.bytes_sent for c in channels if c), sum(c.traffic.bytes_received for c in channels if c))
-
-
-def peak_memory_mb() -> float:
-    """This process's peak resident memory so far (0 where the platform does not say)."""
-    try:
-        import resource
-    except ImportError:
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1e6 if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KiB elsewhere
 
 
 class _Clock:

@@ -17,14 +17,15 @@ def _run_cells(row: dict) -> list[str]:
     private = row["protocol"] != "clear"
     return [row["transform"], row["protocol"], row["sampling"], _num(row["final_ssd"], ".4g"), str(row["iterations"]),
             _num(row.get("rmse_vs_clear_mm"), ".1e"), _num(row["tre_mm"], ".3f"), _num(row["wall_s"], ".1f"),
-            _num(moving["s_per_it"], ".3f"), _num(fixed["s_per_it"] if private else None, ".3f"),
+            _num(row["s_per_it"], ".3f"),
+            f"{_num(moving['cpu_s'], '.1f')} / {_num(fixed['cpu_s'], '.1f')}" if private else "–",
             f"{moving['mb']:.1f} / {moving['mb_per_it']:.2f}" if private else "–",
             f"{fixed['mb']:.1f} / {fixed['mb_per_it']:.2f}" if private else "–",
             f"{_num(moving['peak_mb'], '.0f')} / {_num(fixed['peak_mb'], '.0f')}"]
 
 
 HEADER = ("| model | protocol | sampling | final SSD | iterations | RMSE vs clear (mm) | TRE (mm) | time (s) | "
-          "moving s / it | fixed s / it | moving MB total / per it | fixed MB total / per it | "
+          "s / it | CPU s moving / fixed | moving MB total / per it | fixed MB total / per it | "
           "peak memory moving / fixed (MB) |\n" + "|---" * 13 + "|")
 
 
@@ -51,7 +52,8 @@ def _pair_section(pair: dict) -> list[str]:
 
 def _scaling_section(scaling: dict) -> list[str]:
     lines = ["### Scaling: one-level affine registration of the 3D brain, all voxels, 5 iterations at most", "",
-             "| protocol | voxels | s / iteration | MB / iteration (moving party) | peak memory moving (MB) |",
+             "| protocol | voxels | s / iteration | MB / iteration (moving party, sent + received) | "
+             "peak memory moving (MB) |",
              "|---|---|---|---|---|"]
     for p in scaling["points"]:
         lines.append(f"| {p['protocol']} | {p['voxels']} | {p['s_per_it']:.3f} | {p['mb_per_it']:.2f} | "
@@ -65,13 +67,13 @@ def _scaling_section(scaling: dict) -> list[str]:
 def _paper_section(results: dict) -> list[str]:
     paper = results["paper"]
     lines = ["### Next to the paper (per party and per iteration)", "",
-             "| setting | paper: s / it | paper: MB / it | PPIR: moving s / it | PPIR: moving MB / it | "
+             "| setting | paper: s / it | paper: MB / it | PPIR: s / it | PPIR: moving MB / it | "
              "PPIR: fixed MB / it |", "|---|---|---|---|---|---|"]
     ours_2 = {f"{r['protocol']} {r['sampling']}": r for r in results.get("paper_size", {}).get("runs", [])}
     for key, figures in paper["table_2"]["rows"].items():
         row = ours_2.get(key)
         lines.append(f"| Table 2, {key} (1260×1090) | {figures['s']} | {figures['mb']} | " +
-                     (f"{row['moving']['s_per_it']:.3f} | {row['moving']['mb_per_it']:.2f} | "
+                     (f"{row['s_per_it']:.3f} | {row['moving']['mb_per_it']:.2f} | "
                       f"{row['fixed']['mb_per_it']:.2f} |" if row else "full suite only | – | – |"))
     brain_2d = next((p for p in results["pairs"] if p["pair"] == "2D brain slice"), None)
     table_3 = next((r for r in brain_2d["runs"] if r["transform"] == "bspline" and r["protocol"] == "mpc"
@@ -80,7 +82,7 @@ def _paper_section(results: dict) -> list[str]:
     size = "×".join(map(str, brain_2d["size"])) if brain_2d else "–"
     lines.append(f"| Table 3, B-spline mpc full (paper 121×121, here {size}) | {figures['s']} | "
                  f"{figures['mb']} / {figures['mb_fixed']} | " +
-                 (f"{table_3['moving']['s_per_it']:.3f} | {table_3['moving']['mb_per_it']:.2f} | "
+                 (f"{table_3['s_per_it']:.3f} | {table_3['moving']['mb_per_it']:.2f} | "
                   f"{table_3['fixed']['mb_per_it']:.2f} |" if table_3 else "– | – | – |"))
     lines += ["", "The paper's parties ran in one process on other hardware, with other B-spline grids and "
               "encodings; PPIR's parties are separate processes over TLS on the machine below, so compare "
@@ -94,12 +96,16 @@ def markdown(results: dict) -> str:
              f"Machine: {machine['platform']}, {machine['cpus']} CPUs; ppir {v['ppir']}, Python {v['python']}, "
              f"numpy {v['numpy']}, SimpleITK {v['SimpleITK']}. Synthetic pairs with known truth (random affine, "
              f"noise 2 %, bias field); URS and GMS keep {results['sample_fraction']:.0%} of the voxels; times are "
-             f"the median of {results['repeats']} run(s); the suite took {results['suite_wall_s'] / 60:.1f} min.",
+             f"the median of {results['repeats']} run(s) for affine rows (one run for B-spline rows); "
+             f"the suite took {results['suite_wall_s'] / 60:.1f} min.",
              "", "Columns: final SSD of the last level; RMSE of the displacement between the private and the clear "
-             "transform over the fixed grid; TRE against the known truth over the fixed image's foreground; time "
-             "= the whole registration, wall clock; per party: wall seconds and MB (sent + received, on the wire) "
-             "per Gauss–Newton iteration, peak resident memory of that party's process. The clear rows run in one "
-             "process (its peak memory is under *moving*).", ""]
+             "transform over the whole fixed grid; TRE against the known truth over the fixed image's foreground; "
+             "time = the whole registration (session set-up included), wall clock; s / it = the pyramid levels' "
+             "wall time (each level's sample-set upload included, session set-up not) per Gauss–Newton "
+             "iteration, the same for both parties as they work in lockstep; CPU seconds of each party's "
+             "process; MB sent + received on the wire by each party, in total and per iteration (levels only, "
+             "so FHE's one-off public context is in the total but not per iteration); peak resident memory of "
+             "each party's process. The clear rows run in one process (its peak memory is under *moving*).", ""]
     for pair in results["pairs"]:
         lines += _pair_section(pair)
     lines += _scaling_section(results["scaling"])

@@ -115,8 +115,9 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         role = parameterNode.role.value
         protocol = {"local": "clear", "dealer": "mpc"}.get(role, parameterNode.protocol.value)
         certificates = str(parameterNode.certificates or "")
+        certificates = "" if certificates == "." else certificates   # an unset path reads as "."
         return RunSettings(role=role, protocol=protocol, address=parameterNode.address.strip(),
-                           dealer=parameterNode.dealer.strip(), certificates="" if certificates == "." else certificates,
+                           dealer=parameterNode.dealer.strip(), certificates=certificates,
                            transform=parameterNode.transform, sampling=parameterNode.sampling,
                            sample_fraction=parameterNode.sampleFraction, levels=parameterNode.levels.strip(),
                            max_iterations=parameterNode.maxIterations, bspline_spacing=parameterNode.bsplineSpacing,
@@ -181,7 +182,8 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
 
 ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with the role
     "protocolLabel": "protocolComboBox", "movingVolumeLabel": "movingVolumeSelector",
-    "fixedVolumeLabel": "fixedVolumeSelector", "dealerLabel": "dealerLineEdit", "shareResultLabel": "shareResultComboBox",
+    "fixedVolumeLabel": "fixedVolumeSelector", "dealerLabel": "dealerLineEdit",
+    "shareResultLabel": "shareResultComboBox",
 }
 
 

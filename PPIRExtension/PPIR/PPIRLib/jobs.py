@@ -92,11 +92,13 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
 
 
 def _outputs(role: str, folder: Path) -> dict[str, Path]:
+    """The files a role's run writes (the fixed party's only if the moving party shares them)."""
+    if role == "dealer":
+        return {}
+    outputs = {"transform": folder / "transform.h5", "warped": folder / "warped.nrrd"}
     if role in ("moving", "local"):
-        return {"transform": folder / "transform.h5", "warped": folder / "warped.nrrd", "report": folder / "report.json"}
-    if role == "fixed":
-        return {"transform": folder / "transform.h5", "warped": folder / "warped.nrrd"}
-    return {}
+        outputs["report"] = folder / "report.json"
+    return outputs
 
 
 @dataclass

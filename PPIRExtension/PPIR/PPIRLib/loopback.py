@@ -7,6 +7,7 @@ check is how far the imported transform node maps points from where the known tr
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,30 +68,31 @@ def run_loopback(scene, protocol: str = "fhe", folder: Path | None = None, pytho
         fixed_node = mrml.import_volume(scene, scratch / "fixed.nrrd", "PPIR test fixed")
         moving_node = mrml.import_volume(scene, scratch / "moving.nrrd", "PPIR test moving")
         certificates = str(create_certificates(scratch / "pki", python=python))
-        common = dict(protocol=protocol, certificates=certificates, transform="affine", sampling="urs",
-                      sample_fraction=0.2, levels="2,1")
+        common = {"protocol": protocol, "certificates": certificates, "transform": "affine", "sampling": "urs",
+                  "sample_fraction": 0.2, "levels": "2,1"}
         servers = {"fixed": Job(RunSettings(role="fixed", address="127.0.0.1:0", **common), fixed_node=fixed_node,
                                 python=python)}
         if protocol == "mpc":
             servers["dealer"] = Job(RunSettings(role="dealer", address="127.0.0.1:0", **common), python=python)
-        addresses = {role: _listening_address(job) for role, job in servers.items()}
-        moving = Job(RunSettings(role="moving", address=addresses["fixed"], dealer=addresses.get("dealer", ""),
-                                 **common), moving_node=moving_node, python=python)
         try:
+            addresses = {role: _listening_address(job) for role, job in servers.items()}
+            moving = Job(RunSettings(role="moving", address=addresses["fixed"], dealer=addresses.get("dealer", ""),
+                                     **common), moving_node=moving_node, python=python)
             moving_result = moving.wait(timeout=600, idle=idle)
             fixed_result = servers["fixed"].wait(timeout=60, idle=idle)
             if "dealer" in servers:
                 servers["dealer"].wait(timeout=60, idle=idle)
         finally:
             for job in servers.values():
-                job.process.cleanup()
+                if job.process is not None:
+                    job.process.cleanup()
         return {"error_mm": transform_error_mm(moving_result.transform_node, fixed_node),
                 "moving": moving_result, "fixed": fixed_result, "fixed_node": fixed_node,
                 "moving_node": moving_node}
 
 
 def _listening_address(job: Job, timeout: float = 60) -> str:
-    import time
+    """Start a listening party and return the address it announces."""
     job.start()
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -85,7 +85,7 @@ def _paper_section(results: dict) -> list[str]:
                  (f"{table_3['s_per_it']:.3f} | {table_3['moving']['mb_per_it']:.2f} | "
                   f"{table_3['fixed']['mb_per_it']:.2f} |" if table_3 else "– | – | – |"))
     lines += ["", "The paper's parties ran in one process on other hardware, with other B-spline grids and "
-              "encodings; PPIR's parties are separate processes over TLS on the machine below, so compare "
+              "encodings; PPIR's parties are separate processes over TLS on the machine named above, so compare "
               "orders of magnitude, not digits.", ""]
     return lines
 

@@ -146,7 +146,7 @@ def _peers(fixed: Volume, moving: Volume, truth: sitk.Transform, levels: list[in
     f = itk.imread(str(folder / "fixed.nrrd"), itk.F)
     m = itk.imread(str(folder / "moving.nrrd"), itk.F)
     _, result = elastix(f, m, parameter_object=parameters, log_to_console=False)
-    field = itk.transformix_deformation_field(m, result)
+    field = itk.transformix_deformation_field(m, result, output_directory=str(folder))   # not into the cwd
     wall = time.perf_counter() - start
     vectors = sitk.GetImageFromArray(itk.array_from_image(field).astype(np.float64), isVector=True)
     vectors.CopyInformation(fixed.to_sitk())

@@ -191,6 +191,18 @@ def test_loopback_parties_align_the_phantom_and_share_the_transform(protocol):
         outcome["error_mm"], abs=1e-9)
 
 
+def test_a_party_that_gets_no_result_in_time_is_stopped(tmp_path):
+    scene = _scene()
+    loopback.phantom_pair(tmp_path)
+    fixed = mrml.import_volume(scene, tmp_path / "fixed.nrrd", "fixed")
+    jobs.create_certificates(tmp_path / "pki")
+    job = jobs.Job(jobs.RunSettings(role="fixed", address="127.0.0.1:0", certificates=str(tmp_path / "pki")),
+                   fixed_node=fixed)
+    with pytest.raises(RuntimeError, match="fixed party had no result after 3 s"):
+        job.wait(timeout=3)
+    assert not job.running and not job.process.workdir.exists()
+
+
 def test_failed_run_shows_the_commands_message_and_leaves_no_node(tmp_path):
     scene = _scene()
     loopback.phantom_pair(tmp_path)

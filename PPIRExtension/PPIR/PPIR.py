@@ -334,7 +334,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job, self._job = self._job, None
         try:
             result = job.finish()
-        except RuntimeError as error:
+        except (RuntimeError, OSError) as error:
             message = str(error)
             self.ui.resultsLabel.text = _("Cancelled.") if message == "cancelled" else _("Failed: {message}").format(
                 message=message)

@@ -179,7 +179,8 @@ class Job:
                     on_event(event)
             if end is not None and time.monotonic() > end:
                 self.cancel()
-                break
+                self.process.cleanup()
+                raise RuntimeError(f"the {self.settings.role} party had no result after {timeout:g} s and was stopped")
             if idle:
                 idle()
             time.sleep(0.05)

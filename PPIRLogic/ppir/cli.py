@@ -48,8 +48,8 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-iterations", type=int, default=50, metavar="N", help="per level (default: 50)")
     g.add_argument("--bspline-spacing", type=float, default=20.0, metavar="MM",
                    help="B-spline control-point spacing in mm (default: 20)")
-    g.add_argument("--bspline-regularization", type=float, default=1e-3, metavar="W",
-                   help="B-spline penalty weight, relative to the mean Gauss-Newton diagonal (default: 1e-3)")
+    g.add_argument("--bspline-regularization", type=float, default=0.1, metavar="W",
+                   help="B-spline penalty weight, relative to the mean Gauss-Newton diagonal (default: 0.1)")
     g.add_argument("--bspline-levels", type=_int_list, default=None, metavar="F,F,...",
                    help="shrink factors for the B-spline stage (default: --levels)")
     g.add_argument("--init", choices=("centers", "identity"), default="centers",

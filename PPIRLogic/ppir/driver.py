@@ -39,7 +39,7 @@ class Settings:
     max_iterations: int = 50
     bspline_spacing_mm: float = 20.0
     bspline_levels: list[int] | None = None
-    bspline_regularization: float = 1e-3
+    bspline_regularization: float = 0.1
     initialization: str = "centers"
     seed: int = 0
 

@@ -24,5 +24,5 @@ def clear_and_private(protocol: str, fixed, moving, folder, *options) -> dict:
 
 
 def transform_rmse(a, b, grid) -> float:
-    """RMSE (mm) between two transform files over a grid's foreground."""
+    """RMSE (mm) between two transform files over every voxel of a grid (background included)."""
     return disagreement(sitk.ReadTransform(str(a)), sitk.ReadTransform(str(b)), grid)["rmse"]

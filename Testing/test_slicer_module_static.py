@@ -52,7 +52,8 @@ def test_an_old_slicer_python_is_refused_with_the_reason():
         check_python((3, 9))
     check_python((3, 12))
     from PPIRLib.package import PPIR_PYTHON
-    assert f'requires-python = ">={PPIR_PYTHON[0]}.{PPIR_PYTHON[1]}"' in (ROOT / "PPIRLogic" / "pyproject.toml").read_text()
+    pyproject = (ROOT / "PPIRLogic" / "pyproject.toml").read_text()
+    assert f'requires-python = ">={PPIR_PYTHON[0]}.{PPIR_PYTHON[1]}"' in pyproject
 
 
 def test_every_ui_name_the_module_uses_exists_in_the_ui_file():

@@ -61,7 +61,7 @@ class AffineBasis:
         """B^T h for h of shape (N, C): shape (d+1, C)."""
         out = np.zeros((self.matrix.shape[1], h.shape[1]))
         for lo in range(0, len(h), CHUNK):
-            out += self.matrix[lo:lo + CHUNK].T @ h[lo:lo + CHUNK].astype(np.float64)
+            out += self.matrix[lo:lo + CHUNK].T @ np.asarray(h[lo:lo + CHUNK], dtype=np.float64)
         return out
 
 

@@ -116,9 +116,10 @@ class LinearModel:
         b_pairs = basis.pairs
         moments = basis.second_moments()
         m = np.zeros((len(g_pairs), len(b_pairs)))
+        first, second = (np.array(side) for side in zip(*g_pairs))
         for lo in range(0, len(g), CHUNK):
-            gi = g[lo:lo + CHUNK].astype(np.float32)
-            products = np.stack([gi[:, i] * gi[:, j] for i, j in g_pairs], axis=1)
+            gi = np.asarray(g[lo:lo + CHUNK], dtype=np.float32)
+            products = gi[:, first] * gi[:, second]
             m += (products.T @ moments[lo:lo + CHUNK]).astype(np.float64)
         g_index = {pair: n for n, pair in enumerate(g_pairs)}
         b_index = {pair: n for n, pair in enumerate(b_pairs)}

@@ -159,6 +159,37 @@ def test_two_parties_without_dealer_share_the_transform(pair, tmp_path):
     assert transform_rmse(tmp_path / "t.h5", tmp_path / "received.h5", read_image(pair / "fixed.nrrd").grid) < 1e-9
 
 
+def test_fixed_party_terminal_progress_survives_a_whole_session(pair, tmp_path):
+    """`ppir fixed` on a terminal shows FixedPartyBar: every event of a real session, 'done' included."""
+    import io
+    import socket
+    import threading
+
+    from ppir.net.channel import Credentials
+    from ppir.progress import FixedPartyBar
+    from ppir.roles import run_fixed
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    screen, failures = io.StringIO(), []
+
+    def serve():
+        try:
+            run_fixed(str(pair / "fixed.nrrd"), f"127.0.0.1:{port}", Credentials.from_folder(pair / "pki", "fixed"),
+                      1, None, None, lambda *_: None, FixedPartyBar(screen))
+        except Exception as err:   # reported below, in the test's thread
+            failures.append(err)
+    server = threading.Thread(target=serve)
+    server.start()
+    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", f"127.0.0.1:{port}",
+                                "--certs", str(pair / "pki"), "--levels", "2", "--output-transform",
+                                str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=600)
+    server.join(60)
+    assert done.returncode == 0, done.stderr
+    assert not failures and not server.is_alive()
+    assert "products answered" in screen.getvalue() and screen.getvalue().endswith("\n")
+
+
 def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
     fixed, address = _start_fixed(pair)
     moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,

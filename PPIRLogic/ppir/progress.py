@@ -46,9 +46,12 @@ class FixedPartyBar:
                 self.stream.write("\n")
             self._level, self._size = event["level"], "x".join(str(n) for n in event["size"])
             self.stream.write(f"\rlevel {self._level} ({self._size}): waiting for the moving party")
-        else:
+        elif event["event"] == "product":
             self.stream.write(f"\rlevel {self._level} ({self._size}): {event['products']:3d} products answered, "
                               f"{event['bytes_received'] / 1e6:8.1f} MB received")
+        elif event["event"] == "done":   # the session's end: the next session starts a fresh line
+            self.close()
+            self._level = None
         self.stream.flush()
 
     def close(self) -> None:

@@ -81,23 +81,18 @@ def _source(pair: Pair) -> Volume:
     return level_image(image, LevelSpec(pair.shrink, 0.5 * pair.shrink)) if pair.shrink > 1 else image
 
 
-def run_ppir(args: list[str], stderr_path: Path) -> int:
-    """Run ``ppir ARGS`` in a fresh process; its stderr goes to ``stderr_path``."""
-    with open(stderr_path, "w") as err:
-        return subprocess.run([sys.executable, "-m", "ppir", *args], stdout=subprocess.DEVNULL, stderr=err).returncode
-
-
 def registration(fixed: Path, moving: Path, truth: Path, folder: Path, name: str, protocol: str,
                  transform: str, sampling: str, levels: str, extra: list[str] = ()) -> dict:
-    """One row: the run's report reduced to the suite's columns."""
-    report_path, output = folder / f"{name}.json", folder / f"{name}.h5"
-    code = run_ppir(["register", "--fixed", str(fixed), "--moving", str(moving), "--protocol", protocol,
-                                 "--transform", transform, "--sampling", sampling, "--sample-fraction",
-                                 str(SAMPLE_FRACTION), "--levels", levels, "--ground-truth", str(truth),
-                                 "--output-transform", str(output), "--report", str(report_path), *extra],
-                                folder / f"{name}.err")
+    """One row: a fresh ``ppir register`` process, its report reduced to the suite's columns."""
+    report_path, output, errors = folder / f"{name}.json", folder / f"{name}.h5", folder / f"{name}.err"
+    with open(errors, "w") as err:
+        code = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(fixed), "--moving", str(moving),
+                               "--protocol", protocol, "--transform", transform, "--sampling", sampling,
+                               "--sample-fraction", str(SAMPLE_FRACTION), "--levels", levels, "--ground-truth",
+                               str(truth), "--output-transform", str(output), "--report", str(report_path), *extra],
+                              stdout=subprocess.DEVNULL, stderr=err).returncode
     if code != 0:
-        raise RuntimeError(f"{name}: ppir register failed: {(folder / f'{name}.err').read_text().strip()[-500:]}")
+        raise RuntimeError(f"{name}: ppir register failed: {errors.read_text().strip()[-500:]}")
     report = json.loads(report_path.read_text())
     levels = report["levels"]
     iterations = max(sum(level["iterations"] for level in levels), 1)
@@ -105,8 +100,8 @@ def registration(fixed: Path, moving: Path, truth: Path, folder: Path, name: str
            "iterations": report["iterations"], "joint_products": report["joint_products"],
            "tre_mm": report["tre_mm"]["mean"], "wall_s": report["wall_time_s"],
            "s_per_it": sum(level["wall_time_s"] for level in levels) / iterations, "transform_file": str(output)}
+    private = protocol != "clear"
     for party, stats in report["parties"].items():
-        private = protocol != "clear"
         level_bytes = sum(level.get(f"{party}_bytes_sent", 0) + level.get(f"{party}_bytes_received", 0)
                           for level in levels)
         row[party] = {"cpu_s": stats["cpu_time_s"] if private else None,

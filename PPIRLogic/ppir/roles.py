@@ -52,15 +52,11 @@ def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, 
             channel = listener.accept("moving")
             log("moving party connected")
             try:
-                shared = []
-                stats = serve_fixed_session(
-                    channel, fixed, credentials,
-                    lambda bye: shared.append(_write_shared(bye, fixed, output_transform, output_warped, log)),
-                    log, progress)
+                stats = serve_fixed_session(channel, fixed, credentials,
+                                            lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
+                                            log, progress)
                 log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
                     f"{stats.wall_time_s:.1f} s")
-                if progress:
-                    progress({"event": "done", "shared": shared[0], **stats.to_dict()})
             except (PeerError, PPIRError) as err:
                 tell_error(channel, str(err))
                 raise

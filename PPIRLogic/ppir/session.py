@@ -194,7 +194,8 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                         progress=None) -> PartyStats:
     """Answer one registration session for the fixed party; returns its cost.
 
-    ``progress`` receives {"event": "level" | "product", ...} as the session goes.
+    ``on_result(bye)`` keeps what the moving party shares and returns what that was; ``progress``
+    receives {"event": "level" | "product" | "done", ...} as the session goes.
     """
     clock = _Clock()
     meta = expect(channel, Kind.HELLO).meta
@@ -238,9 +239,11 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                               "samples": n_samples, "bytes_sent": sent, "bytes_received": received})
             elif message.kind == Kind.BYE:
                 marks.append(totals(handler.channels))
-                on_result(message)
+                shared = on_result(message)
                 stats = clock.stats(handler.channels)
                 channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks)}))
+                if progress:
+                    progress({"event": "done", "shared": shared, **stats.to_dict()})
                 return stats
             elif message.kind == Kind.ERROR:
                 raise PeerError(f"the moving party stopped: {message.meta.get('reason', 'unknown error')}")

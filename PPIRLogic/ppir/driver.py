@@ -132,7 +132,7 @@ class _Level:
 
     def evaluate(self, p: np.ndarray) -> _State:
         sampled = self.moving_channels(p)
-        if not sampled.any():
+        if not sampled[:, 0].any():
             raise PPIRError("the images do not overlap: every sample maps outside the moving image")
         values, grads = sampled[:, 0], sampled[:, 1:]
         g = self.model.channels(grads, p)

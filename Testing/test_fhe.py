@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import tenseal.sealapi as seal
 
-from ppir.fhe import params
+from ppir.backend import fixed_scale
+from ppir.basis import BSplineBasis
+from ppir.bspline import control_grid_for
+from ppir.fhe import params, seal_raw
 from ppir.fhe.fixed import FixedKeys
 from ppir.fhe.moving import MovingEvaluator
+from ppir.fhe.packed import CellLayout, PackedProducts
 from ppir.fhe.seal_io import context, dump, load
-from ppir.image import read_image
+from ppir.image import Grid, read_image
 from ppir.net import certs
 from ppir.synth import synthesize
 from private_runs import PY, clear_and_private, transform_rmse
@@ -71,7 +75,7 @@ def _decrypt(keys, blob):
 def test_the_public_context_holds_no_secret_key(keys):
     bundle = keys.public_bundle()
     secret = dump(keys._secret)
-    assert secret[16:80] not in bundle["parms"] + bundle["galois"]
+    assert secret[16:80] not in bundle["parms"] + bundle["galois"] + bundle["public"]
     # a party with only the public context can make keys of its own; they do not decrypt Enc(J)
     ctx = context(load(seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS), None, bundle["parms"]))
     other = seal.Decryptor(ctx, seal.KeyGenerator(ctx).secret_key())
@@ -80,6 +84,52 @@ def test_the_public_context_holds_no_secret_key(keys):
     plain = seal.Plaintext()
     other.decrypt(ciphertext, plain)
     assert np.abs(np.array(seal.CKKSEncoder(ctx).decode_double(plain)) - values).max() > 1e3
+
+
+def _packed_case(keys, rng):
+    """A 2D B-spline sample set, J and moving channels; the packed products, masked for release."""
+    grid = Grid((36, 40), np.array([2.0, 2.0]), np.zeros(2), np.eye(2))
+    samples = np.sort(rng.choice(grid.n_voxels, 900, replace=False))
+    basis = BSplineBasis(grid.points(samples), control_grid_for(grid, 10.0))
+    layout = CellLayout(basis)
+    values = rng.random(len(samples)) * 200.0
+    scale = fixed_scale(values)
+    products = PackedProducts(MovingEvaluator(keys.public_bundle()), layout,
+                              keys.encrypt(layout.arrange(values / scale), params.PACKED_DELTA_FIXED))
+    g, warped = rng.standard_normal((len(samples), 2)), rng.random(len(samples))
+    norms = np.abs(g).sum(axis=0)
+    phi = basis.phi.data.reshape(len(samples), -1)
+    ciphertexts = [products.channel(phi * (g[:, k] / norms[k])[:, None]) for k in range(2)]
+    ciphertexts.append(products.cross(warped / warped.sum()))
+    want = np.column_stack([basis.transpose_apply(g * values[:, None]), np.full(layout.n_points, warped @ values)])
+    return products, [products.masked(c) for c in ciphertexts], np.append(norms, warped.sum()) * scale, want
+
+
+def test_packed_products_recover_every_control_point(keys):
+    products, masked, factors, want = _packed_case(keys, np.random.default_rng(2))
+    widths = products.layout.flood_widths(2)
+    released = keys.release_packed([blob for blob, _ in masked], widths)
+    got = [products.unmask(values, pad) * factor for values, (_, pad), factor in zip(released, masked, factors)]
+    for k in range(2):
+        assert np.abs(products.layout.outputs(got[k]) - want[:, k]).max() < 1e-7 * np.abs(want[:, k]).max()
+    assert abs(got[2][0] - want[0, 2]) < 1e-7 * want[0, 2]
+
+
+def test_packed_release_is_padded_and_flooded(keys):
+    products, masked, _, _ = _packed_case(keys, np.random.default_rng(3))
+    blob, pad = masked[0]
+    raw = seal_raw.residues(_decrypt(keys, blob)).reshape(pad.shape)
+    # what the fixed party decrypts is padded by a polynomial uniform over R_q: the residues look uniform
+    primes = np.array(keys._primes, dtype=np.float64)[:, None]
+    assert abs((raw / primes).mean() - 0.5) < 0.01
+    width = products.layout.flood_widths(2)[0]
+    first, second = keys.release_packed([blob, blob], [width, width])
+    assert not np.array_equal(first, second)                    # fresh flooding on each release
+    assert not np.array_equal(first.reshape(raw.shape), raw)     # never the raw decryption
+    # the flooding is as wide as the parameters say: decoded, the two releases differ by about
+    # N * width / scale in the slots, far below the values yet far above the ciphertext's error
+    spread = np.abs(products.unmask(first, pad) - products.unmask(second, pad)).max()
+    assert 1e-3 < spread / (params.POLY_DEGREE * width / 2.0 ** params.PACKED_PRODUCT_BITS) < 10
 
 
 def test_decryption_budget_is_enforced(keys):
@@ -100,6 +150,15 @@ def test_register_fhe_matches_clear_affine_3d(mni_4mm, tmp_path):
     moving, fixed = report["parties"]["moving"], report["parties"]["fixed"]
     # the fixed party sends the Galois keys and Enc(J x basis column) per level
     assert fixed["bytes_sent"] > 8e6 and moving["bytes_received"] >= fixed["bytes_sent"] * 0.99
+    assert transform_rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", mni_4mm.grid) < 1e-3
+
+
+def test_register_fhe_matches_clear_bspline_3d(mni_4mm, tmp_path):
+    synthesize(mni_4mm, "bspline", 5, tmp_path)
+    report = clear_and_private("fhe", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path,
+                               "--transform", "bspline", "--levels", "2", "--sampling", "urs",
+                               "--sample-fraction", "0.2", "--max-iterations", "6")
+    assert report["levels"][-1]["stage"] == "bspline" and report["levels"][-1]["iterations"] > 0
     assert transform_rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", mni_4mm.grid) < 1e-3
 
 
@@ -216,9 +275,9 @@ def test_certificate_from_another_pki_is_refused(pair, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--protocol", "fhe", "--transform", "bspline"], "rigid and affine"),
     (["--protocol", "mpc"], "needs a dealer"),
-    (["--protocol", "fhe", "--max-iterations", "200"], "decrypted values"),
+    (["--protocol", "fhe", "--max-iterations", "200"], "decryptions"),
+    (["--protocol", "fhe", "--transform", "bspline", "--max-iterations", "90"], "decryptions"),
 ])
 def test_impossible_protocol_settings_fail_before_connecting(pair, tmp_path, options, message):
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", "127.0.0.1:9",

@@ -105,14 +105,13 @@ def check_protocol(protocol: str, dealer_address: str | None, settings: Settings
     protocol_backend(protocol)
     if protocol == "fhe":
         from .fhe import params
+        d, products = 3, settings.max_iterations + 1
+        releases = len(settings.levels) * products * (d * (d + 1) + 1)
         if settings.transform == "bspline":
-            raise PPIRError("the FHE protocol supports rigid and affine transforms only (use --protocol mpc "
-                            "for B-spline)")
-        d = 3
-        values = len(settings.levels) * (settings.max_iterations + 1) * (d * (d + 1) + 1)
-        if values > params.MAX_RELEASED:
-            raise PPIRError(f"FHE: {len(settings.levels)} levels x {settings.max_iterations} iterations could need "
-                            f"{values} decrypted values, over the session budget of {params.MAX_RELEASED}; "
+            releases += len(settings.bspline_levels or settings.levels) * products * (d + 1)
+        if releases > params.MAX_RELEASED:
+            raise PPIRError(f"FHE: these levels and {settings.max_iterations} iterations per level could need "
+                            f"{releases} decryptions, over the session budget of {params.MAX_RELEASED}; "
                             "lower --max-iterations")
 
 

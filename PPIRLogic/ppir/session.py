@@ -25,6 +25,7 @@ from .pyramid import LevelSpec
 from .report import peak_memory_mb
 
 SESSION_VERSION = 1
+IDLE_SECONDS = 3600.0   # how long a serving party waits for the moving party's next request
 
 
 class Kind(IntEnum):
@@ -211,7 +212,7 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
         marks: list[tuple[int, int]] = []
         products = 0
         while True:
-            message = channel.recv()
+            message = channel.recv(idle=IDLE_SECONDS)
             if message.kind == Kind.LEVEL:
                 marks.append(totals(handler.channels))
                 grid = party.start_level(LevelSpec(int(message.meta["factor"]), float(message.meta["sigma"])))

@@ -8,21 +8,28 @@
 
 Phi_a are the columns of the affine basis [x - c, 1] (so the last column gives J itself, used for the
 SSD's cross term); w_b are the moving party's channels (image gradient components, and the warped
-intensities for the cross term), each divided by its l1 norm. Masks, flooding and parameters:
-``ppir.fhe.params``; what each party learns: docs/security.md.
+intensities for the cross term), each divided by its l1 norm.
+
+B-spline bases have thousands of outputs: they go through the packed products of
+``ppir.fhe.packed`` instead (Enc(J) in a cell layout once per sample set; per product one
+ciphertext per gradient channel and one for the cross term, each released whole).
+
+Masks, flooding and parameters: ``ppir.fhe.params``; what each party learns: docs/security.md.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import FixedParty, JointResult, fixed_scale
-from ..basis import AffineBasis
+from ..basis import AffineBasis, BSplineBasis
+from ..errors import PPIRError
 from ..net.channel import Channel, Credentials, PeerError
 from ..net.framing import Message
 from ..session import Kind, RemoteBackend, expect
 from . import params
 from .fixed import FixedKeys
 from .moving import MovingEvaluator
+from .packed import CellLayout, PackedProducts
 
 
 def pack(blobs: list[bytes]) -> dict[str, np.ndarray]:
@@ -67,11 +74,17 @@ class FixedFHE:
         return [self._channel]
 
     def on_samples(self, party: FixedParty, basis) -> None:
-        if not isinstance(basis, AffineBasis):
-            raise PeerError("the FHE protocol supports rigid and affine transforms only")
-        scales = column_scales(party.values, basis)
-        columns = (basis.matrix * party.values[:, None] / scales).T
-        blobs = self._keys.encrypt(columns)
+        self._layout = None
+        if isinstance(basis, BSplineBasis):
+            try:
+                self._layout = CellLayout(basis)
+            except ValueError as err:
+                raise PeerError(str(err)) from None
+            scales = np.array([fixed_scale(party.values)])
+            blobs = self._keys.encrypt(self._layout.arrange(party.values / scales[0]), params.PACKED_DELTA_FIXED)
+        else:
+            scales = column_scales(party.values, basis)
+            blobs = self._keys.encrypt((basis.matrix * party.values[:, None] / scales).T)
         self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), "sum_sq": party.sum_of_squares()},
                                    pack(blobs)))
 
@@ -80,10 +93,15 @@ class FixedFHE:
         if not blobs:
             raise PeerError("empty product message")
         try:
-            values = self._keys.release(blobs)
+            if self._layout is None:
+                values = self._keys.release(blobs)
+                reply = Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]})
+            else:
+                widths = self._layout.flood_widths(len(blobs) - 1)
+                reply = Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths)})
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
-        self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
+        self._channel.send(reply)
         return int(message.meta.get("samples", 0))
 
     def close(self) -> None:
@@ -99,24 +117,35 @@ class FHEBackend(RemoteBackend):
                  retry_for: float = 10.0):
         super().__init__(fixed, credentials, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
                          timeout, retry_for)
-        bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois")}
+        bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
         self._evaluator = MovingEvaluator(bundle)
 
     def set_samples(self, samples: np.ndarray | None, basis):
-        if not isinstance(basis, AffineBasis):
-            raise PeerError("the FHE protocol supports rigid and affine transforms only")
+        layout = None
+        if isinstance(basis, BSplineBasis):
+            try:
+                layout = CellLayout(basis)
+            except ValueError as err:
+                raise PPIRError(f"FHE: {err}") from None
         self.send_samples(samples, basis)
         reply = expect(self._fixed, Kind.FHE_COLUMNS)
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
         self._fixed_sq = float(reply.meta["sum_sq"])
         try:
-            self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+            if layout is None:
+                self._packed = None
+                self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+            else:
+                self._packed = PackedProducts(self._evaluator, layout, unpack(reply.arrays))
+                self._phi = basis.phi.data.reshape(basis.n_samples, -1)
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
         self._n_samples = basis.n_samples
         return basis
 
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        if self._packed is not None:
+            return self._packed_product(channels.astype(np.float64), warped.astype(np.float64))
         weights = np.vstack([channels.T, warped[None]]).astype(np.float64)
         norms = np.abs(weights).sum(axis=1)
         q, d = len(self._scales), channels.shape[1]
@@ -135,3 +164,25 @@ class FHEBackend(RemoteBackend):
                 a, b = wanted[k]
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
         return JointResult(values[:-1].reshape(q, d), float(values[-1]), self._fixed_sq)
+
+    def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""
+        norms = np.abs(channels).sum(axis=0)
+        sums = {k: self._packed.channel(self._phi * (channels[:, k] / norms[k])[:, None])
+                for k in range(channels.shape[1]) if norms[k] > 0}
+        sums = {k: ciphertext for k, ciphertext in sums.items() if ciphertext is not None}
+        warped_norm = float(np.abs(warped).sum())
+        cross = self._packed.cross(warped / warped_norm) if warped_norm > 0 else None
+        if cross is None:
+            raise PPIRError("the images do not overlap: every warped sample is zero")
+        masked = [self._packed.masked(ciphertext) for ciphertext in [*sums.values(), cross]]
+        self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples}, pack([blob for blob, _ in masked])))
+        residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
+        if residues is None or residues.shape != (len(masked), masked[0][1].size):
+            raise PeerError("the fixed party returned the wrong number of values")
+        slots = [self._packed.unmask(values, pad) for values, (_, pad) in zip(residues, masked)]
+        scale = self._scales[0]
+        r = np.zeros((self._packed.layout.n_points, channels.shape[1]))
+        for k, decoded in zip(sums, slots):
+            r[:, k] = self._packed.layout.outputs(decoded) * norms[k] * scale
+        return JointResult(r, float(slots[-1][0]) * warped_norm * scale, self._fixed_sq)

@@ -30,3 +30,35 @@ def integer(bits: int) -> int:
 def symmetric_integer(half_width: int) -> int:
     """Uniform integer in [-half_width, half_width]."""
     return secrets.randbelow(2 * half_width + 1) - half_width
+
+
+def symmetric_integers(n: int, half_width: int) -> list[int]:
+    """n uniform integers in [-half_width, half_width]."""
+    return [symmetric_integer(half_width) for _ in range(n)]
+
+
+def uniform_residues(primes: list[int], n: int) -> np.ndarray:
+    """A polynomial uniform over R_q in RNS form: (primes, n) residues, each uniform below its prime."""
+    out = np.empty((len(primes), n), dtype=np.uint64)
+    for row, prime in zip(out, primes):
+        bits = np.uint64(prime.bit_length())
+        filled = 0
+        while filled < n:
+            draw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) >> (np.uint64(64) - bits)
+            draw = draw[draw < np.uint64(prime)][:n - filled]
+            row[filled:filled + len(draw)] = draw
+            filled += len(draw)
+    return out
+
+
+def add_mod(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
+    """(a + b) mod p, row by row, for residues below primes < 2**63."""
+    p = np.array(primes, dtype=np.uint64)[:, None]
+    total = a + b
+    return np.where(total >= p, total - p, total)
+
+
+def sub_mod(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
+    """(a - b) mod p, row by row."""
+    p = np.array(primes, dtype=np.uint64)[:, None]
+    return np.where(a >= b, a - b, a + (p - b))

@@ -4,7 +4,8 @@ For outputs k = (column a_k, weight row b_k) it computes Enc(sum_x w_b(x) C_a(x)
 (plaintext x ciphertext products, accumulated) and sums the slots with log2(slots) rotations, so
 the sum sits in every slot, i.e. in the constant coefficient. It then adds masks it keeps: a uniform
 integer U to the constant coefficient (hides the sum) and a complex per-slot V with zero real mean
-(smudges the error in all other coefficients, leaving the constant one alone).
+(smudges the error in all other coefficients, leaving the constant one alone). Every ciphertext it
+returns is first re-randomised with an encryption of zero under the fixed party's public key.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ class MovingEvaluator:
 
     def __init__(self, bundle: dict[str, bytes]):
         parms = load(seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS), None, bundle["parms"])
-        self._context = context(parms)
-        self._galois = load(seal.GaloisKeys(), self._context, bundle["galois"])
-        self._encoder = seal.CKKSEncoder(self._context)
-        self._evaluator = seal.Evaluator(self._context)
+        self.context = context(parms)
+        self.galois = load(seal.GaloisKeys(), self.context, bundle["galois"])
+        self.encoder = seal.CKKSEncoder(self.context)
+        self.evaluator = seal.Evaluator(self.context)
+        self._encryptor = seal.Encryptor(self.context, load(seal.PublicKey(), self.context, bundle["public"]))
+        self.primes = [m.value() for m in parms.coeff_modulus()][:-1]
         self._columns: list[list[seal.Ciphertext]] = []
 
     def set_columns(self, blobs: list[bytes], n_columns: int) -> None:
@@ -33,7 +36,7 @@ class MovingEvaluator:
         if n_columns < 1 or len(blobs) % n_columns:
             raise ValueError("the encrypted columns do not split evenly")
         chunks = len(blobs) // n_columns
-        cts = [load(seal.Ciphertext(), self._context, blob) for blob in blobs]
+        cts = [load(seal.Ciphertext(), self.context, blob) for blob in blobs]
         self._columns = [cts[a * chunks:(a + 1) * chunks] for a in range(n_columns)]
 
     def masked_sums(self, weights: np.ndarray, outputs: list[tuple[int, int]]) -> dict[int, tuple[bytes, int]]:
@@ -51,14 +54,15 @@ class MovingEvaluator:
             for k, (a, b) in enumerate(outputs):
                 if b in plains:
                     product = seal.Ciphertext()
-                    self._evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
+                    self.evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
                     if k in acc:
-                        self._evaluator.add_inplace(acc[k], product)
+                        self.evaluator.add_inplace(acc[k], product)
                     else:
                         acc[k] = product
         masked = {}
         for k, ciphertext in acc.items():
-            self._rotate_and_sum(ciphertext)
+            self.rotate_and_sum(ciphertext)
+            self.rerandomise(ciphertext)
             mask = self._add_mask(ciphertext, len(self._columns[0]))
             masked[k] = (dump(ciphertext), mask)
         return masked
@@ -71,7 +75,7 @@ class MovingEvaluator:
             piece = weights[b, lo:lo + params.SLOTS]
             if np.any(piece):
                 plain = seal.Plaintext()
-                self._encoder.encode(piece.tolist(), params.DELTA_MOVING, plain)
+                self.encoder.encode(piece.tolist(), params.DELTA_MOVING, plain)
                 if not plain.is_zero():
                     plains[b] = plain
         return plains
@@ -81,25 +85,43 @@ class MovingEvaluator:
         """The sum R' from a released constant coefficient and the mask that was added to it."""
         return math.ldexp(float(released - removed), -params.PRODUCT_BITS)
 
-    def _rotate_and_sum(self, ciphertext: seal.Ciphertext) -> None:
+    def rotate_and_sum(self, ciphertext: seal.Ciphertext) -> None:
+        """Every slot becomes the sum of all slots (log2(slots) rotations)."""
         step = params.SLOTS // 2
         while step:
             rotated = seal.Ciphertext()
-            self._evaluator.rotate_vector(ciphertext, step, self._galois, rotated)
-            self._evaluator.add_inplace(ciphertext, rotated)
+            self.evaluator.rotate_vector(ciphertext, step, self.galois, rotated)
+            self.evaluator.add_inplace(ciphertext, rotated)
             step //= 2
+
+    def rotate_left(self, ciphertext: seal.Ciphertext, steps: int) -> seal.Ciphertext:
+        """The ciphertext rotated left by ``steps`` slots, one power-of-two rotation per set bit."""
+        out = ciphertext
+        for bit in range(steps.bit_length()):
+            if steps >> bit & 1:
+                rotated = seal.Ciphertext()
+                self.evaluator.rotate_vector(out, 1 << bit, self.galois, rotated)
+                out = rotated
+        return out
+
+    def rerandomise(self, ciphertext: seal.Ciphertext) -> None:
+        """Add a fresh public-key encryption of zero at the ciphertext's scale."""
+        zero, encrypted = seal.Plaintext(), seal.Ciphertext()
+        self.encoder.encode(0.0, ciphertext.scale, zero)
+        self._encryptor.encrypt(zero, encrypted)
+        self.evaluator.add_inplace(ciphertext, encrypted)
 
     def _add_mask(self, ciphertext: seal.Ciphertext, chunks: int) -> int:
         """Add V (all slots) and U (constant coefficient); returns U."""
         plain = seal.Plaintext()
         v = masks.zero_mean_slots(params.SLOTS, params.slot_mask_width(chunks))
-        self._encoder.encode(v.tolist(), ciphertext.scale, plain)
-        self._evaluator.add_plain_inplace(ciphertext, plain)
+        self.encoder.encode(v.tolist(), ciphertext.scale, plain)
+        self.evaluator.add_plain_inplace(ciphertext, plain)
         u = masks.integer(params.MASK_RANGE_BITS)
         # a constant encodes exactly as round(value * scale): add U in 53-bit pieces, each a double
         for shift in range(0, params.MASK_RANGE_BITS, 53):
             piece = (u >> shift) & ((1 << 53) - 1)
             if piece:
-                self._encoder.encode(math.ldexp(float(piece), shift - params.PRODUCT_BITS), ciphertext.scale, plain)
-                self._evaluator.add_plain_inplace(ciphertext, plain)
+                self.encoder.encode(math.ldexp(float(piece), shift - params.PRODUCT_BITS), ciphertext.scale, plain)
+                self.evaluator.add_plain_inplace(ciphertext, plain)
         return u

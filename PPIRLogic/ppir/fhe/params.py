@@ -11,11 +11,20 @@ Normalisation: the fixed columns are divided by public scales so |C| <= 1; the m
 each weight vector by its l1 norm, so every sum R' = sum_x w(x) C(x) has |R'| <= 1, i.e. at most
 2**136 as the constant coefficient of the product polynomial.
 
-Release (see ``fixed.py``/``moving.py``): the moving party adds a uniform integer U in [0, 2**177)
-to the constant coefficient (statistical distance <= 2**136 / 2**177 = 2**-41 per value) and a
-per-slot mask V that smudges the error in every other coefficient; the fixed party returns only the
-constant coefficient, exactly (CRT), plus uniform flooding 2**41 times wider than the error bound.
-At most MAX_RELEASED values leave the fixed party per session: <= 2**-30 over a session.
+Release of single values (affine; ``fixed.py``/``moving.py``): the moving party adds a uniform
+integer U in [0, 2**177) to the constant coefficient (statistical distance <= 2**136 / 2**177 =
+2**-41 per value) and a per-slot mask V that smudges the error in every other coefficient; the
+fixed party returns only the constant coefficient, exactly (CRT), plus uniform flooding 2**42
+times wider than the error bound.
+
+Packed release (B-spline; ``packed.py``): scales 2**110 x 2**60 = 2**170; the moving party adds a
+polynomial uniform over R_q (a one-time pad: the fixed party sees nothing of the result); the fixed
+party floods every coefficient with uniform noise 2**42 * N times wider than the error bound.
+
+Every returned ciphertext is re-randomised first with an encryption of zero under the fixed party's
+public key, so its second component says nothing of the moving party's weights (RLWE).
+Each release (a value, or a packed ciphertext) is within 2**-42 of one that does not depend on the
+error; at most MAX_RELEASED per session: <= 2**-30 over a session.
 """
 from __future__ import annotations
 
@@ -33,29 +42,44 @@ PRODUCT_BITS = DELTA_FIXED_BITS + DELTA_MOVING_BITS
 
 MASK_BITS = 41
 MASK_RANGE_BITS = PRODUCT_BITS + MASK_BITS     # 177 < log2(q / 2) = 179
-FLOOD_BITS = 41
+FLOOD_BITS = 42
 SLOT_MASK_BITS = 60
-MAX_RELEASED = 2 ** 11
+MAX_RELEASED = 2 ** 12
+
+PACKED_DELTA_FIXED_BITS = 110
+PACKED_DELTA_MOVING_BITS = 60
+PACKED_DELTA_FIXED = 2.0 ** PACKED_DELTA_FIXED_BITS
+PACKED_DELTA_MOVING = 2.0 ** PACKED_DELTA_MOVING_BITS
+PACKED_PRODUCT_BITS = PACKED_DELTA_FIXED_BITS + PACKED_DELTA_MOVING_BITS   # 170 < log2(q / 2) - 1
 
 # Error bounds per polynomial coefficient, in integer units (the product's scale is 2**136):
 FRESH_COEFF = 6 * 3.2 + 0.5    # SEAL clips its Gaussian at 6 sigma; encoding J rounds by 1/2
 KEYSWITCH_COEFF = 2.0 ** 44    # per rotation: 3 * N * 2**60 * 19.2 / 2**38 ~ 2**41, with margin
+RERANDOMISE_COEFF = FRESH_COEFF * (2 * POLY_DEGREE + 1)   # Enc_pk(0) decrypts to e1 - e u + e2 s
 ROTATIONS = int(math.log2(SLOTS))
 
 
-def coefficient_error_bound(chunks: int) -> float:
-    """|error| of any coefficient of a rotate-and-summed product (weights with l1 norm <= 1).
+def coefficient_error_bound(products: int, rotations: int = ROTATIONS, copies: int = SLOTS,
+                            delta_moving: float = DELTA_MOVING) -> float:
+    """|error| of any coefficient of a released ciphertext (all weights together with l1 norm <= 1).
 
-    (e * p)_i <= max|e| * sum|p_j| with sum|p_j| <= 2 * DELTA_MOVING * |w|_1 + N / 2 per chunk;
-    rotations permute coefficients, so summing SLOTS images multiplies the bound by SLOTS.
+    (e * p)_i <= max|e| * sum|p_j| with sum|p_j| <= 2 * delta_moving * |w|_1 + N / 2 per product;
+    rotations permute coefficients and add key-switching error; a rotate-and-sum adds ``copies``
+    rotated images; the re-randomisation adds its own.
     """
-    product = FRESH_COEFF * (2 * DELTA_MOVING + chunks * POLY_DEGREE / 2)
-    return SLOTS * (product + ROTATIONS * KEYSWITCH_COEFF)
+    product = FRESH_COEFF * (2 * delta_moving + products * POLY_DEGREE / 2)
+    return copies * (product + rotations * KEYSWITCH_COEFF) + RERANDOMISE_COEFF
 
 
 def flood_width(chunks: int) -> int:
     """Half-width (integer units) of the fixed party's uniform flooding of a released coefficient."""
     return int(2.0 ** FLOOD_BITS * coefficient_error_bound(chunks))
+
+
+def packed_flood_width(products: int, rotations: int, copies: int) -> int:
+    """Half-width of the flooding of every coefficient of a packed release: 2**-42 over all N of them."""
+    bound = coefficient_error_bound(products, rotations, copies, PACKED_DELTA_MOVING)
+    return int(2.0 ** FLOOD_BITS * POLY_DEGREE * bound)
 
 
 def slot_mask_width(chunks: int) -> float:
@@ -67,5 +91,6 @@ def describe() -> dict:
     """The parameter set as recorded in reports and agreed in the session handshake."""
     return {"scheme": "ckks", "poly_degree": POLY_DEGREE, "coeff_bits": list(COEFF_BITS),
             "security_bits": SECURITY_BITS, "delta_fixed_bits": DELTA_FIXED_BITS,
-            "delta_moving_bits": DELTA_MOVING_BITS, "mask_bits": MASK_BITS, "flood_bits": FLOOD_BITS,
-            "max_released": MAX_RELEASED}
+            "delta_moving_bits": DELTA_MOVING_BITS, "packed_delta_bits": [PACKED_DELTA_FIXED_BITS,
+                                                                            PACKED_DELTA_MOVING_BITS],
+            "mask_bits": MASK_BITS, "flood_bits": FLOOD_BITS, "max_released": MAX_RELEASED}

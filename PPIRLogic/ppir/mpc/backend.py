@@ -10,7 +10,7 @@ import torch
 from ..backend import FixedParty, JointResult, fixed_scale
 from ..net.channel import Channel, Credentials, Listener, PeerError, connect
 from ..net.framing import Message
-from ..session import SESSION_VERSION, Kind, RemoteBackend, expect, tell_error
+from ..session import IDLE_SECONDS, SESSION_VERSION, Kind, RemoteBackend, expect, tell_error
 from .protocol import FIXED_BITS, FixedLevel, MovingProduct, dealer_share
 from .ring import BASIS_BITS, RingBasis, new_seed, random_ring
 
@@ -123,7 +123,7 @@ def serve_dealer_session(listener: Listener, log, wait: float | None = None) -> 
         moving.send(Message(Kind.DEALER_READY, {}))
         b = None
         while True:
-            message = moving.recv()
+            message = moving.recv(idle=IDLE_SECONDS)
             if message.kind == Kind.DEALER_LEVEL:
                 seed_b = new_seed()
                 b = random_ring(seed_b, (int(message.meta["samples"]),))

@@ -154,9 +154,21 @@ class Channel:
             filled += got
         return buffer
 
-    def recv(self) -> Message:
+    def recv(self, idle: float | None = None) -> Message:
+        """The next message; ``idle``: seconds the peer may take before starting it (default: the timeout).
+
+        A party serving requests passes a long ``idle``: the requester may compute for minutes
+        between two requests, while a message once started must keep flowing.
+        """
+        timeout = self.timeout
         try:
-            kind, header_len, body_len = parse_prefix(self._read_exact(PREFIX.size), self.max_message)
+            if idle is not None:
+                self._sock.settimeout(idle)
+            prefix = self._read_exact(PREFIX.size)
+        finally:
+            self._sock.settimeout(timeout)
+        try:
+            kind, header_len, body_len = parse_prefix(prefix, self.max_message)
             return decode(kind, self._read_exact(header_len), self._read_exact(body_len))
         except FramingError as err:
             raise PeerError(f"bad message from the {self.peer_role} party: {err}") from None

@@ -15,7 +15,7 @@ from ppir.bspline import control_grid_for
 from ppir.fhe import params, seal_raw
 from ppir.fhe.fixed import FixedKeys
 from ppir.fhe.moving import MovingEvaluator
-from ppir.fhe.packed import CellLayout, PackedProducts
+from ppir.fhe.packed import CellLayout, PackedProducts, split_weights
 from ppir.fhe.seal_io import context, dump, load
 from ppir.image import Grid, read_image
 from ppir.net import certs
@@ -94,12 +94,13 @@ def _packed_case(keys, rng):
     layout = CellLayout(basis)
     values = rng.random(len(samples)) * 200.0
     scale = fixed_scale(values)
+    phi = basis.phi.data.reshape(len(samples), -1)
     products = PackedProducts(MovingEvaluator(keys.public_bundle()), layout,
-                              keys.encrypt(layout.arrange(values / scale), params.PACKED_DELTA_FIXED))
+                              keys.encrypt(layout.fixed_rows(values / scale, phi), params.PACKED_DELTA_FIXED))
     g, warped = rng.standard_normal((len(samples), 2)), rng.random(len(samples))
     norms = np.abs(g).sum(axis=0)
-    phi = basis.phi.data.reshape(len(samples), -1)
-    ciphertexts = [products.channel(phi * (g[:, k] / norms[k])[:, None]) for k in range(2)]
+    first_axes = split_weights(phi)[0]
+    ciphertexts = [products.channel(first_axes * (g[:, k] / norms[k])[:, None]) for k in range(2)]
     ciphertexts.append(products.cross(warped / warped.sum()))
     want = np.column_stack([basis.transpose_apply(g * values[:, None]), np.full(layout.n_points, warped @ values)])
     return products, [products.masked(c) for c in ciphertexts], np.append(norms, warped.sum()) * scale, want
@@ -110,9 +111,15 @@ def test_packed_products_recover_every_control_point(keys):
     widths = products.layout.flood_widths(2)
     released = keys.release_packed([blob for blob, _ in masked], widths)
     got = [products.unmask(values, pad) * factor for values, (_, pad), factor in zip(released, masked, factors)]
+    layout = products.layout
+    assert layout.blocks > 1
     for k in range(2):
-        assert np.abs(products.layout.outputs(got[k]) - want[:, k]).max() < 1e-7 * np.abs(want[:, k]).max()
-    assert abs(got[2][0] - want[0, 2]) < 1e-7 * want[0, 2]
+        assert np.abs(layout.outputs(got[k]) - want[:, k]).max() < 1e-7 * np.abs(want[:, k]).max()
+        # the moving party learns R and nothing else: every block holds the total, the rest is zero
+        blocks = got[k].reshape(layout.blocks, layout.block_size)
+        assert np.abs(blocks - blocks[0]).max() < 1e-7 * np.abs(want[:, k]).max()
+        assert np.abs(blocks[:, layout.n_points:]).max() < 1e-7 * np.abs(want[:, k]).max()
+    assert np.abs(got[2] - want[0, 2]).max() < 1e-7 * want[0, 2]
 
 
 def test_packed_release_is_padded_and_flooded(keys):

@@ -29,7 +29,7 @@ from ..session import Kind, RemoteBackend, expect
 from . import params
 from .fixed import FixedKeys
 from .moving import MovingEvaluator
-from .packed import CellLayout, PackedProducts
+from .packed import CellLayout, PackedProducts, split_weights
 
 
 def pack(blobs: list[bytes]) -> dict[str, np.ndarray]:
@@ -81,7 +81,8 @@ class FixedFHE:
             except ValueError as err:
                 raise PeerError(str(err)) from None
             scales = np.array([fixed_scale(party.values)])
-            blobs = self._keys.encrypt(self._layout.arrange(party.values / scales[0]), params.PACKED_DELTA_FIXED)
+            rows = self._layout.fixed_rows(party.values / scales[0], basis.phi.data.reshape(basis.n_samples, -1))
+            blobs = self._keys.encrypt(rows, params.PACKED_DELTA_FIXED)
         else:
             scales = column_scales(party.values, basis)
             blobs = self._keys.encrypt((basis.matrix * party.values[:, None] / scales).T)
@@ -137,7 +138,7 @@ class FHEBackend(RemoteBackend):
                 self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
             else:
                 self._packed = PackedProducts(self._evaluator, layout, unpack(reply.arrays))
-                self._phi = basis.phi.data.reshape(basis.n_samples, -1)
+                self._phi = split_weights(basis.phi.data.reshape(basis.n_samples, -1))[0]
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
         self._n_samples = basis.n_samples

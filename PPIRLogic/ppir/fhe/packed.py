@@ -2,20 +2,27 @@
 
 Layout (public: it follows from the sample positions and the control grid). A sample x lies in the
 cell of its first supporting control point s(x); control point c owns slot P - 1 - lin(c) (P control
-points, lin in ITK order), and the samples of one cell go to different ciphertexts: x goes to
-ciphertext rank(x), its place among its cell's samples. The fixed party encrypts, at 2**110,
+points, lin in ITK order) of each of the B = 2**k <= slots / P blocks of slots / B slots, and the
+samples of one cell go to different places: x, the rank(x)-th sample of its cell, goes to block
+rank(x) mod B of ciphertext o = rank(x) // B. Phi_r(x) is a product of per-axis weights, b_{r_1}(x_1) ...
+b_{r_d}(x_d); the fixed party takes the last axis' four, the moving party the others. The fixed
+party encrypts, at 2**110, for t = 0..3,
 
-    E_o[slot(s(x))] = J(x) / s_J   for the samples x of rank o.
+    E_ot[block + slot(s(x))] = b_t(x_d) J(x) / s_J.
 
-The moving party, per channel k (|g_k|_1-normalised gradient component) and support offset r:
+The moving party, per channel k (|g_k|_1-normalised gradient component), encodes the plaintext of
+each offset q of the first d - 1 axes and multiplies it into all four E_ot:
 
-    U_r = sum_o E_o * encode(Phi_{s(x)+r}(x) g_k(x) in slot(s(x)))     (plaintext products, 2**60)
+    U_(q,t) = sum_o E_ot * encode(b_q(x) g_k(x) in slot(s(x)))           (plaintext products, 2**60)
 
 then moves each U_r left by lin(r) slots, since slot(s) - lin(r) = slot(s + r), combining the 4**d
-offsets axis by axis (Horner: three rotations per group and axis). Slot(c) then holds
-sum_x Phi_c(x) g_k(x) J(x) / (|g_k|_1 s_J). The cross term sums I(T(x)) / |I|_1 * E_o over every
-slot. Depth one: one plaintext product, then additions and rotations; the weights of a channel
-have l1 norm 1 in all, which is what ``params.packed_flood_width`` assumes.
+offsets axis by axis (Horner: three rotations per group and axis; nothing crosses a block), and
+sums the B blocks cyclically (log2 B rotations by slots / B, 2 slots / B, ...), so that every block
+holds the total and no partial sum over a subset of samples survives. Slot(c) then holds
+sum_x Phi_c(x) g_k(x) J(x) / (|g_k|_1 s_J). The cross term sums I(T(x)) / |I|_1 * E_o over every slot. Depth one: one plaintext product, then additions and rotations; the weights of a channel
+have l1 norm 1 in all, each used with four ciphertexts: ``params.packed_flood_width`` counts that.
+Splitting the last axis off to the fixed party makes four times as many E but a quarter of the
+encodings, which dominate the moving party's time.
 
 Release: the moving party re-randomises each result, adds a polynomial uniform over R_q and keeps
 it; the fixed party decrypts, floods every coefficient and returns the residues; the moving party
@@ -32,8 +39,21 @@ from .moving import MovingEvaluator
 from .seal_io import dump, load
 
 
+SPLIT = 4   # the last axis' supporting control points, whose weights the fixed party applies
+
+
+def split_weights(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample weights (N, 4**d) as (first d - 1 axes (N, 4**(d-1)), last axis (N, 4)).
+
+    The support is ordered x fastest, so the last axis' offset is the slowest index; each factor is
+    the sum of Phi over the other's offsets (the cubic weights of an axis sum to one).
+    """
+    grouped = phi.reshape(len(phi), SPLIT, -1)
+    return grouped.sum(axis=1), grouped.sum(axis=2)
+
+
 class CellLayout:
-    """Where each sample's J sits: ciphertext ``rank``, slot ``slot``; and how outputs come back."""
+    """Where each sample's J sits: ciphertext and slot; and how outputs come back."""
 
     def __init__(self, basis: BSplineBasis):
         control = basis.control
@@ -42,57 +62,83 @@ class CellLayout:
             raise ValueError(f"the B-spline grid has {self.n_points} control points; the FHE protocol packs "
                              f"at most {params.SLOTS} (choose a larger control-point spacing)")
         self.dim = control.grid.dim
+        self.blocks = 1 << (params.SLOTS // self.n_points).bit_length() - 1
+        self.block_size = params.SLOTS // self.blocks
         cell = control.linear(basis.start)
-        self.slot = self.n_points - 1 - cell
         order = np.argsort(cell, kind="stable")
         first = np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0])
         counts = np.diff(np.r_[first, len(cell)])
-        self.rank = np.empty(len(cell), dtype=np.int64)
-        self.rank[order] = np.arange(len(cell)) - np.repeat(first, counts)
-        self.n_ciphertexts = int(self.rank.max()) + 1 if len(cell) else 0
+        rank = np.empty(len(cell), dtype=np.int64)
+        rank[order] = np.arange(len(cell)) - np.repeat(first, counts)
+        self.ciphertext = rank // self.blocks
+        self.slot = (rank % self.blocks) * self.block_size + self.n_points - 1 - cell
+        self.n_ciphertexts = int(self.ciphertext.max()) + 1 if len(cell) else 0
         self.strides = [int(s) for s in control.linear(np.eye(self.dim, dtype=np.int64))]
 
     def arrange(self, values: np.ndarray) -> np.ndarray:
         """Per-sample values in the layout: (ciphertexts, slots), zero where no sample sits."""
         dense = np.zeros((self.n_ciphertexts, params.SLOTS))
-        dense[self.rank, self.slot] = values
+        dense[self.ciphertext, self.slot] = values
         return dense
+
+    def fixed_rows(self, values: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """The fixed party's plaintexts: E_ot for every ciphertext o and last-axis offset t, (o * 4 + t, slots)."""
+        last = split_weights(phi)[1]
+        return np.stack([self.arrange(values * last[:, t]) for t in range(SPLIT)], axis=1).reshape(-1, params.SLOTS)
 
     def outputs(self, slots: np.ndarray) -> np.ndarray:
         """Control-point values in ITK order from decoded slots."""
         return slots[:self.n_points][::-1]
 
     @property
+    def block_steps(self) -> list[int]:
+        """The rotations that sum the blocks cyclically into every block (powers of two)."""
+        return [self.block_size << i for i in range(self.blocks.bit_length() - 1)]
+
+    @property
     def rotations(self) -> int:
-        """Rotations the axis-by-axis combination of the 4**d offsets performs."""
-        return sum(3 * 4 ** (self.dim - 1 - axis) * bin(stride).count("1") for axis, stride in enumerate(self.strides))
+        """Power-of-two rotations a channel's combination of offsets and blocks performs."""
+        horner = sum(3 * 4 ** (self.dim - 1 - axis) * stride.bit_count() for axis, stride in enumerate(self.strides))
+        return horner + sum(step.bit_count() for step in self.block_steps)
 
     def flood_widths(self, n_channels: int) -> list[int]:
         """The fixed party's flooding for a product's releases: n_channels channels, then the cross term."""
-        channel = params.packed_flood_width(4 ** self.dim * self.n_ciphertexts, self.rotations, 1)
-        cross = params.packed_flood_width(self.n_ciphertexts, params.ROTATIONS, params.SLOTS)
+        channel = params.packed_flood_width(4 ** self.dim * self.n_ciphertexts, self.rotations, self.blocks, SPLIT)
+        cross = params.packed_flood_width(SPLIT * self.n_ciphertexts, params.ROTATIONS, params.SLOTS, SPLIT)
         return [channel] * n_channels + [cross]
 
 
 class PackedProducts:
-    """The moving party's products with one sample set's encrypted E_o."""
+    """The moving party's products with one sample set's encrypted E_ot."""
 
     def __init__(self, evaluator: MovingEvaluator, layout: CellLayout, blobs: list[bytes]):
-        if len(blobs) != layout.n_ciphertexts:
-            raise ValueError(f"expected {layout.n_ciphertexts} ciphertexts of the fixed image, got {len(blobs)}")
+        if len(blobs) != SPLIT * layout.n_ciphertexts:
+            raise ValueError(f"expected {SPLIT * layout.n_ciphertexts} ciphertexts of the fixed image, got {len(blobs)}")
         self._ev, self.layout = evaluator, layout
-        self._fixed = [load(seal.Ciphertext(), evaluator.context, blob) for blob in blobs]
+        loaded = [load(seal.Ciphertext(), evaluator.context, blob) for blob in blobs]
+        self._fixed = [loaded[o:o + SPLIT] for o in range(0, len(loaded), SPLIT)]
 
     def channel(self, weights: np.ndarray) -> seal.Ciphertext | None:
-        """Enc(sum_x Phi_c(x) w(x) E) in slot(c) for every control point; ``weights`` (N, 4**d) = Phi * w."""
-        terms = [self._sum(self.layout.arrange(weights[:, r])) for r in range(weights.shape[1])]
+        """Enc(sum_x Phi_c(x) w(x) J) in slot(c) for every control point.
+
+        ``weights`` (N, 4**(d-1)): the first d - 1 axes' factor of Phi (``split_weights``) times w.
+        """
+        terms: list[seal.Ciphertext | None] = [None] * (SPLIT * weights.shape[1])
+        for q in range(weights.shape[1]):
+            for t, total in enumerate(self._sums(self.layout.arrange(weights[:, q]))):
+                terms[t * weights.shape[1] + q] = total
         for stride in self.layout.strides:
             terms = [self._horner(terms[g:g + 4], stride) for g in range(0, len(terms), 4)]
-        return terms[0]
+        total = terms[0]
+        for step in self.layout.block_steps if total is not None else ():
+            self._ev.evaluator.add_inplace(total, self._ev.rotate_left(total, step))
+        return total
 
     def cross(self, values: np.ndarray) -> seal.Ciphertext | None:
-        """Enc(sum_x values(x) E) in every slot."""
-        total = self._sum(self.layout.arrange(values))
+        """Enc(sum_x values(x) J) in every slot (the four E_ot of a sample add up to its J)."""
+        total = None
+        for part in self._sums(self.layout.arrange(values)):
+            total = self._add(total, part)
         if total is not None:
             self._ev.rotate_and_sum(total)
         return total
@@ -113,9 +159,9 @@ class PackedProducts:
                                    plain_residues.ravel())
         return np.asarray(self._ev.encoder.decode_double(plain))
 
-    def _sum(self, dense: np.ndarray) -> seal.Ciphertext | None:
-        """sum_o E_o * encode(dense[o]), or None when every row encodes to zero."""
-        total = None
+    def _sums(self, dense: np.ndarray) -> list[seal.Ciphertext | None]:
+        """sum_o E_ot * encode(dense[o]) for t = 0..3 (None where every row encodes to zero)."""
+        totals: list[seal.Ciphertext | None] = [None] * SPLIT
         for row, fixed in zip(dense, self._fixed):
             if not row.any():
                 continue
@@ -123,12 +169,17 @@ class PackedProducts:
             self._ev.encoder.encode(row, params.PACKED_DELTA_MOVING, plain)
             if plain.is_zero():
                 continue
-            product = seal.Ciphertext()
-            self._ev.evaluator.multiply_plain(fixed, plain, product)
-            if total is None:
-                total = product
-            else:
-                self._ev.evaluator.add_inplace(total, product)
+            for t, ciphertext in enumerate(fixed):
+                product = seal.Ciphertext()
+                self._ev.evaluator.multiply_plain(ciphertext, plain, product)
+                totals[t] = self._add(totals[t], product)
+        return totals
+
+    def _add(self, total: seal.Ciphertext | None, term: seal.Ciphertext | None) -> seal.Ciphertext | None:
+        """total + term, either of which may be None (zero); adds in place into ``total``."""
+        if total is None or term is None:
+            return term if total is None else total
+        self._ev.evaluator.add_inplace(total, term)
         return total
 
     def _horner(self, group: list[seal.Ciphertext | None], stride: int) -> seal.Ciphertext | None:
@@ -137,9 +188,5 @@ class PackedProducts:
         for term in reversed(group):
             if total is not None:
                 total = self._ev.rotate_left(total, stride)
-            if term is not None:
-                if total is None:
-                    total = term
-                else:
-                    self._ev.evaluator.add_inplace(total, term)
+            total = self._add(total, term)
         return total

@@ -60,14 +60,15 @@ ROTATIONS = int(math.log2(SLOTS))
 
 
 def coefficient_error_bound(products: int, rotations: int = ROTATIONS, copies: int = SLOTS,
-                            delta_moving: float = DELTA_MOVING) -> float:
-    """|error| of any coefficient of a released ciphertext (all weights together with l1 norm <= 1).
+                            delta_moving: float = DELTA_MOVING, mass: float = 1.0) -> float:
+    """|error| of any coefficient of a released ciphertext (the l1 norms of the weights of all its
+    plaintext products add up to at most ``mass``).
 
     (e * p)_i <= max|e| * sum|p_j| with sum|p_j| <= 2 * delta_moving * |w|_1 + N / 2 per product;
     rotations permute coefficients and add key-switching error; a rotate-and-sum adds ``copies``
     rotated images; the re-randomisation adds its own.
     """
-    product = FRESH_COEFF * (2 * delta_moving + products * POLY_DEGREE / 2)
+    product = FRESH_COEFF * (2 * delta_moving * mass + products * POLY_DEGREE / 2)
     return copies * (product + rotations * KEYSWITCH_COEFF) + RERANDOMISE_COEFF
 
 
@@ -76,9 +77,9 @@ def flood_width(chunks: int) -> int:
     return int(2.0 ** FLOOD_BITS * coefficient_error_bound(chunks))
 
 
-def packed_flood_width(products: int, rotations: int, copies: int) -> int:
+def packed_flood_width(products: int, rotations: int, copies: int, mass: float) -> int:
     """Half-width of the flooding of every coefficient of a packed release: 2**-42 over all N of them."""
-    bound = coefficient_error_bound(products, rotations, copies, PACKED_DELTA_MOVING)
+    bound = coefficient_error_bound(products, rotations, copies, PACKED_DELTA_MOVING, mass)
     return int(2.0 ** FLOOD_BITS * POLY_DEGREE * bound)
 
 

@@ -154,11 +154,10 @@ def _model_runs(pair: Pair, transform: str, folder: Path, repeats: int, log) -> 
     """Every protocol and sampling of one model on one synthetic pair, with the clear run as reference."""
     fixed, moving, truth = folder / "fixed.nrrd", folder / "moving.nrrd", folder / "ground_truth.h5"
     grid = read_image(fixed).grid
-    protocols = PROTOCOLS if transform == "affine" else ("clear", "mpc")   # FHE: rigid and affine only
     samplings = SAMPLINGS if transform == "affine" else pair.bspline_samplings
     extra = ["--bspline-spacing", str(pair.bspline_spacing_mm)] if transform == "bspline" else []
     rows, clear = [], {}
-    for protocol in protocols:
+    for protocol in PROTOCOLS:
         for sampling in samplings:
             name = f"{transform}-{protocol}-{sampling}"
             times = repeats if transform == "affine" else 1   # B-spline runs are long: one is enough

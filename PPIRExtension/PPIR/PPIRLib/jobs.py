@@ -63,8 +63,6 @@ class RunSettings:
             raise ValueError("MPC needs the dealer's address")
         if self.role == "dealer" and self.protocol != "mpc":
             raise ValueError("a dealer serves MPC sessions only")
-        if self.role == "moving" and self.protocol == "fhe" and self.transform == "bspline":
-            raise ValueError("the FHE protocol supports rigid and affine transforms; use MPC for B-spline")
         if not self.certificates or not Path(self.certificates).is_dir():
             raise ValueError(f"certificate folder not found: '{self.certificates}'")
 

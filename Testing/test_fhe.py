@@ -94,7 +94,7 @@ def _packed_case(keys, rng):
     layout = CellLayout(basis)
     values = rng.random(len(samples)) * 200.0
     scale = fixed_scale(values)
-    phi = basis.phi.data.reshape(len(samples), -1)
+    phi = basis.support_weights
     products = PackedProducts(MovingEvaluator(keys.public_bundle()), layout,
                               keys.encrypt(layout.fixed_rows(values / scale, phi), params.PACKED_DELTA_FIXED))
     g, warped = rng.standard_normal((len(samples), 2)), rng.random(len(samples))

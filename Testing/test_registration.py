@@ -42,10 +42,12 @@ def test_rigid_2d_recovers_rotation_and_shift(tmp_path, slice_2d):
     assert result.transform.GetName() == "Euler2DTransform"
 
 
-def test_bspline_2d_recovers_deformation(tmp_path, slice_2d):
+@pytest.mark.parametrize("sampling", ["full", "gms"])
+def test_bspline_2d_recovers_deformation(tmp_path, slice_2d, sampling):
     fixed, moving, truth = _pair(tmp_path, slice_2d, "bspline", seed=2)
     affine_only = _run(fixed, moving, transform="affine", levels=[2, 1])
-    result = _run(fixed, moving, transform="bspline", levels=[2, 1], bspline_spacing_mm=16.0)
+    result = _run(fixed, moving, transform="bspline", levels=[2, 1], bspline_spacing_mm=16.0, sampling=sampling,
+                  sample_fraction=0.5)
     assert tre(fixed, result.transform, truth)["mean"] < 0.6
     assert tre(fixed, result.transform, truth)["mean"] < 0.5 * tre(fixed, affine_only.transform, truth)["mean"]
 

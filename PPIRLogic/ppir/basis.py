@@ -133,9 +133,14 @@ class BSplineBasis:
         other.phi = sp.csr_matrix((weights.ravel(), self.phi.indices, self.phi.indptr), shape=self.phi.shape)
         return other
 
+    @property
+    def support_weights(self) -> np.ndarray:
+        """Every sample's weights (N, 4**d), in the order of ``ControlGrid.support`` (a view)."""
+        return self.phi.data.reshape(self.n_samples, -1)
+
     def weights(self, rows: np.ndarray) -> np.ndarray:
         """Weights (n, 4**d) of the samples ``rows``, in the order of ``ControlGrid.support``."""
-        return self.phi.data.reshape(self.n_samples, -1)[rows]
+        return self.support_weights[rows]
 
     def transpose_apply(self, h: np.ndarray) -> np.ndarray:
         """Phi^T h for h of shape (N, C): shape (n_control_points, C)."""

@@ -9,6 +9,8 @@ the 7**d neighbours whose supports overlap its own: it is accumulated as a band 
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -112,7 +114,9 @@ class BSplineModel:
             full[:, i, j] = full[:, j, i] = band[:, n]
         return self._band_to_csr(full.reshape(k, 7 ** d, d, d))
 
-    def _band_to_csr(self, band: np.ndarray) -> sp.csr_matrix:
+    @cached_property
+    def _band_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row, column and band position of every entry the band can fill, in CSR order (per grid, once)."""
         d, k = self.dim, self.control.n_points
         size = np.asarray(self.control.grid.size)
         index = self.control.grid.flat_to_index(np.arange(k))
@@ -124,9 +128,17 @@ class BSplineModel:
         ii, jj = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
         rows = (ii.ravel()[None] * k + kk[:, None]).ravel()
         cols = (jj.ravel()[None] * k + cols_k[:, None]).ravel()
-        data = band[kk, oo].reshape(len(kk), d * d).ravel()
+        where = ((kk * 7 ** d + oo)[:, None] * d * d + (ii * d + jj).ravel()[None]).ravel()
+        order = np.lexsort((cols, rows))
+        return rows[order], cols[order], where[order]
+
+    def _band_to_csr(self, band: np.ndarray) -> sp.csr_matrix:
+        d, k = self.dim, self.control.n_points
+        rows, cols, where = self._band_layout
+        data = band.reshape(-1)[where]
         keep = data != 0
-        return sp.csr_matrix((data[keep], (rows[keep], cols[keep])), shape=(d * k, d * k))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=d * k))])
+        return sp.csr_matrix((data[keep], cols[keep], indptr), shape=(d * k, d * k))
 
     def solve(self, h: sp.csr_matrix, b: np.ndarray, damping: float) -> np.ndarray:
         """Levenberg-Marquardt step (H + damping diag H + mu I)^-1 b by Jacobi-preconditioned CG."""

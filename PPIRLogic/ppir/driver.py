@@ -199,8 +199,8 @@ def _draw(level: _Level, p: np.ndarray, settings: Settings, rng: np.random.Gener
         return None
     if settings.sampling == "urs":
         return draw_uniform(n, settings.sample_fraction, rng)
-    grads = level.moving.sample_grid(level.model.to_sitk(p), level.grid)[:, 1:]
-    return draw_gradient_weighted(np.linalg.norm(grads, axis=1), settings.sample_fraction, rng)
+    weights = level.moving.gradient_magnitude(level.model.to_sitk(p), level.grid)
+    return draw_gradient_weighted(weights, settings.sample_fraction, rng)
 
 
 def _optimise(level: _Level, p, settings: Settings, rng, stage, number, n_levels, progress):

@@ -27,6 +27,7 @@ class MovingLevel:
         self._volume = volume
         d = grid.dim
         self._image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
+        self._twice_grad: np.ndarray | None = None
         padded_size = np.asarray(grid.size) + 3
         self._stride = np.cumprod((1,) + tuple(padded_size[:-1])).astype(np.int64)
         self._upper = np.asarray(grid.size, dtype=np.float64)
@@ -60,19 +61,37 @@ class MovingLevel:
         grid: with T(x) = A x + b, grad I(T(x)) = A^-T grad F(x). Resampling the d+1 channels would
         cost five times as much; the two gradients differ by interpolation error only.
         """
+        a = np.asarray(transform.GetMatrix()).reshape(grid.dim, grid.dim)
+        warped, values, twice_grad = self._warped_differences(transform, grid)
+        to_moving = np.linalg.solve(a.T, grid.direction / grid.spacing)      # A^-T D S^-1
+        out = np.empty((values.size, grid.dim + 1), dtype=np.float32)
+        out[:, 0] = values.ravel()     # ``warped`` is alive: ``values`` views its buffer
+        out[:, 1:] = ((0.5 * to_moving).astype(np.float32) @ twice_grad).T
+        return out
+
+    def gradient_magnitude(self, transform: sitk.Transform, grid: Grid) -> np.ndarray:
+        """|grad| of the warped image at every voxel of ``grid`` (the weights of GMS sampling).
+
+        |grad I(T(x))| for linear transforms; for others (the B-spline stage) |grad F(x)| of
+        F = I(T(x)) on the grid, which differs by T's Jacobian, close to a rotation.
+        """
+        if isinstance(transform, (sitk.AffineTransform, sitk.Euler2DTransform, sitk.Euler3DTransform)):
+            return np.linalg.norm(self.sample_grid(transform, grid)[:, 1:], axis=1)
+        _, _, twice_grad = self._warped_differences(transform, grid)
+        return np.linalg.norm((0.5 * grid.direction / grid.spacing) @ twice_grad, axis=0)
+
+    def _warped_differences(self, transform: sitk.Transform, grid: Grid) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+        """F = I(T(x)) on ``grid``: the image, a numpy view of it (valid while the image lives) and
+        2 x its index-space gradient, (d, N) with x first, in a buffer reused by the next call."""
         d = grid.dim
         warped = sitk.Resample(self._image, grid.reference_image(), transform, sitk.sitkLinear, 0.0,
                                sitk.sitkFloat32)
         values = sitk.GetArrayViewFromImage(warped)
-        twice_grad = np.empty((d,) + values.shape, dtype=np.float32)
+        if self._twice_grad is None or self._twice_grad.shape != (d,) + values.shape:
+            self._twice_grad = np.empty((d,) + values.shape, dtype=np.float32)
         for channel, axis in enumerate(reversed(range(d))):
-            _twice_central_difference(values, axis, twice_grad[channel])
-        a = np.asarray(transform.GetMatrix()).reshape(d, d)
-        to_moving = np.linalg.solve(a.T, grid.direction / grid.spacing)      # A^-T D S^-1
-        out = np.empty((values.size, d + 1), dtype=np.float32)
-        out[:, 0] = values.ravel()
-        out[:, 1:] = ((0.5 * to_moving).astype(np.float32) @ twice_grad.reshape(d, -1)).T
-        return out
+            _twice_central_difference(values, axis, self._twice_grad[channel])
+        return warped, values, self._twice_grad.reshape(d, -1)
 
     def _sample_chunk(self, points: np.ndarray) -> np.ndarray:
         d = points.shape[1]

@@ -81,7 +81,7 @@ class FixedFHE:
             except ValueError as err:
                 raise PeerError(str(err)) from None
             scales = np.array([fixed_scale(party.values)])
-            rows = self._layout.fixed_rows(party.values / scales[0], basis.phi.data.reshape(basis.n_samples, -1))
+            rows = self._layout.fixed_rows(party.values / scales[0], basis.support_weights)
             blobs = self._keys.encrypt(rows, params.PACKED_DELTA_FIXED)
         else:
             scales = column_scales(party.values, basis)
@@ -138,7 +138,7 @@ class FHEBackend(RemoteBackend):
                 self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
             else:
                 self._packed = PackedProducts(self._evaluator, layout, unpack(reply.arrays))
-                self._phi = split_weights(basis.phi.data.reshape(basis.n_samples, -1))[0]
+                self._first_axes = split_weights(basis.support_weights)[0]
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
         self._n_samples = basis.n_samples
@@ -169,7 +169,7 @@ class FHEBackend(RemoteBackend):
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""
         norms = np.abs(channels).sum(axis=0)
-        sums = {k: self._packed.channel(self._phi * (channels[:, k] / norms[k])[:, None])
+        sums = {k: self._packed.channel(self._first_axes * (channels[:, k] / norms[k])[:, None])
                 for k in range(channels.shape[1]) if norms[k] > 0}
         sums = {k: ciphertext for k, ciphertext in sums.items() if ciphertext is not None}
         warped_norm = float(np.abs(warped).sum())

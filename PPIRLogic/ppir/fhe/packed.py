@@ -117,6 +117,7 @@ class PackedProducts:
         self._ev, self.layout = evaluator, layout
         loaded = [load(seal.Ciphertext(), evaluator.context, blob) for blob in blobs]
         self._fixed = [loaded[o:o + SPLIT] for o in range(0, len(loaded), SPLIT)]
+        self._parms_id = loaded[0].parms_id() if loaded else None   # products keep it: no rescaling
 
     def channel(self, weights: np.ndarray) -> seal.Ciphertext | None:
         """Enc(sum_x Phi_c(x) w(x) J) in slot(c) for every control point.
@@ -149,7 +150,6 @@ class PackedProducts:
         pad = masks.uniform_residues(self._ev.primes, params.POLY_DEGREE)
         plain = seal_raw.plaintext(self._ev.context, ciphertext.parms_id(), ciphertext.scale, pad.ravel())
         self._ev.evaluator.add_plain_inplace(ciphertext, plain)
-        self._parms_id = ciphertext.parms_id()
         return dump(ciphertext), pad
 
     def unmask(self, released: np.ndarray, pad: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class RingBasis:
             self._dense = encode(basis.matrix / self.scales, BASIS_BITS)
         else:
             self.scales = np.ones(basis.control.n_points)
-            weights = basis.phi.data.reshape(basis.n_samples, -1)
+            weights = basis.support_weights
             self._weights = encode(weights, BASIS_BITS)
             self._index = torch.from_numpy(basis.phi.indices.astype(np.int64).reshape(basis.n_samples, -1))
             self._outputs = basis.control.n_points

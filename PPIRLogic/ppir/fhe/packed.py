@@ -4,9 +4,9 @@ Layout (public: it follows from the sample positions and the control grid). A sa
 cell of its first supporting control point s(x); control point c owns slot P - 1 - lin(c) (P control
 points, lin in ITK order) of each of the B = 2**k <= slots / P blocks of slots / B slots, and the
 samples of one cell go to different places: x, the rank(x)-th sample of its cell, goes to block
-rank(x) mod B of ciphertext o = rank(x) // B. Phi_r(x) is a product of per-axis weights, b_{r_1}(x_1) ...
-b_{r_d}(x_d); the fixed party takes the last axis' four, the moving party the others. The fixed
-party encrypts, at 2**110, for t = 0..3,
+rank(x) mod B of ciphertext o = rank(x) // B. Phi_r(x) is a product of per-axis weights,
+b_{r_1}(x_1) ... b_{r_d}(x_d); the fixed party takes the last axis' four, the moving party the
+others. The fixed party encrypts, at 2**110, for t = 0..3,
 
     E_ot[block + slot(s(x))] = b_t(x_d) J(x) / s_J.
 
@@ -19,8 +19,10 @@ then moves each U_r left by lin(r) slots, since slot(s) - lin(r) = slot(s + r), 
 offsets axis by axis (Horner: three rotations per group and axis; nothing crosses a block), and
 sums the B blocks cyclically (log2 B rotations by slots / B, 2 slots / B, ...), so that every block
 holds the total and no partial sum over a subset of samples survives. Slot(c) then holds
-sum_x Phi_c(x) g_k(x) J(x) / (|g_k|_1 s_J). The cross term sums I(T(x)) / |I|_1 * E_o over every slot. Depth one: one plaintext product, then additions and rotations; the weights of a channel
-have l1 norm 1 in all, each used with four ciphertexts: ``params.packed_flood_width`` counts that.
+sum_x Phi_c(x) g_k(x) J(x) / (|g_k|_1 s_J). The cross term sums I(T(x)) / |I|_1 * E_ot over every
+slot (the four E_ot of a sample add up to its J). Depth one: one plaintext product, then additions
+and rotations; the weights of a channel have l1 norm 1 in all, each used with four ciphertexts:
+``params.packed_flood_width`` counts that.
 Splitting the last axis off to the fixed party makes four times as many E but a quarter of the
 encodings, which dominate the moving party's time.
 
@@ -113,7 +115,8 @@ class PackedProducts:
 
     def __init__(self, evaluator: MovingEvaluator, layout: CellLayout, blobs: list[bytes]):
         if len(blobs) != SPLIT * layout.n_ciphertexts:
-            raise ValueError(f"expected {SPLIT * layout.n_ciphertexts} ciphertexts of the fixed image, got {len(blobs)}")
+            raise ValueError(f"expected {SPLIT * layout.n_ciphertexts} ciphertexts of the fixed image, "
+                             f"got {len(blobs)}")
         self._ev, self.layout = evaluator, layout
         loaded = [load(seal.Ciphertext(), evaluator.context, blob) for blob in blobs]
         self._fixed = [loaded[o:o + SPLIT] for o in range(0, len(loaded), SPLIT)]

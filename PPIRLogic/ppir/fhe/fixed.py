@@ -74,7 +74,7 @@ class FixedKeys:
             flood = [[value % prime for value in noise_coefficients] for prime in self._primes]
             noise = seal_raw.to_ntt(self._context, self._evaluator, plain.parms_id(),
                                     np.array(flood, dtype=np.uint64))
-            released.append(masks.add_mod(seal_raw.residues(plain).reshape(noise.shape), noise, self._primes))
+            released.append(seal_raw.add_residues(seal_raw.residues(plain).reshape(noise.shape), noise, self._primes))
         return np.array(released).reshape(len(blobs), -1)
 
     def _spend(self, count: int) -> None:

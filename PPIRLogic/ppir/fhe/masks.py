@@ -49,16 +49,3 @@ def uniform_residues(primes: list[int], n: int) -> np.ndarray:
             row[filled:filled + len(draw)] = draw
             filled += len(draw)
     return out
-
-
-def add_mod(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
-    """(a + b) mod p, row by row, for residues below primes < 2**63."""
-    p = np.array(primes, dtype=np.uint64)[:, None]
-    total = a + b
-    return np.where(total >= p, total - p, total)
-
-
-def sub_mod(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
-    """(a - b) mod p, row by row."""
-    p = np.array(primes, dtype=np.uint64)[:, None]
-    return np.where(a >= b, a - b, a + (p - b))

@@ -157,7 +157,7 @@ class PackedProducts:
 
     def unmask(self, released: np.ndarray, pad: np.ndarray) -> np.ndarray:
         """Decoded slots (real parts) of a released decryption once the pad is removed."""
-        plain_residues = masks.sub_mod(released.reshape(pad.shape), pad, self._ev.primes)
+        plain_residues = seal_raw.subtract_residues(released.reshape(pad.shape), pad, self._ev.primes)
         plain = seal_raw.plaintext(self._ev.context, self._parms_id, 2.0 ** params.PACKED_PRODUCT_BITS,
                                    plain_residues.ravel())
         return np.asarray(self._ev.encoder.decode_double(plain))

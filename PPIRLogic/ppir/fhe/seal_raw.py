@@ -68,3 +68,16 @@ def to_ntt(context: seal.SEALContext, evaluator: seal.Evaluator, parms_id: list[
     ciphertext = load(seal.Ciphertext(), context, _header(len(members)) + members)
     evaluator.transform_to_ntt_inplace(ciphertext)
     return residues(ciphertext)[:primes * n].reshape(primes, n)
+
+
+def add_residues(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
+    """(a + b) mod p, row by row, for residues below primes < 2**63."""
+    p = np.array(primes, dtype=np.uint64)[:, None]
+    total = a + b
+    return np.where(total >= p, total - p, total)
+
+
+def subtract_residues(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
+    """(a - b) mod p, row by row."""
+    p = np.array(primes, dtype=np.uint64)[:, None]
+    return np.where(a >= b, a - b, a + (p - b))

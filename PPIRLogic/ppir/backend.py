@@ -113,7 +113,7 @@ class FixedParty:
         return float(self._values @ self._values)
 
     def clear_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
-        r = self._basis.transpose_apply(channels * self._values[:, None])
+        r = self._basis.transpose_apply(channels, self._values)
         return JointResult(r, float(warped.astype(np.float64) @ self._values), self.sum_of_squares())
 
 

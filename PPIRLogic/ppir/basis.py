@@ -57,11 +57,17 @@ class AffineBasis:
     def n_samples(self) -> int:
         return len(self.matrix)
 
-    def transpose_apply(self, h: np.ndarray) -> np.ndarray:
-        """B^T h for h of shape (N, C): shape (d+1, C)."""
+    def transpose_apply(self, h: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """B^T (h * weights) for h of shape (N, C) and per-sample weights (N,): shape (d+1, C).
+
+        In float64, chunk by chunk, so that no N x C temporary is made.
+        """
         out = np.zeros((self.matrix.shape[1], h.shape[1]))
         for lo in range(0, len(h), CHUNK):
-            out += self.matrix[lo:lo + CHUNK].T @ np.asarray(h[lo:lo + CHUNK], dtype=np.float64)
+            part = np.asarray(h[lo:lo + CHUNK], dtype=np.float64)
+            if weights is not None:
+                part *= weights[lo:lo + CHUNK, None]
+            out += self.matrix[lo:lo + CHUNK].T @ part
         return out
 
 
@@ -142,9 +148,12 @@ class BSplineBasis:
         """Weights (n, 4**d) of the samples ``rows``, in the order of ``ControlGrid.support``."""
         return self.support_weights[rows]
 
-    def transpose_apply(self, h: np.ndarray) -> np.ndarray:
-        """Phi^T h for h of shape (N, C): shape (n_control_points, C)."""
-        return np.asarray(self.phi.T @ h.astype(np.float64))
+    def transpose_apply(self, h: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Phi^T (h * weights) for h of shape (N, C) and per-sample weights (N,): shape (n_control_points, C)."""
+        h = h.astype(np.float64)
+        if weights is not None:
+            h *= weights[:, None]
+        return np.asarray(self.phi.T @ h)
 
     def apply(self, coef: np.ndarray) -> np.ndarray:
         """Phi coef for control-point values coef (n_control_points, C): shape (N, C)."""

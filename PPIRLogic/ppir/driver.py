@@ -140,7 +140,7 @@ class _Level:
         self.joint_products += 1
         v = values.astype(np.float64)
         ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
-        local = self.joint_basis.transpose_apply(g * values[:, None])
+        local = self.joint_basis.transpose_apply(g, values)
         return _State(ssd, self.model.gradient_vector(local - joint.r, p), g)
 
 

@@ -73,7 +73,8 @@ class MovingLevel:
         """|grad| of the warped image at every voxel of ``grid`` (the weights of GMS sampling).
 
         |grad I(T(x))| for linear transforms; for others (the B-spline stage) |grad F(x)| of
-        F = I(T(x)) on the grid, which differs by T's Jacobian, close to a rotation.
+        F = I(T(x)) on the grid, which differs from it by T's Jacobian (the affine matrix times
+        I + grad D): weights for drawing samples, not for the registration's gradient.
         """
         if isinstance(transform, (sitk.AffineTransform, sitk.Euler2DTransform, sitk.Euler3DTransform)):
             return np.linalg.norm(self.sample_grid(transform, grid)[:, 1:], axis=1)

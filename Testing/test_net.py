@@ -149,6 +149,21 @@ def test_silent_peer_times_out(pki):
     assert "did not answer within 1 s" in str(box["error"])
 
 
+def test_serving_party_waits_longer_for_the_next_request_than_for_a_message(pki):
+    """recv(idle=...) lets a requester compute between requests; the timeout still bounds each message."""
+    import time
+    listener = _listener(pki, timeout=0.5)
+    thread, box = _serve(listener, "moving", lambda ch: (ch.recv(idle=5.0), ch.timeout))
+    channel = connect(_address(listener), Credentials.from_folder(pki, "moving"), "fixed", timeout=5.0)
+    time.sleep(1.5)          # three times the server's timeout
+    channel.send(Message(2, {"late": True}))
+    thread.join(10)
+    channel.close()
+    listener.close()
+    message, timeout_after = box["result"]
+    assert message.meta == {"late": True} and timeout_after == 0.5
+
+
 def test_nobody_listening(pki):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

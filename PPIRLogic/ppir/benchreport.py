@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .snapshot import pyplot
+
 COLORS = {"clear": "#4a5568", "mpc": "#2b6cb0", "fhe": "#dd6b20", "SimpleITK": "#38a169", "elastix": "#805ad5"}
 
 
@@ -115,10 +117,7 @@ def markdown(results: dict) -> str:
 
 
 def _matrix_plot(results: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pairs = results["pairs"]
     fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 7), squeeze=False)
     for ax, pair in zip(axes[0], pairs):
@@ -142,10 +141,7 @@ def _matrix_plot(results: dict, path: str) -> None:
 
 
 def _scaling_plot(results: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scaling = results["scaling"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for protocol, slopes in scaling["slopes"].items():

@@ -76,9 +76,9 @@ def _make_pair(image: Volume, folder: Path, truth: str = "affine", seed: int = 1
     return sitk.ReadTransform(str(folder / "ground_truth.h5"))
 
 
-def _source(pair: Pair) -> Volume:
-    image = read_image(data.sample_path(pair.image))
-    return level_image(image, LevelSpec(pair.shrink, 0.5 * pair.shrink)) if pair.shrink > 1 else image
+def _shrunk(image: Volume, shrink: int) -> Volume:
+    """The image reduced by ``shrink`` per axis (smoothed first), or itself."""
+    return level_image(image, LevelSpec(shrink, 0.5 * shrink)) if shrink > 1 else image
 
 
 def registration(fixed: Path, moving: Path, truth: Path, folder: Path, name: str, protocol: str,
@@ -178,7 +178,7 @@ def _model_runs(pair: Pair, transform: str, folder: Path, repeats: int, log) -> 
 def run_pair(pair: Pair, repeats: int, work: Path, log) -> dict:
     """Affine rows on a pair moved by a random affine; B-spline rows on a pair moved by affine + B-spline."""
     folder = work / pair.name.replace(" ", "_").replace(",", "")
-    source = _source(pair)
+    source = _shrunk(read_image(data.sample_path(pair.image)), pair.shrink)
     truths = {model: _make_pair(source, folder / model, model) for model in ("affine", "bspline")}
     fixed_volume = read_image(folder / "affine" / "fixed.nrrd")
     rows = [row for model in ("affine", "bspline") for row in _model_runs(pair, model, folder / model, repeats, log)]
@@ -200,7 +200,7 @@ def run_scaling(shrinks: tuple[int, ...], work: Path, log) -> dict:
     source = read_image(data.sample_path(MNI))
     for shrink in shrinks:
         folder = work / f"scaling-{shrink}"
-        image = level_image(source, LevelSpec(shrink, 0.5 * shrink)) if shrink > 1 else source
+        image = _shrunk(source, shrink)
         _make_pair(image, folder)
         voxels = int(np.prod(image.grid.size))
         for protocol in PROTOCOLS:

@@ -27,6 +27,14 @@ def _checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
     return np.where((rows + cols) % 2 == 0, a, b)
 
 
+def pyplot():
+    """matplotlib.pyplot on the off-screen Agg backend (no display needed), imported on first use."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def write_snapshot(path: str, grid: Grid, moving: Volume, transform: sitk.Transform, title: str = "",
                    fixed: Volume | None = None) -> None:
     """Rows: central slices. Columns: fixed, moving before, moving after, checkerboard, |difference|.
@@ -34,10 +42,7 @@ def write_snapshot(path: str, grid: Grid, moving: Volume, transform: sitk.Transf
     Without the fixed image (the moving party of a private registration) only the moving image
     before and after, on the fixed grid, are shown.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     before = resample_into(moving, grid, sitk.Transform(grid.dim, sitk.sitkIdentity))
     after = resample_into(moving, grid, transform)
     reference = fixed.array if fixed is not None else after.array

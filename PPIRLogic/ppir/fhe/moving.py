@@ -55,10 +55,7 @@ class MovingEvaluator:
                 if b in plains:
                     product = seal.Ciphertext()
                     self.evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
-                    if k in acc:
-                        self.evaluator.add_inplace(acc[k], product)
-                    else:
-                        acc[k] = product
+                    acc[k] = self.add(acc.get(k), product)
         masked = {}
         for k, ciphertext in acc.items():
             self.rotate_and_sum(ciphertext)
@@ -70,15 +67,23 @@ class MovingEvaluator:
     def _encode_chunk(self, weights: np.ndarray, chunk: int, rows: set[int]) -> dict[int, seal.Plaintext]:
         """Plaintexts of the chunk's weights for ``rows``, skipping those that encode to zero."""
         lo = chunk * params.SLOTS
-        plains = {}
-        for b in sorted(rows):
-            piece = weights[b, lo:lo + params.SLOTS]
-            if np.any(piece):
-                plain = seal.Plaintext()
-                self.encoder.encode(piece.tolist(), params.DELTA_MOVING, plain)
-                if not plain.is_zero():
-                    plains[b] = plain
-        return plains
+        plains = {b: self.encode(weights[b, lo:lo + params.SLOTS], params.DELTA_MOVING) for b in sorted(rows)}
+        return {b: plain for b, plain in plains.items() if plain is not None}
+
+    def encode(self, values: np.ndarray, scale: float) -> seal.Plaintext | None:
+        """The plaintext of ``values``, or None when it is zero (SEAL refuses a product with a zero plaintext)."""
+        if not np.any(values):
+            return None
+        plain = seal.Plaintext()
+        self.encoder.encode(values, scale, plain)
+        return None if plain.is_zero() else plain
+
+    def add(self, total: seal.Ciphertext | None, term: seal.Ciphertext | None) -> seal.Ciphertext | None:
+        """total + term, either of which may be None (zero); adds in place into ``total``."""
+        if total is None or term is None:
+            return term if total is None else total
+        self.evaluator.add_inplace(total, term)
+        return total
 
     @staticmethod
     def unmask(released: int, removed: int) -> float:

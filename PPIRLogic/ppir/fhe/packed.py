@@ -142,7 +142,7 @@ class PackedProducts:
         """Enc(sum_x values(x) J) in every slot (the four E_ot of a sample add up to its J)."""
         total = None
         for part in self._sums(self.layout.arrange(values)):
-            total = self._add(total, part)
+            total = self._ev.add(total, part)
         if total is not None:
             self._ev.rotate_and_sum(total)
         return total
@@ -166,24 +166,14 @@ class PackedProducts:
         """sum_o E_ot * encode(dense[o]) for t = 0..3 (None where every row encodes to zero)."""
         totals: list[seal.Ciphertext | None] = [None] * SPLIT
         for row, fixed in zip(dense, self._fixed):
-            if not row.any():
-                continue
-            plain = seal.Plaintext()
-            self._ev.encoder.encode(row, params.PACKED_DELTA_MOVING, plain)
-            if plain.is_zero():
+            plain = self._ev.encode(row, params.PACKED_DELTA_MOVING)
+            if plain is None:
                 continue
             for t, ciphertext in enumerate(fixed):
                 product = seal.Ciphertext()
                 self._ev.evaluator.multiply_plain(ciphertext, plain, product)
-                totals[t] = self._add(totals[t], product)
+                totals[t] = self._ev.add(totals[t], product)
         return totals
-
-    def _add(self, total: seal.Ciphertext | None, term: seal.Ciphertext | None) -> seal.Ciphertext | None:
-        """total + term, either of which may be None (zero); adds in place into ``total``."""
-        if total is None or term is None:
-            return term if total is None else total
-        self._ev.evaluator.add_inplace(total, term)
-        return total
 
     def _horner(self, group: list[seal.Ciphertext | None], stride: int) -> seal.Ciphertext | None:
         """sum_t group[t] moved left by t * stride slots."""
@@ -191,5 +181,5 @@ class PackedProducts:
         for term in reversed(group):
             if total is not None:
                 total = self._ev.rotate_left(total, stride)
-            total = self._add(total, term)
+            total = self._ev.add(total, term)
         return total

@@ -17,8 +17,9 @@ $(STAMP): PPIRLogic/requirements.txt PPIRLogic/pyproject.toml Testing/requiremen
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements.txt -r Testing/requirements.txt
+	@# CrypTen 0.4.1's metadata requires the dead "sklearn" package: the one place it is installed without it.
 	$(BIN)/python -m pip install --quiet --no-deps crypten==0.4.1
-	$(BIN)/python -m pip install --quiet --no-deps -e PPIRLogic
+	$(BIN)/python -m pip install --quiet -e "PPIRLogic[mpc,fhe]"
 	touch $(STAMP)
 
 demo: venv
@@ -39,7 +40,7 @@ test: venv
 
 # The quick benchmark suite (a few minutes): tables and plots in out/bench/.
 bench: venv
-	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements-bench.txt
+	$(BIN)/python -m pip install --quiet -r PPIRLogic/requirements-bench.txt -e "PPIRLogic[bench]"
 	$(BIN)/ppir data fetch > /dev/null
 	mkdir -p out/bench
 	$(BIN)/ppir bench --suite quick --out out/bench > /dev/null

@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from ppir import data
-from ppir.image import Volume, read_image
-from ppir.pyramid import LevelSpec, level_image
+from ppir.app import data
+from ppir.engine.image import Volume, read_image
+from ppir.engine.pyramid import LevelSpec, level_image
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +35,6 @@ def oblique(volume: Volume, spacing, angle_deg: float = 20.0) -> Volume:
     else:
         tfm.SetRotation(np.deg2rad(angle_deg), np.deg2rad(-angle_deg / 2), np.deg2rad(angle_deg / 3))
     direction = np.array(tfm.GetMatrix()).reshape(d, d)
-    from ppir.image import Grid
+    from ppir.engine.image import Grid
     grid = Grid(volume.array.shape, np.asarray(spacing, float), np.arange(1.0, d + 1) * 7.5, direction)
     return Volume(volume.array, grid)

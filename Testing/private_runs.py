@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import SimpleITK as sitk
-
-from ppir.evaluate import disagreement
+from ppir.engine.evaluate import disagreement
 
 PY = [sys.executable, "-m", "ppir"]
 

@@ -1,7 +1,7 @@
 """The engine benchmark keeps working (its figures are printed by `ppir bench`, not asserted here)."""
 from __future__ import annotations
 
-from ppir.bench import ENGINE_CASES, markdown, run_case
+from ppir_bench.engine import ENGINE_CASES, markdown, run_case
 
 
 def test_smallest_engine_case_runs_with_simpleitk_reference():
@@ -15,7 +15,7 @@ def test_smallest_engine_case_runs_with_simpleitk_reference():
 
 
 def test_mpc_suite_runs_and_agrees_with_clear():
-    from ppir.bench import mpc_markdown, run_mpc_suite
+    from ppir_bench.engine import mpc_markdown, run_mpc_suite
     results = run_mpc_suite(None, log=lambda *_: None)
     runs = {row["run"]: row for row in results["runs"]}
     assert set(runs) == {"clear", "mpc", "mpc, URS", "fhe, URS"}
@@ -26,7 +26,8 @@ def test_mpc_suite_runs_and_agrees_with_clear():
 
 def test_smallest_suite_case_writes_tables_and_plots(tmp_path, monkeypatch):
     """`ppir bench --suite quick|full` end to end on its smallest pair (64x64) and two tiny scaling sizes."""
-    from ppir import benchsuite, data
+    from ppir.app import data
+    from ppir_bench import suite as benchsuite
     smallest = benchsuite.Suite(pairs=(benchsuite.Pair("2D brain slice", data.SLICE_2D, 4, "1", ("full",), 32.0),),
                                 scaling_shrinks=(16, 12), repeats=1, paper_size_pair=False)
     monkeypatch.setitem(benchsuite.SUITES, "smallest", smallest)

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from ppir.image import write_image
+from ppir.engine.image import write_image
 
 PPIR = shutil.which("ppir", path=os.path.dirname(sys.executable)) or "ppir"
 

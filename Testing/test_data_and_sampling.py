@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-
-from ppir import data
-from ppir.evaluate import tre
-from ppir.image import read_image
-from ppir.sampling import draw_gradient_weighted, draw_uniform
-from ppir.synth import synthesize
+from ppir.app import data
+from ppir.app.synth import synthesize
+from ppir.engine.evaluate import tre
+from ppir.engine.image import read_image
+from ppir.engine.sampling import draw_gradient_weighted, draw_uniform
 
 
 def test_fetch_is_a_checked_no_op_when_present(sample_dir):

@@ -8,20 +8,18 @@ import subprocess
 import numpy as np
 import pytest
 import tenseal.sealapi as seal
-
-from ppir.backend import fixed_scale
-from ppir.basis import BSplineBasis
-from ppir.bspline import control_grid_for
-from ppir.fhe import params, seal_raw
-from ppir.fhe.fixed import FixedKeys
-from ppir.fhe.moving import MovingEvaluator
-from ppir.fhe.packed import CellLayout, PackedProducts, split_weights
-from ppir.fhe.seal_io import context, dump, load
-from ppir.image import Grid, read_image
-from ppir.net import certs
-from ppir.synth import synthesize
+from ppir.app.synth import synthesize
+from ppir.engine.basis import BSplineBasis
+from ppir.engine.bspline import control_grid_for
+from ppir.engine.image import Grid, read_image
+from ppir.engine.joint import fixed_scale
+from ppir.protocols.fhe import params, seal_raw
+from ppir.protocols.fhe.evaluator import MovingEvaluator
+from ppir.protocols.fhe.keys import FixedKeys
+from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
+from ppir.protocols.fhe.seal_io import context, dump, load
+from ppir.protocols.net import certs
 from private_runs import PY, clear_and_private, transform_rmse
-
 
 
 @pytest.fixture(scope="module")
@@ -231,9 +229,9 @@ def test_fixed_party_terminal_progress_survives_a_whole_session(pair, tmp_path):
     import socket
     import threading
 
-    from ppir.net.channel import Credentials
-    from ppir.progress import FixedPartyBar
-    from ppir.roles import run_fixed
+    from ppir.app.progress import FixedPartyBar
+    from ppir.app.roles import run_fixed
+    from ppir.protocols.net.channel import Credentials
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import oblique
-from ppir.errors import PPIRError
-from ppir.image import OutputBatch, read_image, write_image
+from ppir.common.errors import PPIRError
+from ppir.common.files import OutputBatch
+from ppir.engine.image import read_image, write_image
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])

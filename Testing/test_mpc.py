@@ -8,20 +8,17 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from ppir.backend import ClearBackend
-from ppir.driver import _Level
-from ppir.image import read_image
-from ppir.linear import LinearModel
-from ppir.moving import MovingLevel
-from ppir.backend import fixed_scale
-from ppir.mpc.protocol import FixedLevel, MovingProduct, dealer_share
-from ppir.mpc.ring import RingBasis, new_seed, random_ring
-from ppir.net import certs
-from ppir.pyramid import LevelSpec, level_image
-from ppir.synth import synthesize
+from ppir.app.synth import synthesize
+from ppir.engine.driver import Level
+from ppir.engine.image import read_image
+from ppir.engine.joint import ClearBackend, fixed_scale
+from ppir.engine.linear import LinearModel
+from ppir.engine.moving_image import MovingLevel
+from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.protocols.mpc.protocol import FixedLevel, MovingProduct, dealer_share
+from ppir.protocols.mpc.ring import RingBasis, new_seed, random_ring
+from ppir.protocols.net import certs
 from private_runs import PY, clear_and_private, transform_rmse
-
 
 
 def test_masks_are_uniform_and_seed_determined():
@@ -40,7 +37,7 @@ def test_shared_product_equals_clear_product_on_the_effective_basis(mni_4mm, tmp
     backend = ClearBackend(fixed)
     grid = backend.start_level(LevelSpec(1, 0.0))
     model = LinearModel("affine", grid.center())
-    level = _Level(model, MovingLevel(level_image(moving, LevelSpec(1, 0.0))), grid, backend)
+    level = Level(model, MovingLevel(level_image(moving, LevelSpec(1, 0.0))), grid, backend)
     level.use_samples(None)
     sampled = level.moving_channels(model.identity(moving.grid.center() - grid.center()))
     g, warped = sampled[:, 1:], sampled[:, 0]
@@ -188,9 +185,9 @@ def test_certificate_from_another_pki_is_refused(pair, tmp_path):
     ({"version": 1, "protocol": "fhe", "fhe": {"scheme": "ckks", "poly_degree": 4096}}, "CKKS parameters"),
 ])
 def test_session_mismatch_is_refused_with_a_reason(pair, hello, reason):
-    from ppir.net.channel import Credentials, connect
-    from ppir.net.framing import Message
-    from ppir.session import Kind
+    from ppir.protocols.net.channel import Credentials, connect
+    from ppir.protocols.net.framing import Message
+    from ppir.protocols.runtime import Kind
     fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs",
                               str(pair / "pki")], "fixed")
     channel = connect(fixed_at, Credentials.from_folder(pair / "pki", "moving"), "fixed")

@@ -8,10 +8,9 @@ import threading
 
 import numpy as np
 import pytest
-
-from ppir.net import certs
-from ppir.net.channel import Credentials, Listener, PeerError, connect
-from ppir.net.framing import PREFIX, FramingError, Message, decode, encode, parse_prefix
+from ppir.protocols.net import certs
+from ppir.protocols.net.channel import Credentials, Listener, PeerError, connect
+from ppir.protocols.net.framing import PREFIX, FramingError, Message, decode, encode, parse_prefix
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from ppir.backend import ClearBackend
-from ppir.driver import Settings, register
-from ppir.errors import PPIRError
-from ppir.evaluate import tre
-from ppir.image import Grid, Volume, read_image
-from ppir.synth import synthesize
+from ppir.app.synth import synthesize
+from ppir.common.errors import PPIRError
+from ppir.engine.driver import register
+from ppir.engine.evaluate import tre
+from ppir.engine.image import Grid, Volume, read_image
+from ppir.engine.joint import ClearBackend
+from ppir.engine.settings import Settings
 
 
 def _pair(tmp_path, volume, kind, seed=1, **kw):

@@ -11,15 +11,12 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "PPIR"))
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML) is a test requirement")
-from vtkmodules.vtkCommonMath import vtkMatrix4x4  # noqa: E402
-
+from conftest import oblique  # noqa: E402
+from ppir.app.synth import synthesize  # noqa: E402
+from ppir.engine.image import write_volume  # noqa: E402
 from PPIRLib import jobs, loopback, mrml  # noqa: E402
 from PPIRLib.events import describe, summary_lines  # noqa: E402
-
-from ppir.image import write_volume  # noqa: E402
-from ppir.synth import synthesize  # noqa: E402
-
-from conftest import oblique  # noqa: E402
+from vtkmodules.vtkCommonMath import vtkMatrix4x4  # noqa: E402
 
 LPS = np.array([-1.0, -1.0, 1.0])
 

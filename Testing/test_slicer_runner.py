@@ -7,9 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "PPIR"))
 
+from ppir.app.synth import synthesize  # noqa: E402
 from PPIRLib.runner import PPIRProcess  # noqa: E402
-
-from ppir.synth import synthesize  # noqa: E402
 
 
 def _events_until_done(process: PPIRProcess, timeout: float = 300) -> list[dict]:
@@ -46,8 +45,8 @@ def test_bad_input_gives_the_commands_message(tmp_path):
 
 
 def test_cancel_stops_a_waiting_party(slice_2d, tmp_path):
-    from ppir.image import write_volume
-    from ppir.net import certs
+    from ppir.engine.image import write_volume
+    from ppir.protocols.net import certs
     write_volume(slice_2d, tmp_path / "fixed.nrrd")
     certs.init(tmp_path / "pki", ["fixed"], ["127.0.0.1"])
     process = PPIRProcess(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import oblique
-from ppir.bspline import BSplineModel, control_grid_for
-from ppir.linear import LinearModel
-from ppir.moving import MovingLevel
+from ppir.engine.bspline import BSplineModel, control_grid_for
+from ppir.engine.linear import LinearModel
+from ppir.engine.moving_image import MovingLevel
 
 
 def _points(grid, n=200, seed=0):

@@ -12,18 +12,21 @@ import ctk
 import qt
 import slicer
 import vtk
+from PPIRLib import dependencies, loopback, mrml
+from PPIRLib.events import describe, summary_lines
+from PPIRLib.jobs import CONTRACT, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_certificates
+from PPIRLib.package import check_python
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
-
-from PPIRLib import dependencies, loopback, mrml
-from PPIRLib.package import check_python
-from PPIRLib.events import describe, summary_lines
-from PPIRLib.jobs import Job, JobResult, RunSettings, create_certificates
 
 
 class PPIR(ScriptedLoadableModule):
@@ -56,13 +59,8 @@ class Role(enum.Enum):
                 "local": _("Local clear-text test (both volumes here)")}[self.value]
 
 
-class Protocol(enum.Enum):
-    FHE = "fhe"
-    MPC = "mpc"
-
-    def label(self):
-        return {"fhe": _("FHE: homomorphic encryption (no third party)"),
-                "mpc": _("MPC: secret sharing with a dealer")}[self.value]
+# The private protocols, as ``ppir`` declares them (PPIRLib.jobs reads its settings contract).
+Protocol = enum.Enum("Protocol", {name.upper(): name for name in CONTRACT.PRIVATE_PROTOCOLS})
 
 
 @parameterNodeWrapper
@@ -70,15 +68,15 @@ class PPIRParameterNode:
     """All settings of the panel, saved with the scene."""
 
     role: Role = Role.MOVING
-    protocol: Protocol = Protocol.FHE
+    protocol: Protocol = Protocol["FHE"]
     movingVolume: vtkMRMLScalarVolumeNode
     fixedVolume: vtkMRMLScalarVolumeNode
     address: str = "127.0.0.1:7000"
     dealer: str = ""
     certificates: pathlib.Path
-    shareResult: Annotated[str, Choice(["transform", "warped", "none"])] = "transform"
-    transform: Annotated[str, Choice(["affine", "rigid", "bspline"])] = "affine"
-    sampling: Annotated[str, Choice(["urs", "gms", "full"])] = "urs"
+    shareResult: Annotated[str, Choice(list(SHARES))] = "transform"
+    transform: Annotated[str, Choice(list(TRANSFORMS))] = "affine"
+    sampling: Annotated[str, Choice(list(SAMPLINGS))] = "urs"
     sampleFraction: Annotated[float, WithinRange(0.001, 1.0)] = 0.1
     levels: str = "4,2,1"
     maxIterations: Annotated[int, WithinRange(1, 500)] = 50
@@ -286,7 +284,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None:
             return
         role = node.role.value
-        for labelName, shown in visibleRows(role, node.protocol == Protocol.MPC).items():
+        for labelName, shown in visibleRows(role, node.protocol.value in CONTRACT.DEALER_PROTOCOLS).items():
             getattr(self.ui, labelName).setVisible(shown)
             getattr(self.ui, ROW_WIDGETS[labelName]).setVisible(shown)
         self.ui.connectionCollapsibleButton.setVisible(role != "local")

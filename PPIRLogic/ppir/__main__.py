@@ -1,6 +1,6 @@
 """``python -m ppir``: the same as the ``ppir`` command."""
 import sys
 
-from .cli import main
+from ppir.app.cli import main
 
 sys.exit(main())

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import mrml
-from .package import ppir_environment, python_executable
+from .package import ppir_environment, python_executable, settings_contract
 from .runner import PPIRProcess
 
-ROLES = ("moving", "fixed", "dealer", "local")
-PROTOCOLS = ("fhe", "mpc", "clear")
-TRANSFORMS = ("rigid", "affine", "bspline")
-SAMPLINGS = ("full", "urs", "gms")
-SHARES = ("none", "transform", "warped")
+CONTRACT = settings_contract()
+ROLES = ("moving", *CONTRACT.SERVING_ROLES, "local")
+PROTOCOLS = CONTRACT.PROTOCOLS
+TRANSFORMS = CONTRACT.TRANSFORMS
+SAMPLINGS = CONTRACT.SAMPLINGS
+SHARES = CONTRACT.SHARES
+DEFAULTS = CONTRACT.DEFAULTS
 OUTPUT_FLAGS = {"transform": "--output-transform", "warped": "--output-warped", "report": "--report"}
 
 
@@ -33,14 +35,14 @@ class RunSettings:
     address: str = "127.0.0.1:7000"
     dealer: str = ""
     certificates: str = ""
-    transform: str = "affine"
-    sampling: str = "urs"
-    sample_fraction: float = 0.1
-    levels: str = "4,2,1"
-    max_iterations: int = 50
-    bspline_spacing: float = 20.0
+    transform: str = DEFAULTS.transform
+    sampling: str = "urs"      # the panel's default for private runs: URS indices say nothing of either image
+    sample_fraction: float = DEFAULTS.sample_fraction
+    levels: str = ",".join(map(str, DEFAULTS.levels))
+    max_iterations: int = DEFAULTS.max_iterations
+    bspline_spacing: float = DEFAULTS.bspline_spacing_mm
     share_result: str = "transform"
-    seed: int = 0
+    seed: int = DEFAULTS.seed
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -51,18 +53,18 @@ class RunSettings:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, not '{value}'")
         if self.role == "local":
-            if self.protocol != "clear":
+            if self.protocol in CONTRACT.PRIVATE_PROTOCOLS:
                 raise ValueError("the local test role runs the clear protocol only")
             return
-        if self.protocol == "clear":
+        if self.protocol not in CONTRACT.PRIVATE_PROTOCOLS:
             raise ValueError("the clear protocol needs both volumes on this machine: use the local test role")
         host, _, port = self.address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"address must be HOST:PORT, not '{self.address}'")
-        if self.role == "moving" and self.protocol == "mpc" and not self.dealer:
-            raise ValueError("MPC needs the dealer's address")
-        if self.role == "dealer" and self.protocol != "mpc":
-            raise ValueError("a dealer serves MPC sessions only")
+        if self.role == "moving" and self.protocol in CONTRACT.DEALER_PROTOCOLS and not self.dealer:
+            raise ValueError(f"{self.protocol.upper()} needs the dealer's address")
+        if self.role == "dealer" and self.protocol not in CONTRACT.DEALER_PROTOCOLS:
+            raise ValueError(f"a dealer serves {', '.join(p.upper() for p in CONTRACT.DEALER_PROTOCOLS)} sessions only")
         if not self.certificates or not Path(self.certificates).is_dir():
             raise ValueError(f"certificate folder not found: '{self.certificates}'")
 
@@ -76,10 +78,10 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
     written = [arg for key, path in outputs.items() for arg in (OUTPUT_FLAGS[key], str(path))]
     tls = ["--certs", settings.certificates]
     if settings.role == "local":
-        return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]), "--protocol", "clear",
+        return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]), "--protocol", settings.protocol,
                 *registration, *written, "--progress-json"]
     if settings.role == "moving":
-        dealer = ["--dealer", settings.dealer] if settings.protocol == "mpc" else []
+        dealer = ["--dealer", settings.dealer] if settings.protocol in CONTRACT.DEALER_PROTOCOLS else []
         return ["moving", "--image", str(inputs["moving"]), "--connect", settings.address, *dealer,
                 "--protocol", settings.protocol, "--share-result", settings.share_result,
                 *registration, *written, *tls, "--progress-json"]

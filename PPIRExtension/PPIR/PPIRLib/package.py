@@ -1,11 +1,13 @@
 """Where the ``ppir`` package is, and how to run it with Slicer's Python."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
 MODULE_DIR = Path(__file__).resolve().parents[1]
 PPIR_PYTHON = (3, 11)   # what the ppir package needs (PPIRLogic/pyproject.toml)
@@ -44,3 +46,11 @@ def check_python(version: tuple = tuple(sys.version_info[:2])) -> None:
     if tuple(version) < PPIR_PYTHON:
         raise RuntimeError(f"PPIR needs Python {PPIR_PYTHON[0]}.{PPIR_PYTHON[1]} or later (Slicer 5.10 or later); "
                            f"this Slicer's Python is {version[0]}.{version[1]}")
+
+
+def settings_contract() -> ModuleType:
+    """``ppir.app.contract``: every choice the panel offers, declared once by ``ppir`` (standard library only)."""
+    root = ppir_root()
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("ppir.app.contract")

@@ -1,0 +1,417 @@
+"""The ``ppir`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ppir.app.contract import DEFAULTS, INITIALIZATIONS, PRIVATE_PROTOCOLS, PROTOCOLS, SAMPLINGS, SHARES, TRANSFORMS
+from ppir.app.job import register_files
+from ppir.app.outputs import Outputs
+from ppir.app.progress import JsonLines, TerminalBar
+from ppir.common.errors import PPIRError
+from ppir.common.version import __version__
+from ppir.engine.settings import Settings
+from ppir.protocols import registry
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_registration_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registration")
+    g.add_argument("--transform", choices=TRANSFORMS, default=DEFAULTS.transform,
+                   help="transform model; bspline runs an affine stage first (default: affine)")
+    g.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS.sampling,
+                   help="which fixed voxels enter the sums: all, a uniform random subset, or a "
+                        "gradient-magnitude-weighted subset (default: full)")
+    g.add_argument("--sample-fraction", type=float, default=DEFAULTS.sample_fraction, metavar="X",
+                   help=f"fraction of voxels for urs/gms (default: {DEFAULTS.sample_fraction})")
+    g.add_argument("--resample-each-iteration", action="store_true",
+                   help="draw new urs/gms samples every iteration instead of once per level")
+    g.add_argument("--levels", type=_int_list, default=DEFAULTS.levels, metavar="F,F,...",
+                   help=f"pyramid shrink factors, coarse to fine (default: {','.join(map(str, DEFAULTS.levels))})")
+    g.add_argument("--smoothing", type=_float_list, default=None, metavar="S,S,...",
+                   help="Gaussian sigma per level in voxels (default: half the shrink factor, 0 at 1)")
+    g.add_argument("--max-iterations", type=int, default=DEFAULTS.max_iterations, metavar="N",
+                   help=f"per level (default: {DEFAULTS.max_iterations})")
+    g.add_argument("--bspline-spacing", type=float, default=DEFAULTS.bspline_spacing_mm, metavar="MM",
+                   help="B-spline control-point spacing in mm (default: 20)")
+    g.add_argument("--bspline-regularization", type=float, default=DEFAULTS.bspline_regularization, metavar="W",
+                   help="B-spline penalty weight, relative to the mean Gauss-Newton diagonal (default: 0.1)")
+    g.add_argument("--bspline-levels", type=_int_list, default=None, metavar="F,F,...",
+                   help="shrink factors for the B-spline stage (default: --levels)")
+    g.add_argument("--init", choices=INITIALIZATIONS, default=DEFAULTS.initialization,
+                   help="start from aligned image centres (geometry only) or the identity (default: centers)")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed for sampling (default: {DEFAULTS.seed})")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(transform=args.transform, levels=args.levels, smoothing=args.smoothing,
+                    sampling=args.sampling, sample_fraction=args.sample_fraction,
+                    resample_each_iteration=args.resample_each_iteration, max_iterations=args.max_iterations,
+                    bspline_spacing_mm=args.bspline_spacing, bspline_levels=args.bspline_levels,
+                    bspline_regularization=args.bspline_regularization,
+                    initialization=args.init, seed=args.seed)
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    outputs = Outputs(transform=args.output_transform, warped=args.output_warped, report=args.report,
+                      snapshot=args.snapshot, displacement=args.output_displacement)
+    progress = JsonLines() if args.progress_json else (TerminalBar() if sys.stderr.isatty() else None)
+    try:
+        truth = _read_transform(args.ground_truth, "ground truth") if args.ground_truth else None
+        report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress, truth)
+    finally:
+        if progress:
+            progress.close()
+    _print_summary(report, args.progress_json)
+    return 0
+
+
+def _print_summary(report: dict, as_json: bool) -> None:
+    summary = {"event": "done", "protocol": report["protocol"], "iterations": report["iterations"],
+               "tre_mm": report.get("tre_mm"),
+               "final_ssd": report["final_ssd"], "wall_time_s": round(report["wall_time_s"], 3),
+               "parties": report["parties"], "outputs": report["outputs"]}
+    if as_json:
+        print(json.dumps(summary), flush=True)
+        return
+    print(f"registered ({report['protocol']}) in {summary['wall_time_s']} s, {summary['iterations']} iterations; "
+          f"final SSD {summary['final_ssd']:.6g}")
+    if "tre_mm" in report:
+        tre = report["tre_mm"]
+        print(f"  TRE against the ground truth: mean {tre['mean']:.3f} mm, p95 {tre['p95']:.3f} mm, "
+              f"max {tre['max']:.3f} mm")
+    for party, stats in report["parties"].items():
+        if stats["bytes_sent"] or stats["bytes_received"]:
+            print(f"  {party} party: {stats['bytes_sent'] / 1e6:.2f} MB sent, "
+                  f"{stats['bytes_received'] / 1e6:.2f} MB received, {stats['wall_time_s']:.1f} s")
+    for name, path in report["outputs"].items():
+        print(f"  {name}: {path}")
+
+
+def _add_tls_options(p: argparse.ArgumentParser, role: str) -> None:
+    g = p.add_argument_group("TLS (mutual authentication, always on)")
+    g.add_argument("--certs", metavar="DIR",
+                   help=f"folder with ca.pem, {role}.pem and {role}.key (as `ppir certs init` writes them)")
+    g.add_argument("--tls-config", metavar="FILE.toml",
+                   help="a TOML file with ca = ..., cert = ..., key = ... (paths relative to the file)")
+    g.add_argument("--ca", help="CA certificate to trust (overrides DIR/ca.pem)")
+    g.add_argument("--cert", help=f"this party's certificate (overrides DIR/{role}.pem)")
+    g.add_argument("--key", help=f"this party's private key (overrides DIR/{role}.key)")
+    p.set_defaults(role=role)
+
+
+def _credentials(args: argparse.Namespace):
+    """TLS files from --certs DIR, --tls-config FILE and --ca/--cert/--key (later ones override)."""
+    from ppir.protocols.net.channel import Credentials
+    files = {}
+    if args.certs:
+        base = Credentials.from_folder(args.certs, args.role)
+        files = {"ca": base.ca, "cert": base.cert, "key": base.key}
+    if args.tls_config:
+        files.update(_read_tls_config(Path(args.tls_config)))
+    files.update({k: Path(v) for k, v in (("ca", args.ca), ("cert", args.cert), ("key", args.key)) if v})
+    missing = [k for k in ("ca", "cert", "key") if k not in files]
+    if missing:
+        raise PPIRError(f"TLS: no {', '.join(missing)} given (use --certs DIR, --tls-config FILE or --ca/--cert/--key)")
+    return Credentials(files["ca"], files["cert"], files["key"], args.role)
+
+
+def _read_tls_config(path: Path) -> dict[str, Path]:
+    import tomllib
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PPIRError(f"TLS config '{path}': no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise PPIRError(f"TLS config '{path}': not valid TOML ({err})") from None
+    unknown = sorted(set(table) - {"ca", "cert", "key"})
+    if unknown or not all(isinstance(v, str) for v in table.values()):
+        raise PPIRError(f"TLS config '{path}': expected only ca, cert and key as strings"
+                        + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+    return {k: (path.parent / v) for k, v in table.items()}
+
+
+def _log(message: str) -> None:
+    print(f"ppir: {message}", file=sys.stderr, flush=True)
+
+
+def _cmd_fixed(args: argparse.Namespace) -> int:
+    from ppir.app.progress import FixedPartyBar, JsonEvents
+    from ppir.app.roles import run_fixed
+    progress = JsonEvents() if args.progress_json else (FixedPartyBar() if sys.stderr.isatty() else None)
+    try:
+        run_fixed(args.image, args.listen, _credentials(args), args.sessions, args.output_transform,
+                  args.output_warped, _log, progress)
+    finally:
+        if progress:
+            progress.close()
+    return 0
+
+
+def _cmd_dealer(args: argparse.Namespace) -> int:
+    from ppir.app.roles import run_dealer
+    run_dealer(args.listen, _credentials(args), args.sessions, _log)
+    return 0
+
+
+def _cmd_moving(args: argparse.Namespace) -> int:
+    from ppir.app.roles import run_moving
+    outputs = Outputs(transform=args.output_transform, warped=args.output_warped, report=args.report,
+                      snapshot=args.snapshot, displacement=args.output_displacement)
+    progress = JsonLines() if args.progress_json else (TerminalBar() if sys.stderr.isatty() else None)
+    try:
+        protocol = args.protocol or next(name for name in PRIVATE_PROTOCOLS
+                                         if registry.PROTOCOLS[name].needs_dealer == bool(args.dealer))
+        report = run_moving(args.image, args.connect, args.dealer, _credentials(args), _settings(args), outputs,
+                            args.share_result, progress, protocol=protocol)
+    finally:
+        if progress:
+            progress.close()
+    _print_summary(report, args.progress_json)
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from ppir.app.data import SAMPLES, SLICE_2D, fetch
+    folder = fetch(args.dir, log=lambda msg: print(msg, file=sys.stderr))
+    for sample in SAMPLES:
+        print(f"{folder / sample.name}  ({sample.description})")
+    print(f"{folder / SLICE_2D}  (2D T1 slice as NRRD)")
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from ppir.app.synth import synthesize
+    from ppir.engine.image import read_image
+    if args.noise < 0:
+        raise PPIRError(f"--noise must be >= 0, got {args.noise}")
+    out = Path(args.out)
+    if not out.parent.absolute().is_dir():
+        raise PPIRError(f"output folder '{out}': its parent folder does not exist")
+    summary = synthesize(read_image(args.image, "image"), args.transform, args.seed, out, args.noise, args.bias)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ppir.engine.evaluate import tre
+    from ppir.engine.image import read_image
+    fixed = read_image(args.fixed, "fixed image")
+    mask = None
+    if args.mask:
+        mask_volume = read_image(args.mask, "mask")
+        if mask_volume.array.shape != fixed.array.shape:
+            raise PPIRError(f"mask '{args.mask}': size {mask_volume.grid.size} differs from the fixed image's "
+                            f"{fixed.grid.size}")
+        mask = mask_volume.array.ravel() > 0
+    result = tre(fixed, _read_transform(args.transform, "transform"),
+                 _read_transform(args.ground_truth, "ground truth"), mask)
+    print(json.dumps({"tre_mm": result}, indent=2))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ppir_bench.engine import markdown, mpc_markdown, run_engine_suite, run_mpc_suite
+
+    from ppir.common.files import check_output_path
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.out is not None:
+        check_output_path(args.out)
+    if args.suite in ("quick", "full"):
+        from ppir_bench.report import markdown as suite_markdown
+        from ppir_bench.suite import run_suite
+        print(suite_markdown(run_suite(args.suite, args.out, log)))
+    elif args.suite == "engine":
+        print(markdown(run_engine_suite(args.out, log)))
+    else:
+        print(mpc_markdown(run_mpc_suite(args.out, log)))
+    return 0
+
+
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.certs import init
+    roles = [r.strip() for r in args.parties.split(",") if r.strip()]
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    written = init(Path(args.dir), roles, hosts, args.days)
+    for role, path in written.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+def _read_transform(path: str, role: str) -> sitk.Transform:
+    if not Path(path).is_file():
+        raise PPIRError(f"{role} '{path}': no such file")
+    try:
+        return sitk.ReadTransform(str(path))
+    except RuntimeError:
+        raise PPIRError(f"{role} '{path}': not a readable ITK transform file") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppir", description=(
+        "Privacy-preserving image registration. Aligns a moving image to a fixed image "
+        "(rigid, affine, B-spline) so that the only computation needing both images is one joint product."))
+    parser.add_argument("--version", action="version", version=f"ppir {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    reg = sub.add_parser("register", help="register a moving image to a fixed image on this machine",
+                         description="Register MOVING to FIXED and write the fixed->moving transform "
+                                     "(ITK convention; 3D Slicer loads it as the moving-to-fixed alignment).")
+    reg.add_argument("--fixed", required=True, help="fixed image (NRRD, NIfTI, MetaImage, or a DICOM folder)")
+    reg.add_argument("--moving", required=True, help="moving image")
+    reg.add_argument("--ground-truth", metavar="G.h5",
+                     help="known true transform (e.g. from `ppir data synth`): adds the TRE to the report and summary")
+    reg.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+                     help="; ".join(f"{p.name}: {p.summary}" for p in registry.PROTOCOLS.values())
+                          + f" (default: {PROTOCOLS[0]})")
+    _add_registration_options(reg)
+    _add_outputs(reg)
+    reg.set_defaults(run=_cmd_register)
+
+    fixed = sub.add_parser("fixed", help="party 2: hold the fixed image and answer registration sessions",
+                           description="Listens for the moving party, answers its MPC or FHE session about the "
+                                       "fixed image and writes what the moving party shares at the end.")
+    fixed.add_argument("--image", required=True, help="the fixed image")
+    fixed.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    fixed.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
+    fixed.add_argument("--output-transform", type=Path, metavar="T.h5",
+                       help="where to write the transform if the moving party shares it")
+    fixed.add_argument("--output-warped", type=Path, metavar="W.nrrd",
+                       help="where to write the registered moving image if the moving party shares it")
+    fixed.add_argument("--progress-json", action="store_true",
+                       help="print JSON lines on stdout: listening, one per level and per product answered, "
+                            "and a 'done' line per session with its cost and what was shared")
+    _add_tls_options(fixed, "fixed")
+    fixed.set_defaults(run=_cmd_fixed)
+
+    dealer = sub.add_parser("dealer", help="the MPC dealer: correlated randomness, on a third, non-colluding machine",
+                            description="Serves Beaver-style correlated randomness to one moving and one fixed "
+                                        "party per session. It sees no image data; a dealer that colludes with "
+                                        "either party can unmask the other's image (docs/security.md).")
+    dealer.add_argument("--listen", required=True, metavar="HOST:PORT")
+    dealer.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
+    _add_tls_options(dealer, "dealer")
+    dealer.set_defaults(run=_cmd_dealer)
+
+    mov = sub.add_parser("moving", help="party 1: register the moving image to a remote fixed image (MPC or FHE)",
+                         description="Connects to the fixed party (and, for MPC, the dealer), runs the registration and "
+                                     "writes the outputs; the warped image is this party's own image resampled "
+                                     "into the fixed grid.")
+    mov.add_argument("--image", required=True, help="the moving image")
+    mov.add_argument("--connect", required=True, metavar="HOST:PORT", help="the fixed party")
+    mov.add_argument("--dealer", metavar="HOST:PORT", help="the dealer (MPC only)")
+    mov.add_argument("--protocol", choices=PRIVATE_PROTOCOLS,
+                     help="private protocol (default: mpc with --dealer, fhe without)")
+    mov.add_argument("--share-result", choices=SHARES, default="transform",
+                     help="what the fixed party receives at the end (default: transform)")
+    _add_registration_options(mov)
+    _add_outputs(mov)
+    _add_tls_options(mov, "moving")
+    mov.set_defaults(run=_cmd_moving)
+    return _add_other_commands(parser, sub)
+
+
+def _add_outputs(reg: argparse.ArgumentParser) -> None:
+    out = reg.add_argument_group("outputs (each written whole or not at all)")
+    out.add_argument("--output-transform", required=True, type=Path, metavar="T.h5",
+                     help="ITK transform file (.h5, .tfm, .txt)")
+    out.add_argument("--output-warped", type=Path, metavar="W.nrrd", help="moving image resampled on the fixed grid")
+    out.add_argument("--output-displacement", type=Path, metavar="D.nrrd",
+                     help="displacement field on the fixed grid (bspline only)")
+    out.add_argument("--report", type=Path, metavar="R.json", help="JSON report")
+    out.add_argument("--snapshot", type=Path, metavar="S.png",
+                     help="PNG: fixed, moving before/after, checkerboard and difference on central slices")
+    out.add_argument("--progress-json", action="store_true",
+                     help="print one JSON line per iteration (and a final 'done' line) on stdout")
+
+
+def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.ArgumentParser:
+
+    data = sub.add_parser("data", help="sample data: fetch real images, synthesize test pairs")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_sub.add_parser("fetch", help="download the sample MRI (MNI152 T1 1 mm, tissue maps, a 2D T1 "
+                                              "slice) with SHA-256 checks; a no-op when present")
+    fetch.add_argument("--dir", type=Path, default=None, help="folder (default: $PPIR_DATA or ~/.cache/ppir/data)")
+    fetch.set_defaults(run=_cmd_data_fetch)
+    synth = data_sub.add_parser("synth", help="make a moving image from a real one with a random known transform",
+                                description="Writes OUT/fixed.nrrd, OUT/moving.nrrd and OUT/ground_truth.h5 "
+                                            "(the fixed->moving transform that registration should find).")
+    synth.add_argument("--image", required=True, help="a real image (becomes the fixed image)")
+    synth.add_argument("--transform", choices=("affine", "bspline"), default="affine",
+                       help="affine: rotations up to 10 deg, scaling +-8%%, shifts up to 10 mm; bspline: such an "
+                            "affine plus a smooth deformation up to 8 mm")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True, help="output folder (created)")
+    synth.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
+                       help="Gaussian noise, as a fraction of the 99th intensity percentile (e.g. 0.03)")
+    synth.add_argument("--bias", action="store_true", help="multiply by a smooth bias field (up to +-15%%)")
+    synth.set_defaults(run=_cmd_data_synth)
+
+    ev = sub.add_parser("evaluate", help="target registration error of a transform against a ground truth",
+                        description="Prints JSON {\"tre_mm\": {mean, median, p95, max, voxels}} over the fixed "
+                                    "image's foreground (Otsu) or a mask.")
+    ev.add_argument("--fixed", required=True, help="fixed image (its grid is where the error is measured)")
+    ev.add_argument("--transform", required=True, help="transform to evaluate")
+    ev.add_argument("--ground-truth", required=True, help="true fixed->moving transform")
+    ev.add_argument("--mask", help="evaluate only where this image (on the fixed grid) is non-zero")
+    ev.set_defaults(run=_cmd_evaluate)
+
+    certs = sub.add_parser("certs", help="trial certificates for the parties' TLS connections")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = certs_sub.add_parser("init", help="create a local CA and one certificate per role (for trials and tests)",
+                                description="Writes DIR/ca.pem and DIR/ROLE.pem, DIR/ROLE.key per role. Between "
+                                            "hospitals, use certificates from a PKI both trust instead.")
+    init.add_argument("dir", help="output folder (created)")
+    init.add_argument("--parties", default="moving,fixed,dealer", help="roles (default: moving,fixed,dealer)")
+    init.add_argument("--hosts", default="127.0.0.1,localhost",
+                      help="host names / IP addresses the certificates are valid for (default: 127.0.0.1,localhost)")
+    init.add_argument("--days", type=int, default=30, help="validity in days (default: 30)")
+    init.set_defaults(run=_cmd_certs_init)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures: accuracy, time, traffic, memory",
+                           description="Runs synthetic registrations with known truth on the sample images and "
+                                       "prints markdown tables (progress on stderr).")
+    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc"), default="quick",
+                       help="quick (minutes) / full (under an hour): clear, MPC and FHE with full, URS and GMS "
+                            "sampling, affine and B-spline, 2D and 3D, SimpleITK and elastix peers, scaling with "
+                            "image size, the paper's tables; engine: PPIR (clear) vs SimpleITK; mpc: per-product "
+                            "cost on a 1260x1090 2D pair (default: quick)")
+    bench.add_argument("--out", type=Path, default=None,
+                       help="folder for the results: results.json, results.md, matrix.png, scaling.png "
+                            "(engine.* / mpc.* for those suites)")
+    bench.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except PPIRError as err:
+        print(f"ppir: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("ppir: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

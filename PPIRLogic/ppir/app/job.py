@@ -1,0 +1,46 @@
+"""The whole registration job on files, shared by the command line and the Slicer module."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ppir.app.local import run_local
+from ppir.app.outputs import Outputs, write_outputs
+from ppir.app.report import build_report
+from ppir.engine.driver import Progress, register
+from ppir.engine.evaluate import tre
+from ppir.engine.image import read_image
+from ppir.engine.joint import ClearBackend
+from ppir.engine.settings import Settings
+from ppir.protocols import registry
+
+
+def register_files(fixed: str | Path, moving: str | Path, settings: Settings, outputs: Outputs,
+                   protocol: str = "clear", progress: Progress | None = None,
+                   ground_truth: sitk.Transform | None = None) -> dict:
+    """Register ``moving`` to ``fixed``, write the outputs (all or none) and return the report.
+
+    ``clear`` computes in this process; ``mpc`` and ``fhe`` run the roles as separate local processes.
+    With a ``ground_truth`` transform the report gets ``tre_mm`` over the fixed image's foreground.
+    """
+    if registry.get(protocol).private:
+        return run_local(protocol, fixed, moving, settings, outputs, progress, ground_truth)
+    outputs.check(settings)
+    fixed_volume = read_image(fixed, "fixed image")
+    moving_volume = read_image(moving, "moving image")
+    start = time.perf_counter()
+    backend = ClearBackend(fixed_volume)
+    try:
+        result = register(moving_volume, backend, settings, progress)
+    finally:
+        backend.close()
+    wall = time.perf_counter() - start
+    report = build_report(protocol, settings, result, wall, backend.party_stats(),
+                          {"fixed": str(fixed), "moving": str(moving)}, outputs.to_dict())
+    if ground_truth is not None:
+        report["tre_mm"] = tre(fixed_volume, result.transform, ground_truth)
+    write_outputs(outputs, result.transform, fixed_volume.grid, moving_volume, report,
+                  f"{protocol} {settings.transform}", fixed_volume)
+    return report

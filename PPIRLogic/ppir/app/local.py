@@ -1,0 +1,86 @@
+"""All the roles on one machine: what ``ppir register --protocol mpc|fhe`` does.
+
+``run_local`` makes trial certificates in a temporary folder, starts the fixed party (and, for MPC,
+the dealer) as separate processes listening on loopback, and runs the moving party in this process:
+the same code paths as across hospitals.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ppir.app.outputs import Outputs
+from ppir.app.roles import run_moving
+from ppir.common.errors import PPIRError
+from ppir.engine.driver import Progress
+from ppir.engine.image import read_image
+from ppir.engine.settings import Settings
+from ppir.protocols import registry
+from ppir.protocols.net import certs
+from ppir.protocols.net.channel import Credentials, PeerError
+
+
+class _Role:
+    """A role running as a child process on loopback."""
+
+    def __init__(self, args: list[str], name: str):
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, "-m", "ppir", *args], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self._stderr: str | None = None
+        line = self.process.stdout.readline()
+        if not line:
+            raise PPIRError(f"the local {name} process did not start: {self.finish(5).strip()}")
+        self.address = "127.0.0.1:{port}".format(**json.loads(line))
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to end (killing it after ``timeout`` s); returns its stderr."""
+        if self._stderr is None:
+            try:
+                _, self._stderr = self.process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                _, self._stderr = self.process.communicate()
+        return self._stderr
+
+    def failure(self) -> str | None:
+        """The last line the process printed, if it ended with an error."""
+        text = self.finish(5).strip()
+        return text.splitlines()[-1] if self.process.returncode and text else None
+
+
+def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
+              progress: Progress | None = None, ground_truth: sitk.Transform | None = None) -> dict:
+    """The roles as separate processes on this machine, over loopback TLS.
+
+    The fixed image is read here only to check it before starting (and, with a ground truth, to
+    measure the TRE afterwards); the registration itself reaches it only through the fixed process.
+    """
+    registry.preflight(protocol, settings)
+    outputs.check(settings)
+    fixed = read_image(fixed_path, "fixed image")
+    evaluation = (fixed, ground_truth) if ground_truth is not None else None
+    with tempfile.TemporaryDirectory(prefix="ppir-pki-") as pki:
+        certs.init(Path(pki), list(certs.ROLES), ["127.0.0.1"], days=1)
+        roles: list[_Role] = []
+        try:
+            if registry.get(protocol).needs_dealer:
+                roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"],
+                                   "dealer"))
+            fixed_role = _Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
+                                "--sessions", "1"], "fixed")
+            roles.append(fixed_role)
+            dealer = roles[0].address if registry.get(protocol).needs_dealer else None
+            return run_moving(moving_path, fixed_role.address, dealer, Credentials.from_folder(pki, "moving"),
+                              settings, outputs, "none", progress, evaluation, protocol)
+        except PeerError as err:
+            details = "; ".join(f"{r.name}: {r.failure()}" for r in roles if r.failure())
+            raise PeerError(f"{err}" + (f" ({details})" if details else "")) from None
+        finally:
+            for role in roles:
+                role.finish(30)

@@ -1,0 +1,145 @@
+"""The roles as programs: the fixed party, the dealer and the moving party (``ppir fixed|dealer|moving``)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ppir.app.contract import SHARES
+from ppir.app.outputs import Outputs, write_outputs
+from ppir.app.report import build_report
+from ppir.common.errors import PPIRError
+from ppir.common.files import OutputBatch, check_output_path
+from ppir.engine.driver import Progress, register
+from ppir.engine.evaluate import tre
+from ppir.engine.image import Grid, Volume, read_image, resample_into, write_volume
+from ppir.engine.settings import Settings
+from ppir.protocols import registry
+from ppir.protocols.net.channel import Credentials, Listener, PeerError
+from ppir.protocols.runtime import serve_fixed_session, tell_error
+
+
+def announce(listener: Listener) -> None:
+    """Tell a parent process where we listen (first stdout line)."""
+    print(json.dumps({"event": "listening", "host": listener.address[0], "port": listener.address[1]}), flush=True)
+
+
+def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, output_transform: Path | None,
+              output_warped: Path | None, log, progress=None) -> None:
+    """Party 2: answer ``sessions`` registration sessions (0: until stopped) about the fixed image."""
+    for path in (output_transform, output_warped):
+        if path is not None:
+            check_output_path(path)
+    fixed = read_image(image, "fixed image")
+    listener = Listener(listen, credentials)
+    announce(listener)
+    served = 0
+    try:
+        while sessions == 0 or served < sessions:
+            channel = listener.accept("moving")
+            log("moving party connected")
+            try:
+                stats = serve_fixed_session(channel, fixed, credentials,
+                                            lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
+                                            log, progress)
+                log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
+                    f"{stats.wall_time_s:.1f} s")
+            except (PeerError, PPIRError) as err:
+                tell_error(channel, str(err))
+                raise
+            finally:
+                channel.close()
+            served += 1
+    finally:
+        listener.close()
+
+
+def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warped: Path | None, log) -> str:
+    """Write what the moving party shared (all or nothing); returns what that was."""
+    shared = bye.meta.get("shared", "none")
+    with OutputBatch() as batch:
+        if shared == "transform" and output_transform is not None:
+            batch.add(output_transform, lambda tmp: Path(tmp).write_bytes(bye.arrays["transform"].tobytes()))
+        if shared == "warped" and output_warped is not None:
+            array = bye.arrays["warped"]
+            if array.shape != fixed.array.shape:
+                raise PeerError("the shared warped image does not match the fixed grid")
+            batch.add(output_warped, lambda tmp: write_volume(fixed.with_array(array), tmp))
+        batch.commit()
+    log(f"the moving party shared: {shared}")
+    return shared
+
+
+def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> None:
+    """The correlated-randomness provider: serve ``sessions`` sessions (0: until stopped)."""
+    listener = Listener(listen, credentials)
+    announce(listener)
+    served = 0
+    try:
+        while sessions == 0 or served < sessions:
+            registry.load(registry.dealer_protocol()).serve_dealer_session(listener, log)
+            served += 1
+    finally:
+        listener.close()
+
+
+def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None, credentials: Credentials,
+               settings: Settings, outputs: Outputs, share: str = "transform",
+               progress: Progress | None = None, evaluation: tuple[Volume, sitk.Transform] | None = None,
+               protocol: str = "mpc") -> dict:
+    """Party 1: register its image to the remote fixed image under ``protocol`` and write its outputs.
+
+    ``evaluation`` (a fixed image and a true transform, for trials on one machine) adds ``tre_mm``.
+    """
+    if share not in SHARES:
+        raise PPIRError(f"--share-result must be one of {', '.join(SHARES)}")
+    if registry.get(protocol, private=True).needs_dealer and not dealer_address:
+        raise PPIRError(f"the {protocol.upper()} protocol needs a dealer (--dealer HOST:PORT)")
+    registry.preflight(protocol, settings)
+    outputs.check(settings)
+    moving = read_image(moving_path, "moving image")
+    start = time.perf_counter()
+    backend = registry.load(protocol).moving_backend(fixed_address, dealer_address, credentials, settings.to_dict())
+    try:
+        result = register(moving, backend, settings, progress)
+        fixed_grid = backend.fixed_grid
+        backend.finish(*_shared(share, result.transform, moving, fixed_grid))
+    except BaseException as err:
+        backend.abort(str(err) if isinstance(err, PPIRError) else f"the moving party stopped ({type(err).__name__})")
+        raise
+    finally:
+        backend.close()
+    inputs = {"moving": str(moving_path), "fixed": fixed_address}
+    if dealer_address:
+        inputs["dealer"] = dealer_address
+    report = build_report(protocol, settings, result, time.perf_counter() - start, backend.party_stats(),
+                          inputs, outputs.to_dict())
+    report["shared_with_fixed_party"] = share
+    for n, level in enumerate(report["levels"]):
+        for party, traffic in backend.level_traffic.items():
+            if n < len(traffic):
+                level[f"{party}_bytes_sent"] = traffic[n]["bytes_sent"]
+                level[f"{party}_bytes_received"] = traffic[n]["bytes_received"]
+    if evaluation is not None:
+        report["tre_mm"] = tre(evaluation[0], result.transform, evaluation[1])
+    write_outputs(outputs, result.transform, fixed_grid, moving, report, f"{protocol} {settings.transform}")
+    return report
+
+
+def _shared(share: str, transform: sitk.Transform, moving: Volume, grid: Grid) -> tuple[dict, dict]:
+    """What the fixed party receives at the end, as chosen by the moving party."""
+    if share == "transform":
+        with tempfile.TemporaryDirectory() as tmp:
+            sitk.WriteTransform(transform, os.path.join(tmp, "t.h5"))
+            data = Path(tmp, "t.h5").read_bytes()
+        return {"shared": "transform"}, {"transform": np.frombuffer(data, dtype=np.uint8)}
+    if share == "warped":
+        return {"shared": "warped"}, {"warped": resample_into(moving, grid, transform).array}
+    return {"shared": "none"}, {}
+
+

@@ -1,0 +1,225 @@
+"""The registration driver (moving party): multi-resolution, Levenberg-Marquardt damped Gauss-Newton.
+
+It owns the moving image and the transform, and reaches the fixed image only through a
+``JointBackend``. Per trial step it makes exactly one joint product.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from ppir.common.errors import PPIRError
+from ppir.engine.bspline import BSplineModel, control_grid_for
+from ppir.engine.image import Grid, Volume, check_pair
+from ppir.engine.joint import JointBackend
+from ppir.engine.linear import LinearModel
+from ppir.engine.moving_image import MovingLevel
+from ppir.engine.pyramid import LevelSpec, default_levels, level_image
+from ppir.engine.sampling import draw_gradient_weighted, draw_uniform
+from ppir.engine.settings import TRANSFORMS, Settings
+
+RELATIVE_TOLERANCE = 1e-6
+NOISE_FLOOR = 1e-3
+
+
+@dataclass
+class LevelReport:
+    stage: str
+    factor: int
+    size: list[int]
+    samples: int
+    iterations: int
+    joint_products: int
+    final_ssd: float
+    wall_time_s: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Result:
+    transform: sitk.Transform
+    model: object
+    parameters: np.ndarray
+    levels: list[LevelReport]
+    final_ssd: float
+
+    @property
+    def iterations(self) -> int:
+        return sum(level.iterations for level in self.levels)
+
+
+Progress = Callable[[dict], None]
+
+
+def level_specs(settings: Settings, factors: list[int] | None = None) -> list[LevelSpec]:
+    """The pyramid levels of a stage: the settings' own, or ``factors`` with default smoothing."""
+    if factors is None or factors == settings.levels:
+        return default_levels(settings.levels, settings.smoothing)
+    return default_levels(factors)
+
+
+def stages(settings: Settings) -> list[tuple[str, list[LevelSpec]]]:
+    """The stages a registration runs, in order, with their levels (both parties derive them from the settings)."""
+    plan = [("rigid" if settings.transform == "rigid" else "affine", level_specs(settings))]
+    if settings.transform == "bspline":
+        plan.append(("bspline", level_specs(settings, settings.bspline_levels)))
+    return plan
+
+
+@dataclass
+class _State:
+    """The data terms at one parameter vector (the model's penalty is added where they are used)."""
+
+    ssd: float
+    gradient: np.ndarray
+    channels: np.ndarray
+
+
+class Level:
+    """One (stage, level): sample set, basis and the moving image at that level."""
+
+    def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend):
+        self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
+        self.joint_products = 0
+
+    def use_samples(self, samples: np.ndarray | None) -> None:
+        self.samples = samples
+        self.points = self.grid.points(samples)
+        self.basis = self.model.basis(self.points)
+        self.joint_basis = self.backend.set_samples(samples, self.basis)
+        self.n_samples = len(self.points)
+
+    def moving_channels(self, p: np.ndarray) -> np.ndarray:
+        """[I(T(x)), grad I(T(x))] at the samples: whole grids of linear models through SimpleITK's
+        threaded resampling, everything else in numpy (faster than ITK's B-spline transform)."""
+        if self.samples is None and self.model.kind != "bspline":
+            return self.moving.sample_grid(self.model.to_sitk(p), self.grid)
+        return self.moving.sample(self.model.warp(self.points, p, self.basis))
+
+    def evaluate(self, p: np.ndarray) -> _State:
+        sampled = self.moving_channels(p)
+        if not sampled[:, 0].any():
+            raise PPIRError("the images do not overlap: every sample maps outside the moving image")
+        values, grads = sampled[:, 0], sampled[:, 1:]
+        g = self.model.channels(grads, p)
+        joint = self.backend.joint_product(g, values)
+        self.joint_products += 1
+        v = values.astype(np.float64)
+        ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
+        local = self.joint_basis.transpose_apply(g, values)
+        return _State(ssd, self.model.gradient_vector(local - joint.r, p), g)
+
+
+def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str) -> tuple[LinearModel, np.ndarray]:
+    model = LinearModel(kind, fixed.center())
+    if settings.initialization == "centers":
+        return model, model.identity(moving.grid.center() - fixed.center())
+    return model, model.identity()
+
+
+def _check_overlap(moving: Volume, fixed: Grid) -> None:
+    """Identity initialisation: the physical boxes must intersect."""
+    lo_f, hi_f = fixed.corners().min(0), fixed.corners().max(0)
+    lo_m, hi_m = moving.grid.corners().min(0), moving.grid.corners().max(0)
+    if np.any(hi_f < lo_m) or np.any(hi_m < lo_f):
+        raise PPIRError("the fixed and moving images do not overlap in physical space "
+                        "(use --init centers to start from aligned image centres)")
+
+
+def register(moving: Volume, backend: JointBackend, settings: Settings,
+             progress: Progress | None = None) -> Result:
+    """Register ``moving`` to the fixed image behind ``backend``; returns the fixed->moving transform."""
+    fixed = backend.fixed_grid
+    check_pair(fixed, moving.grid)
+    if settings.initialization == "identity":
+        _check_overlap(moving, fixed)
+    reports: list[LevelReport] = []
+    plan = stages(settings)
+    linear_kind, linear_levels = plan[0]
+    model, p = _initial_affine(moving, fixed, settings, linear_kind)
+    p, ssd = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress)
+    if settings.transform == "bspline":
+        a, t = model.matrix(p)
+        model = BSplineModel(control_grid_for(fixed, settings.bspline_spacing_mm), a, t, model.center)
+        p, ssd = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
+                            progress)
+    return Result(model.to_sitk(p), model, p, reports, ssd)
+
+
+def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress):
+    ssd = float("nan")
+    for number, spec in enumerate(specs):
+        start = time.perf_counter()
+        grid = backend.start_level(spec)
+        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend)
+        rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
+        p, ssd, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress)
+        reports.append(LevelReport(stage, spec.factor, list(grid.size), level.n_samples, iterations,
+                                   level.joint_products, ssd, time.perf_counter() - start))
+    return p, ssd
+
+
+def _draw(level: Level, p: np.ndarray, settings: Settings, rng: np.random.Generator) -> np.ndarray | None:
+    n = level.grid.n_voxels
+    if settings.sampling == "full":
+        return None
+    if settings.sampling == "urs":
+        return draw_uniform(n, settings.sample_fraction, rng)
+    weights = level.moving.gradient_magnitude(level.model.to_sitk(p), level.grid)
+    return draw_gradient_weighted(weights, settings.sample_fraction, rng)
+
+
+def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels, progress):
+    """LM-damped Gauss-Newton at one level; returns (parameters, SSD, accepted iterations).
+
+    A level ends when a step would move no sample by 1 % of a voxel, when the Gauss-Newton model
+    predicts (or a step achieves) a relative decrease below RELATIVE_TOLERANCE, when a step that
+    promised less than NOISE_FLOOR (relative) is rejected (the model is no longer reliable there),
+    or after ``max_iterations`` accepted steps. Each trial costs one joint product.
+    """
+    model = level.model
+    level.use_samples(_draw(level, p, settings, rng))
+    state = level.evaluate(p)
+    damping = 1e-3
+    step_tol = 1e-2 * float(level.grid.spacing.min())
+    iterations = 0
+    while iterations < settings.max_iterations:
+        if settings.resample_each_iteration and iterations > 0 and settings.sampling != "full":
+            level.use_samples(_draw(level, p, settings, rng))
+            state = level.evaluate(p)
+        hessian = model.hessian(level.joint_basis, state.channels, p)
+        if iterations == 0 and stage == "bspline":
+            model.set_regularization(hessian, settings.bspline_regularization)
+        objective = state.ssd + model.penalty(p)
+        gradient = state.gradient + model.penalty_gradient(p)
+        while True:
+            step = model.solve(hessian, gradient, damping)
+            candidate = p - step
+            moved = model.max_change(level.basis, p, candidate)
+            predicted = 2.0 * float(step @ gradient) - float(step @ (hessian @ step))
+            if moved < step_tol or predicted < RELATIVE_TOLERANCE * objective:
+                return p, state.ssd, iterations
+            trial = level.evaluate(candidate)
+            trial_objective = trial.ssd + model.penalty(candidate)
+            if trial_objective < objective:
+                break
+            if predicted < NOISE_FLOOR * objective:
+                return p, state.ssd, iterations
+            damping *= 10.0
+        relative = (objective - trial_objective) / max(objective, 1e-30)
+        p, state = candidate, trial
+        damping = max(damping / 10.0, 1e-9)
+        iterations += 1
+        if progress:
+            progress({"stage": stage, "level": number + 1, "levels": n_levels, "size": list(level.grid.size),
+                      "iteration": iterations, "max_iterations": settings.max_iterations,
+                      "ssd": state.ssd, "samples": level.n_samples, "moved_mm": moved})
+        if relative < RELATIVE_TOLERANCE:
+            break
+    return p, state.ssd, iterations

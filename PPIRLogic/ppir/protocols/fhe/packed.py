@@ -1,0 +1,184 @@
+"""Packed FHE products for B-spline bases: every control point's sum in the slots of one ciphertext.
+
+Layout (public: it follows from the sample positions and the control grid). A sample x lies in the
+cell of its first supporting control point s(x); control point c owns slot P - 1 - lin(c) (P control
+points, lin in ITK order) of each of the B = 2**k <= slots / P blocks of slots / B slots, and the
+samples of one cell go to different places: x, the rank(x)-th sample of its cell, goes to block
+rank(x) mod B of ciphertext o = rank(x) // B. Phi_r(x) is a product of per-axis weights,
+b_{r_1}(x_1) ... b_{r_d}(x_d); the fixed party takes the last axis' four, the moving party the
+others. The fixed party encrypts, at 2**110, for t = 0..3,
+
+    E_ot[block + slot(s(x))] = b_t(x_d) J(x) / s_J.
+
+The moving party, per channel k (|g_k|_1-normalised gradient component), encodes the plaintext of
+each offset q of the first d - 1 axes and multiplies it into all four E_ot:
+
+    U_(q,t) = sum_o E_ot * encode(b_q(x) g_k(x) in slot(s(x)))           (plaintext products, 2**60)
+
+then moves each U_r left by lin(r) slots, since slot(s) - lin(r) = slot(s + r), combining the 4**d
+offsets axis by axis (Horner: three rotations per group and axis; nothing crosses a block), and
+sums the B blocks cyclically (log2 B rotations by slots / B, 2 slots / B, ...), so that every block
+holds the total and no partial sum over a subset of samples survives. Slot(c) then holds
+sum_x Phi_c(x) g_k(x) J(x) / (|g_k|_1 s_J). The cross term sums I(T(x)) / |I|_1 * E_ot over every
+slot (the four E_ot of a sample add up to its J). Depth one: one plaintext product, then additions
+and rotations; the weights of a channel have l1 norm 1 in all, each used with four ciphertexts:
+``params.packed_flood_width`` counts that.
+Splitting the last axis off to the fixed party makes four times as many E but a quarter of the
+encodings, which dominate the moving party's time.
+
+Release: the moving party re-randomises each result, adds a polynomial uniform over R_q and keeps
+it; the fixed party decrypts, floods every coefficient and returns the residues; the moving party
+subtracts its pad and decodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from ppir.engine.basis import BSplineBasis
+from ppir.protocols.fhe import masks, params, seal_raw
+from ppir.protocols.fhe.evaluator import MovingEvaluator
+from ppir.protocols.fhe.seal_io import dump, load
+
+SPLIT = 4   # the last axis' supporting control points, whose weights the fixed party applies
+
+
+def split_weights(phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample weights (N, 4**d) as (first d - 1 axes (N, 4**(d-1)), last axis (N, 4)).
+
+    The support is ordered x fastest, so the last axis' offset is the slowest index; each factor is
+    the sum of Phi over the other's offsets (the cubic weights of an axis sum to one).
+    """
+    grouped = phi.reshape(len(phi), SPLIT, -1)
+    return grouped.sum(axis=1), grouped.sum(axis=2)
+
+
+class CellLayout:
+    """Where each sample's J sits: ciphertext and slot; and how outputs come back."""
+
+    def __init__(self, basis: BSplineBasis):
+        control = basis.control
+        self.n_points = control.n_points
+        if self.n_points > params.SLOTS:
+            raise ValueError(f"the B-spline grid has {self.n_points} control points; the FHE protocol packs "
+                             f"at most {params.SLOTS} (choose a larger control-point spacing)")
+        self.dim = control.grid.dim
+        self.blocks = 1 << (params.SLOTS // self.n_points).bit_length() - 1
+        self.block_size = params.SLOTS // self.blocks
+        cell = control.linear(basis.start)
+        order = np.argsort(cell, kind="stable")
+        first = np.flatnonzero(np.r_[True, np.diff(cell[order]) != 0])
+        counts = np.diff(np.r_[first, len(cell)])
+        rank = np.empty(len(cell), dtype=np.int64)
+        rank[order] = np.arange(len(cell)) - np.repeat(first, counts)
+        self.ciphertext = rank // self.blocks
+        self.slot = (rank % self.blocks) * self.block_size + self.n_points - 1 - cell
+        self.n_ciphertexts = int(self.ciphertext.max()) + 1 if len(cell) else 0
+        self.strides = [int(s) for s in control.linear(np.eye(self.dim, dtype=np.int64))]
+
+    def arrange(self, values: np.ndarray) -> np.ndarray:
+        """Per-sample values in the layout: (ciphertexts, slots), zero where no sample sits."""
+        dense = np.zeros((self.n_ciphertexts, params.SLOTS))
+        dense[self.ciphertext, self.slot] = values
+        return dense
+
+    def fixed_rows(self, values: np.ndarray, phi: np.ndarray) -> np.ndarray:
+        """The fixed party's plaintexts: E_ot for every ciphertext o and last-axis offset t, (o * 4 + t, slots)."""
+        last = split_weights(phi)[1]
+        return np.stack([self.arrange(values * last[:, t]) for t in range(SPLIT)], axis=1).reshape(-1, params.SLOTS)
+
+    def outputs(self, slots: np.ndarray) -> np.ndarray:
+        """Control-point values in ITK order from decoded slots."""
+        return slots[:self.n_points][::-1]
+
+    @property
+    def block_steps(self) -> list[int]:
+        """The rotations that sum the blocks cyclically into every block (powers of two)."""
+        return [self.block_size << i for i in range(self.blocks.bit_length() - 1)]
+
+    @property
+    def rotations(self) -> int:
+        """Power-of-two rotations a channel's combination of offsets and blocks performs."""
+        horner = sum(3 * 4 ** (self.dim - 1 - axis) * stride.bit_count() for axis, stride in enumerate(self.strides))
+        return horner + sum(step.bit_count() for step in self.block_steps)
+
+    def flood_widths(self, n_channels: int) -> list[int]:
+        """The fixed party's flooding for a product's releases: n_channels channels, then the cross term."""
+        channel = params.packed_flood_width(4 ** self.dim * self.n_ciphertexts, self.rotations, self.blocks, SPLIT)
+        cross = params.packed_flood_width(SPLIT * self.n_ciphertexts, params.ROTATIONS, params.SLOTS, SPLIT)
+        return [channel] * n_channels + [cross]
+
+
+class PackedProducts:
+    """The moving party's products with one sample set's encrypted E_ot."""
+
+    def __init__(self, evaluator: MovingEvaluator, layout: CellLayout, blobs: list[bytes]):
+        if len(blobs) != SPLIT * layout.n_ciphertexts:
+            raise ValueError(f"expected {SPLIT * layout.n_ciphertexts} ciphertexts of the fixed image, "
+                             f"got {len(blobs)}")
+        self._ev, self.layout = evaluator, layout
+        loaded = [load(seal.Ciphertext(), evaluator.context, blob) for blob in blobs]
+        self._fixed = [loaded[o:o + SPLIT] for o in range(0, len(loaded), SPLIT)]
+        self._parms_id = loaded[0].parms_id() if loaded else None   # products keep it: no rescaling
+
+    def channel(self, weights: np.ndarray) -> seal.Ciphertext | None:
+        """Enc(sum_x Phi_c(x) w(x) J) in slot(c) for every control point.
+
+        ``weights`` (N, 4**(d-1)): the first d - 1 axes' factor of Phi (``split_weights``) times w.
+        """
+        terms: list[seal.Ciphertext | None] = [None] * (SPLIT * weights.shape[1])
+        for q in range(weights.shape[1]):
+            for t, total in enumerate(self._sums(self.layout.arrange(weights[:, q]))):
+                terms[t * weights.shape[1] + q] = total
+        for stride in self.layout.strides:
+            terms = [self._horner(terms[g:g + 4], stride) for g in range(0, len(terms), 4)]
+        total = terms[0]
+        for step in self.layout.block_steps if total is not None else ():
+            self._ev.evaluator.add_inplace(total, self._ev.rotate_left(total, step))
+        return total
+
+    def cross(self, values: np.ndarray) -> seal.Ciphertext | None:
+        """Enc(sum_x values(x) J) in every slot (the four E_ot of a sample add up to its J)."""
+        total = None
+        for part in self._sums(self.layout.arrange(values)):
+            total = self._ev.add(total, part)
+        if total is not None:
+            self._ev.rotate_and_sum(total)
+        return total
+
+    def masked(self, ciphertext: seal.Ciphertext) -> tuple[bytes, np.ndarray]:
+        """The re-randomised ciphertext plus a pad uniform over R_q, and the pad's residues."""
+        self._ev.rerandomise(ciphertext)
+        pad = masks.uniform_residues(self._ev.primes, params.POLY_DEGREE)
+        plain = seal_raw.plaintext(self._ev.context, ciphertext.parms_id(), ciphertext.scale, pad.ravel())
+        self._ev.evaluator.add_plain_inplace(ciphertext, plain)
+        return dump(ciphertext), pad
+
+    def unmask(self, released: np.ndarray, pad: np.ndarray) -> np.ndarray:
+        """Decoded slots (real parts) of a released decryption once the pad is removed."""
+        plain_residues = seal_raw.subtract_residues(released.reshape(pad.shape), pad, self._ev.primes)
+        plain = seal_raw.plaintext(self._ev.context, self._parms_id, 2.0 ** params.PACKED_PRODUCT_BITS,
+                                   plain_residues.ravel())
+        return np.asarray(self._ev.encoder.decode_double(plain))
+
+    def _sums(self, dense: np.ndarray) -> list[seal.Ciphertext | None]:
+        """sum_o E_ot * encode(dense[o]) for t = 0..3 (None where every row encodes to zero)."""
+        totals: list[seal.Ciphertext | None] = [None] * SPLIT
+        for row, fixed in zip(dense, self._fixed):
+            plain = self._ev.encode(row, params.PACKED_DELTA_MOVING)
+            if plain is None:
+                continue
+            for t, ciphertext in enumerate(fixed):
+                product = seal.Ciphertext()
+                self._ev.evaluator.multiply_plain(ciphertext, plain, product)
+                totals[t] = self._ev.add(totals[t], product)
+        return totals
+
+    def _horner(self, group: list[seal.Ciphertext | None], stride: int) -> seal.Ciphertext | None:
+        """sum_t group[t] moved left by t * stride slots."""
+        total = None
+        for term in reversed(group):
+            if total is not None:
+                total = self._ev.rotate_left(total, stride)
+            total = self._ev.add(total, term)
+        return total

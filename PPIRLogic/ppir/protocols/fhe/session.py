@@ -1,0 +1,194 @@
+"""The FHE protocol between two parties (no dealer), on the session runtime of ``ppir.session``.
+
+    fixed  -> moving  public context: CKKS parameters + Galois keys of the rotations (once)
+    fixed  -> moving  Enc(C_a), C_a = J * Phi_a / s_a for each basis column a (once per sample set)
+    moving -> fixed   Enc(sum_x w_b C_a + U_ab + V_ab) for each output (a, b) (each iteration)
+    fixed  -> moving  the constant coefficient of each, decrypted exactly, plus flooding (each iteration)
+    moving: R_ab = (value - U_ab) / 2**136 * |w_b|_1 * s_a
+
+Phi_a are the columns of the affine basis [x - c, 1] (so the last column gives J itself, used for the
+SSD's cross term); w_b are the moving party's channels (image gradient components, and the warped
+intensities for the cross term), each divided by its l1 norm.
+
+B-spline bases have thousands of outputs: they go through the packed products of
+``ppir.fhe.packed`` instead (Enc(J) in a cell layout once per sample set; per product one
+ciphertext per gradient channel and one for the cross term, each released whole).
+
+Masks, flooding and parameters: ``ppir.fhe.params``; what each party learns: docs/security.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ppir.common.errors import PPIRError
+from ppir.engine.basis import AffineBasis, BSplineBasis
+from ppir.engine.joint import FixedParty, JointResult, fixed_scale
+from ppir.protocols.fhe import params
+from ppir.protocols.fhe.evaluator import MovingEvaluator
+from ppir.protocols.fhe.keys import FixedKeys
+from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
+from ppir.protocols.net.channel import Channel, Credentials, PeerError
+from ppir.protocols.net.framing import Message
+from ppir.protocols.runtime import Kind, RemoteBackend, expect
+
+
+def pack(blobs: list[bytes]) -> dict[str, np.ndarray]:
+    """Byte strings as two arrays for a message."""
+    return {"blobs": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+            "sizes": np.array([len(b) for b in blobs], dtype=np.int64)}
+
+
+def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
+    data, sizes = arrays.get("blobs"), arrays.get("sizes")
+    if data is None or sizes is None or sizes.sum() != data.size or np.any(sizes < 0):
+        raise PeerError("malformed ciphertext list")
+    ends = np.cumsum(sizes)
+    raw = data.tobytes()
+    return [raw[end - size:end] for end, size in zip(ends, sizes)]
+
+
+def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
+    """s_a = s_J * (power of two >= max |Phi_a|): public geometry and the exponent of max |J|."""
+    return fixed_scale(values) * np.array([fixed_scale(column) for column in basis.matrix.T])
+
+
+class FixedHandler:
+    """The fixed party's side: owns the keys, encrypts its columns, releases flooded values."""
+
+    def __init__(self, meta: dict, channel: Channel, credentials: Credentials):
+        if meta.get("fhe") != params.describe():
+            raise PeerError(f"unsupported session parameters: CKKS parameters {meta.get('fhe')}, "
+                            f"this side {params.describe()}")
+        self._channel = channel
+        self._keys = FixedKeys()
+
+    def welcome(self) -> tuple[dict, dict]:
+        bundle = self._keys.public_bundle()
+        return {"fhe": params.describe()}, {k: np.frombuffer(v, dtype=np.uint8) for k, v in bundle.items()}
+
+    def open(self) -> None:
+        """No third party under FHE."""
+
+    @property
+    def channels(self) -> list[Channel | None]:
+        return [self._channel]
+
+    def on_samples(self, party: FixedParty, basis) -> None:
+        self._layout = None
+        if isinstance(basis, BSplineBasis):
+            try:
+                self._layout = CellLayout(basis)
+            except ValueError as err:
+                raise PeerError(str(err)) from None
+            scales = np.array([fixed_scale(party.values)])
+            rows = self._layout.fixed_rows(party.values / scales[0], basis.support_weights)
+            blobs = self._keys.encrypt(rows, params.PACKED_DELTA_FIXED)
+        else:
+            scales = column_scales(party.values, basis)
+            blobs = self._keys.encrypt((basis.matrix * party.values[:, None] / scales).T)
+        self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), "sum_sq": party.sum_of_squares()},
+                                   pack(blobs)))
+
+    def on_product(self, message: Message) -> int:
+        blobs = unpack(message.arrays)
+        if not blobs:
+            raise PeerError("empty product message")
+        try:
+            if self._layout is None:
+                values = self._keys.release(blobs)
+                reply = Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]})
+            else:
+                widths = self._layout.flood_widths(len(blobs) - 1)
+                reply = Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths)})
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
+        self._channel.send(reply)
+        return int(message.meta.get("samples", 0))
+
+    def close(self) -> None:
+        """Nothing to release: the keys die with the session."""
+
+
+class FHEBackend(RemoteBackend):
+    """The moving party's end of the FHE protocol."""
+
+    name = "fhe"
+
+    def __init__(self, fixed: str, credentials: Credentials, session: dict, timeout: float = 60.0,
+                 retry_for: float = 10.0):
+        super().__init__(fixed, credentials, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
+                         timeout, retry_for)
+        bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
+        self._evaluator = MovingEvaluator(bundle)
+
+    def set_samples(self, samples: np.ndarray | None, basis):
+        layout = None
+        if isinstance(basis, BSplineBasis):
+            try:
+                layout = CellLayout(basis)
+            except ValueError as err:
+                raise PPIRError(f"FHE: {err}") from None
+        self.send_samples(samples, basis)
+        reply = expect(self._fixed, Kind.FHE_COLUMNS)
+        self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
+        self._fixed_sq = float(reply.meta["sum_sq"])
+        try:
+            if layout is None:
+                self._packed = None
+                self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+            else:
+                self._packed = PackedProducts(self._evaluator, layout, unpack(reply.arrays))
+                self._first_axes = split_weights(basis.support_weights)[0]
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
+        self._n_samples = basis.n_samples
+        return basis
+
+    def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        if self._packed is not None:
+            return self._packed_product(channels.astype(np.float64), warped.astype(np.float64))
+        weights = np.vstack([channels.T, warped[None]]).astype(np.float64)
+        norms = np.abs(weights).sum(axis=1)
+        q, d = len(self._scales), channels.shape[1]
+        wanted = [(a, b) for a in range(q) for b in range(d)] + [(q - 1, d)]
+        values = np.zeros(len(wanted))
+        normalised = weights / np.where(norms > 0, norms, 1.0)[:, None]
+        masked = self._evaluator.masked_sums(normalised, wanted)
+        if masked:
+            order = sorted(masked)
+            self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples},
+                                     pack([masked[k][0] for k in order])))
+            released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
+            if len(released) != len(order):
+                raise PeerError("the fixed party returned the wrong number of values")
+            for k, value in zip(order, released):
+                a, b = wanted[k]
+                values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
+        return JointResult(values[:-1].reshape(q, d), float(values[-1]), self._fixed_sq)
+
+    def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""
+        norms = np.abs(channels).sum(axis=0)
+        sums = {k: self._packed.channel(self._first_axes * (channels[:, k] / norms[k])[:, None])
+                for k in range(channels.shape[1]) if norms[k] > 0}
+        sums = {k: ciphertext for k, ciphertext in sums.items() if ciphertext is not None}
+        warped_norm = float(np.abs(warped).sum())
+        cross = self._packed.cross(warped / warped_norm) if warped_norm > 0 else None
+        if cross is None:
+            raise PPIRError("the images do not overlap: every warped sample is zero")
+        masked = [self._packed.masked(ciphertext) for ciphertext in [*sums.values(), cross]]
+        self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples}, pack([blob for blob, _ in masked])))
+        residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
+        if residues is None or residues.shape != (len(masked), masked[0][1].size):
+            raise PeerError("the fixed party returned the wrong number of values")
+        slots = [self._packed.unmask(values, pad) for values, (_, pad) in zip(residues, masked)]
+        scale = self._scales[0]
+        r = np.zeros((self._packed.layout.n_points, channels.shape[1]))
+        for k, decoded in zip(sums, slots):
+            r[:, k] = self._packed.layout.outputs(decoded) * norms[k] * scale
+        return JointResult(r, float(slots[-1][0]) * warped_norm * scale, self._fixed_sq)
+
+
+def moving_backend(fixed: str, dealer: str | None, credentials: Credentials, settings: dict) -> FHEBackend:
+    """The moving party's end of an FHE session (registry entry point; no dealer)."""
+    return FHEBackend(fixed, credentials, settings)

@@ -1,0 +1,253 @@
+"""The two-party runtime shared by the protocols: messages, the moving party's remote backend, the fixed server.
+
+Every message crosses a mutually authenticated TLS channel (``ppir.net``). The moving party drives:
+it opens the session with the fixed party and names the protocol; the fixed party answers with that
+protocol's handler (``ppir.mpc.backend``: secret sharing with a dealer; ``ppir.fhe.backend``: CKKS,
+no dealer). Message kinds are listed in ``Kind``. Each protocol's libraries are imported only when
+that protocol is used.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from enum import IntEnum
+
+import numpy as np
+
+from ppir.common.errors import PPIRError
+from ppir.common.usage import peak_memory_mb
+from ppir.engine.basis import AffineBasis, BSplineBasis, ControlGrid
+from ppir.engine.image import Grid, Volume
+from ppir.engine.joint import FixedParty, JointBackend, PartyStats
+from ppir.engine.pyramid import LevelSpec
+from ppir.protocols import registry
+from ppir.protocols.net.channel import Channel, Credentials, PeerError, connect
+from ppir.protocols.net.framing import Message
+from ppir.protocols.terms import SessionTerms
+
+SESSION_VERSION = 1
+IDLE_SECONDS = 3600.0   # how long a serving party waits for the moving party's next request
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    LEVEL = 3
+    LEVEL_READY = 4
+    SAMPLES = 5
+    FIXED_MASKED = 6
+    PRODUCT = 7
+    SHARE = 8
+    BYE = 9
+    FAREWELL = 10
+    ERROR = 11
+    FHE_COLUMNS = 12
+    FHE_VALUES = 13
+    DEALER_HELLO = 20
+    DEALER_READY = 21
+    DEALER_LEVEL = 22
+    DEALER_SEED_B = 23
+    DEALER_TRIPLE = 24
+    DEALER_SEEDS = 25
+    DEALER_SHARE = 26
+
+
+def expect(channel: Channel, kind: Kind) -> Message:
+    """The next message, which must be ``kind`` (an ERROR from the peer becomes a PeerError)."""
+    message = channel.recv()
+    if message.kind == Kind.ERROR:
+        raise PeerError(f"the {channel.peer_role} party stopped: {message.meta.get('reason', 'unknown error')}")
+    if message.kind != kind:
+        raise PeerError(f"the {channel.peer_role} party sent message {message.kind}, expected {kind.name}")
+    return message
+
+
+def tell_error(channel: Channel | None, reason: str) -> None:
+    """Inform the peer why this side stops (best effort)."""
+    if channel is not None:
+        try:
+            channel.send(Message(Kind.ERROR, {"reason": reason}))
+        except PeerError:
+            pass
+
+
+def _grid_from(meta: dict) -> Grid:
+    d = len(meta["size"])
+    return Grid(tuple(meta["size"][::-1]), np.array(meta["spacing"]), np.array(meta["origin"]),
+                np.array(meta["direction"]).reshape(d, d))
+
+
+def basis_spec(basis) -> dict:
+    """What the fixed party needs to rebuild the public basis from the sample positions."""
+    if isinstance(basis, AffineBasis):
+        return {"kind": "affine", "center": basis.center.tolist()}
+    return {"kind": "bspline", "control": basis.control.grid.to_dict()}
+
+
+def rebuild_basis(spec: dict, points: np.ndarray):
+    if spec.get("kind") == "affine":
+        return AffineBasis(points, np.array(spec["center"], dtype=np.float64))
+    if spec.get("kind") == "bspline":
+        return BSplineBasis(points, ControlGrid(_grid_from(spec["control"])))
+    raise PeerError(f"unknown basis {spec.get('kind')!r}")
+
+
+def _level_spec(meta: dict) -> LevelSpec:
+    try:
+        return LevelSpec(int(meta["factor"]), float(meta["sigma"]))
+    except (KeyError, TypeError, ValueError):
+        raise PeerError("malformed level request") from None
+
+
+def per_level(marks: list[tuple[int, int]]) -> list[dict]:
+    """Bytes sent and received between consecutive (sent, received) marks: one entry per level."""
+    return [{"bytes_sent": b[0] - a[0], "bytes_received": b[1] - a[1]} for a, b in zip(marks, marks[1:])]
+
+
+def totals(channels: list[Channel | None]) -> tuple[int, int]:
+    """Bytes sent and received over the (open) channels."""
+    return (sum(c.traffic.bytes_sent for c in channels if c), sum(c.traffic.bytes_received for c in channels if c))
+
+
+class _Clock:
+    """Wall and CPU time of one party, and its process's peak memory."""
+
+    def __init__(self):
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stats(self, channels: list[Channel | None]) -> PartyStats:
+        return PartyStats(time.perf_counter() - self._wall, time.process_time() - self._cpu, *totals(channels),
+                          peak_memory_mb())
+
+
+class RemoteBackend(JointBackend):
+    """The moving party's end of a session with a remote fixed party: levels, accounting, ending."""
+
+    def __init__(self, fixed: str, credentials: Credentials, hello: dict, timeout: float, retry_for: float):
+        self._clock = _Clock()
+        self._fixed = connect(fixed, credentials, "fixed", timeout, retry_for)
+        self.session_id = secrets.token_hex(8)
+        try:
+            self._fixed.send(Message(Kind.HELLO, {"version": SESSION_VERSION, "session": self.session_id, **hello}))
+            self.welcome = expect(self._fixed, Kind.WELCOME)
+            self._grid = _grid_from(self.welcome.meta["grid"])
+        except BaseException:
+            self.abort("the moving party could not open the session")
+            self.close()
+            raise
+        self._fixed_stats = PartyStats()
+        self._marks: list[tuple[int, int]] = []
+        self.level_traffic: dict[str, list[dict]] = {"moving": [], "fixed": []}
+
+    @property
+    def channels(self) -> list[Channel | None]:
+        return [self._fixed]
+
+    @property
+    def fixed_grid(self) -> Grid:
+        return self._grid
+
+    def start_level(self, spec: LevelSpec) -> Grid:
+        self._marks.append(totals(self.channels))
+        self._fixed.send(Message(Kind.LEVEL, spec.to_dict()))
+        return _grid_from(expect(self._fixed, Kind.LEVEL_READY).meta["grid"])
+
+    def send_samples(self, samples: np.ndarray | None, basis) -> None:
+        """Tell the fixed party the sample indices (None: all voxels) and the public basis."""
+        arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
+        self._fixed.send(Message(Kind.SAMPLES, {"basis": basis_spec(basis)}, arrays))
+
+    def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
+        """End the session, handing the fixed party what the moving party chose to share."""
+        self._marks.append(totals(self.channels))
+        self._fixed.send(Message(Kind.BYE, shared, arrays))
+        farewell = expect(self._fixed, Kind.FAREWELL).meta
+        self._fixed_stats = PartyStats(**farewell["stats"])
+        self.level_traffic = {"moving": per_level(self._marks), "fixed": farewell["levels"]}
+
+    def party_stats(self) -> dict[str, PartyStats]:
+        return {"moving": self._clock.stats(self.channels), "fixed": self._fixed_stats}
+
+    def abort(self, reason: str) -> None:
+        for channel in self.channels:
+            tell_error(channel, reason)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            if channel is not None:
+                channel.close()
+
+
+def _fixed_handler(meta: dict, channel: Channel, credentials: Credentials):
+    """The fixed party's handler for the private protocol the moving party asks for."""
+    try:
+        return registry.load(str(meta.get("protocol"))).FixedHandler(meta, channel, credentials)
+    except PPIRError as err:
+        raise PeerError(f"unsupported session: {err}") from None
+
+
+def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credentials, on_result, log,
+                        progress=None) -> PartyStats:
+    """Answer one registration session for the fixed party; returns its cost.
+
+    ``on_result(bye)`` keeps what the moving party shares and returns what that was; ``progress``
+    receives {"event": "level" | "product" | "done", ...} as the session goes.
+    """
+    clock = _Clock()
+    meta = expect(channel, Kind.HELLO).meta
+    if meta.get("version") != SESSION_VERSION:
+        raise PeerError(f"the moving party speaks session version {meta.get('version')}, this side {SESSION_VERSION}")
+    handler = _fixed_handler(meta, channel, credentials)
+    party = FixedParty(fixed)
+    terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid)
+    extra, arrays = handler.welcome()
+    channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), **extra}, arrays))
+    try:
+        handler.open()
+        grid = None
+        marks: list[tuple[int, int]] = []
+        products = 0
+        while True:
+            message = channel.recv(idle=IDLE_SECONDS)
+            if message.kind == Kind.LEVEL:
+                marks.append(totals(handler.channels))
+                spec = _level_spec(message.meta)
+                terms.check_level(spec)
+                grid = party.start_level(spec)
+                products = 0
+                if progress:
+                    progress({"event": "level", "level": len(marks), "factor": int(message.meta["factor"]),
+                              "size": list(grid.size)})
+                channel.send(Message(Kind.LEVEL_READY, {"grid": grid.to_dict()}))
+            elif message.kind == Kind.SAMPLES:
+                if grid is None:
+                    raise PeerError("samples sent before any pyramid level")
+                samples = message.arrays.get("samples")
+                if samples is not None and (samples.dtype != np.int64 or samples.ndim != 1
+                                            or samples.min(initial=0) < 0 or samples.max(initial=0) >= grid.n_voxels):
+                    raise PeerError("sample indices outside the fixed grid")
+                terms.check_samples(samples, message.meta.get("basis", {}), grid.n_voxels)
+                basis = rebuild_basis(message.meta["basis"], grid.points(samples))
+                party.set_samples(samples, basis)
+                handler.on_samples(party, basis)
+            elif message.kind == Kind.PRODUCT:
+                n_samples = handler.on_product(message)
+                products += 1
+                if progress:
+                    sent, received = totals(handler.channels)
+                    progress({"event": "product", "level": len(marks), "products": products,
+                              "samples": n_samples, "bytes_sent": sent, "bytes_received": received})
+            elif message.kind == Kind.BYE:
+                marks.append(totals(handler.channels))
+                shared = on_result(message)
+                stats = clock.stats(handler.channels)
+                channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks)}))
+                if progress:
+                    progress({"event": "done", "shared": shared, **stats.to_dict()})
+                return stats
+            elif message.kind == Kind.ERROR:
+                raise PeerError(f"the moving party stopped: {message.meta.get('reason', 'unknown error')}")
+            else:
+                raise PeerError(f"unexpected message {message.kind} from the moving party")
+    finally:
+        handler.close()

@@ -1,0 +1,60 @@
+"""One settings contract between the Slicer module and ``ppir``: every command line the module can build parses."""
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "PPIR"))
+
+from ppir.app import contract  # noqa: E402
+from ppir.app.cli import _settings, build_parser  # noqa: E402
+from PPIRLib import jobs  # noqa: E402
+
+
+def _valid_settings(tmp_path: Path):
+    """Every RunSettings the module's check accepts, over every choice it offers."""
+    for role, protocol, transform, sampling, share in itertools.product(
+            jobs.ROLES, jobs.PROTOCOLS, jobs.TRANSFORMS, jobs.SAMPLINGS, jobs.SHARES):
+        settings = jobs.RunSettings(role=role, protocol=protocol, transform=transform, sampling=sampling,
+                                    share_result=share, dealer="127.0.0.1:7001", certificates=str(tmp_path))
+        try:
+            settings.check()
+        except ValueError:
+            continue
+        yield settings
+
+
+def test_the_module_offers_exactly_the_contracts_choices():
+    assert jobs.PROTOCOLS == contract.PROTOCOLS
+    assert jobs.TRANSFORMS == contract.TRANSFORMS and jobs.SAMPLINGS == contract.SAMPLINGS
+    assert jobs.SHARES == contract.SHARES
+
+
+def test_every_command_line_the_module_builds_is_one_ppir_accepts(tmp_path):
+    parser = build_parser()
+    inputs = {"moving": tmp_path / "moving.nrrd", "fixed": tmp_path / "fixed.nrrd"}
+    seen = set()
+    for settings in _valid_settings(tmp_path):
+        outputs = jobs._outputs(settings.role, tmp_path)
+        argv = jobs.ppir_arguments(settings, inputs, outputs)
+        args = parser.parse_args(argv)                   # argparse exits on anything it refuses
+        assert args.command == {"local": "register"}.get(settings.role, settings.role)
+        if hasattr(args, "transform"):
+            chosen = _settings(args)                      # the engine's own checks
+            assert (chosen.transform, chosen.sampling) == (settings.transform, settings.sampling)
+            assert chosen.levels == [int(f) for f in settings.levels.split(",")]
+        seen.add((settings.role, settings.protocol))
+    assert {role for role, _ in seen} == set(jobs.ROLES)
+    assert {protocol for _, protocol in seen} == set(jobs.PROTOCOLS)
+
+
+def test_a_choice_outside_the_contract_is_refused_by_both(tmp_path):
+    settings = jobs.RunSettings(role="moving", transform="thin-plate", certificates=str(tmp_path))
+    with pytest.raises(ValueError, match="transform must be one of"):
+        settings.check()
+    argv = jobs.ppir_arguments(settings, {"moving": tmp_path / "m.nrrd"}, {})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)

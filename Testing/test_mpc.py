@@ -181,7 +181,7 @@ def test_certificate_from_another_pki_is_refused(pair, tmp_path):
 @pytest.mark.parametrize("hello, reason", [
     ({"version": 99, "protocol": "mpc"}, "version 99"),
     ({"version": 1, "protocol": "mpc", "fixed_bits": 12, "basis_bits": 12}, "fixed-point bits 12/12"),
-    ({"version": 1, "protocol": "paillier"}, "protocol paillier"),
+    ({"version": 1, "protocol": "paillier"}, "unknown protocol 'paillier'"),
     ({"version": 1, "protocol": "fhe", "fhe": {"scheme": "ckks", "poly_degree": 4096}}, "CKKS parameters"),
 ])
 def test_session_mismatch_is_refused_with_a_reason(pair, hello, reason):

@@ -58,6 +58,6 @@ def test_cancel_stops_a_waiting_party(slice_2d, tmp_path):
         listening = [e for e in process.poll() if e.get("event") == "listening"]
         time.sleep(0.05)
     assert listening and process.running
-    process.cancel()
+    process.cancel(wait=True)
     assert not process.running and process.error() == "cancelled"
     process.cleanup()

@@ -224,10 +224,12 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Slicer is closing or the module is reloaded: the run's processes end and its files go."""
         self.removeObservers()
         self._timer.stop()
         if self._job is not None:
             self._job.process.cleanup()
+            self._job = None
 
     def enter(self) -> None:
         self.initializeParameterNode()

@@ -151,7 +151,12 @@ class Job:
         return self.process is not None and self.process.running
 
     def cancel(self) -> None:
+        """Stop the run's whole process tree (returns at once; ``running`` turns false once it is gone)."""
         self.process.cancel()
+
+    def log_text(self) -> str:
+        """The command line and its whole output, for the detailed log."""
+        return self.process.log_text() if self.process else ""
 
     def finish(self, name: str = "PPIR") -> JobResult:
         """After the process ended: raise RuntimeError with its message, or import its outputs as nodes.
@@ -178,7 +183,6 @@ class Job:
                 if on_event:
                     on_event(event)
             if end is not None and time.monotonic() > end:
-                self.cancel()
                 self.process.cleanup()
                 raise RuntimeError(f"the {self.settings.role} party had no result after {timeout:g} s and was stopped")
             if idle:

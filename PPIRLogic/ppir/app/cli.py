@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -400,9 +402,18 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     return parser
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a cancel from the Slicer module) ends a run as Ctrl-C does: connections closed, exit 130."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _interrupt_on_sigterm()
     try:
         return args.run(args)
     except PPIRError as err:

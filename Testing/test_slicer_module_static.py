@@ -22,6 +22,8 @@ SLICER_PROVIDES = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "SimpleI
 WIDGET_FOR_TYPE = {"Role": "QComboBox", "Protocol": "QComboBox", "str": "QLineEdit", "int": "QSpinBox",
                    "bool": "QCheckBox", "pathlib.Path": "ctkPathLineEdit", "float": "ctkSliderWidget",
                    "vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox"}
+# The Python module each extension the PPIR extension depends on (EXTENSION_DEPENDS) provides.
+EXTENSION_MODULES = {"PyTorch": "PyTorchUtils"}
 
 
 def _module_sources() -> dict[Path, str]:
@@ -102,8 +104,10 @@ def test_bound_widgets_match_parameter_types():
 
 def test_module_imports_only_what_slicer_has():
     """At import time, only what Slicer ships; base requirements (installed before a run) inside functions."""
-    base = {spec.split("==")[0] for spec in dependencies.read_requirements(MODULE / "Resources" / "requirements.txt")}
+    base = {re.split("[=>]=", spec)[0] for spec in dependencies.read_requirements(MODULE / "Resources" / "requirements.txt")}
     assert "psutil" in base
+    depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text()).group(1).split()
+    base |= {EXTENSION_MODULES[extension] for extension in depends}   # modules of extensions the Manager installs
     for path, source in _module_sources().items():
         tree = ast.parse(source)
         in_functions = {id(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
@@ -120,7 +124,7 @@ def test_module_imports_only_what_slicer_has():
                 allowed = top in sys.stdlib_module_names or top in SLICER_PROVIDES or (
                     id(node) in in_functions and top in base)
                 assert allowed, f"{path.name} imports {name}, which Slicer's Python lacks (the ppir subprocess does " \
-                                f"the work; base requirements may be imported inside functions)"
+                                f"the work; base requirements and declared extensions may be imported in functions)"
 
 
 def _cmake_list(text: str, variable: str) -> list[str]:
@@ -157,6 +161,8 @@ def test_module_requirements_pin_the_tested_versions():
         for path in files["normal"] + files["no_deps"]:
             for name, version in _pins(path).items():
                 assert tested[name] == version, f"{path.name} pins {name}=={version}, the tests use {tested[name]}"
+            for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)>=([^\s#]+)", path.read_text(), re.M):
+                assert dependencies.unmet([f"{name}>={version}"]) == [], f"{path.name}: the tests use an older {name}"
     assert "crypten==0.4.1" in dependencies.read_requirements(dependencies.requirement_files("mpc")["no_deps"][0])
 
 
@@ -170,7 +176,27 @@ def test_unmet_requirements_are_found():
     assert dependencies.missing_for("mpc") == {"normal": [], "no_deps": []}
 
 
-def test_requirement_lines_beyond_name_and_pin_are_refused(tmp_path):
-    (tmp_path / "r.txt").write_text("scipy>=1.0\n")
-    with pytest.raises(ValueError, match="scipy>=1.0"):
+def test_requirement_lines_beyond_name_pin_and_minimum_are_refused(tmp_path):
+    (tmp_path / "r.txt").write_text("scipy<1.0\n")
+    with pytest.raises(ValueError, match="scipy<1.0"):
         dependencies.read_requirements(tmp_path / "r.txt")
+    import numpy
+    assert dependencies.unmet([f"numpy>={numpy.__version__}", "numpy>=1.0"]) == []
+    assert dependencies.unmet(["numpy>=999.0"]) == ["numpy>=999.0"]
+
+
+def test_platforms_without_packages_are_named_before_anyone_tries():
+    """The measured wheel matrix for Slicer's Python 3.12 (docs/slicer-extension.md)."""
+    assert dependencies.wheel_problem("tenseal", "Windows", "AMD64") is None
+    assert dependencies.wheel_problem("tenseal", "Darwin", "x86_64", (13, 6)) is None
+    assert "macOS 12.0 or later" in dependencies.wheel_problem("tenseal", "Darwin", "arm64", (11, 7))
+    assert "Windows ARM64" in dependencies.wheel_problem("tenseal", "Windows", "ARM64")
+    assert dependencies.wheel_problem("torch", "Darwin", "x86_64", (13, 0)) is None
+    assert dependencies.unsupported("fhe") is None and dependencies.unsupported("mpc") is None   # installed here
+
+
+def test_torch_from_another_extension_is_used_never_replaced():
+    assert dependencies.torch_problem() is None   # this Python's torch
+    assert dependencies.torch_problem("2.0.1+cpu") is None
+    assert dependencies.torch_problem(None) == "PyTorch is not installed"
+    assert "update it in the PyTorch Utils module" in dependencies.torch_problem("1.13.1")

@@ -461,7 +461,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with slicer.util.WaitCursor():
                 self.logic.createCertificates(folder, hosts)
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:   # TimeoutExpired included
             slicer.util.errorDisplay(_("Could not create certificates: {error}").format(error=error),
                                      windowTitle="PPIR")
             return

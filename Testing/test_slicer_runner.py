@@ -1,6 +1,7 @@
 """The Slicer module's subprocess runner (PPIRExtension/PPIR/PPIRLib), on the real ``ppir`` command."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "PPIR"))
 
 from ppir.app.synth import synthesize  # noqa: E402
+from PPIRLib.package import ppir_environment  # noqa: E402
 from PPIRLib.runner import PPIRProcess  # noqa: E402
 
 
@@ -60,4 +62,21 @@ def test_cancel_stops_a_waiting_party(slice_2d, tmp_path):
     assert listening and process.running
     process.cancel(wait=True)
     assert not process.running and process.error() == "cancelled"
+    process.cleanup()
+
+
+def test_a_crash_without_an_error_line_names_its_cause_and_keeps_the_whole_output(tmp_path):
+    """A package that fails to load in the child (as a DLL load failure does) is named, traceback kept for the log."""
+    broken = tmp_path / "site" / "scipy"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("DLL load failed while importing _fblas")\n')
+    env = ppir_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+    process = PPIRProcess(["register", "--fixed", "f.nrrd", "--moving", "m.nrrd", "--output-transform", "t.h5"],
+                          env=env)
+    process.start()
+    assert process.wait(60) == 1
+    assert process.error() == "ppir stopped with exit code 1: ImportError: DLL load failed while importing _fblas"
+    log = process.log_text()
+    assert log.startswith(f"{sys.executable} -m ppir register") and "[stderr] Traceback" in log
     process.cleanup()

@@ -200,3 +200,16 @@ def test_torch_from_another_extension_is_used_never_replaced():
     assert dependencies.torch_problem("2.0.1+cpu") is None
     assert dependencies.torch_problem(None) == "PyTorch is not installed"
     assert "update it in the PyTorch Utils module" in dependencies.torch_problem("1.13.1")
+
+
+def test_catalogue_entry_agrees_with_the_extension_metadata():
+    """The Extensions Index entry (PPIRExtension/PPIR.json) and CMakeLists.txt say the same things."""
+    import json
+    entry = json.loads((ROOT / "PPIRExtension" / "PPIR.json").read_text())
+    top = (ROOT / "CMakeLists.txt").read_text()
+    meta = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', top))
+    assert entry["$schema"].endswith("/slicer-extension-catalog-entry-schema-v1.0.0.json#")
+    assert entry["category"] == meta["EXTENSION_CATEGORY"]
+    assert entry["scm_url"] == meta["EXTENSION_HOMEPAGE"] and entry["scm_type"] == "git"
+    assert entry["build_dependencies"] == meta["EXTENSION_DEPENDS"].split()   # the index builds them first
+    assert top.startswith("cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)")   # Slicer 5.10's template

@@ -212,3 +212,20 @@ def test_failed_run_shows_the_commands_message_and_leaves_no_node(tmp_path):
     assert "127.0.0.1:1" in str(failure.value) and "Traceback" not in str(failure.value)
     assert scene.GetNumberOfNodes() == before
     assert not job.process.workdir.exists()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_temporary_files_go_under_the_given_folder_and_are_kept_on_request(tmp_path, keep):
+    scene = _scene()
+    loopback.phantom_pair(tmp_path, size=16)
+    moving = mrml.import_volume(scene, tmp_path / "moving.nrrd", "moving")
+    jobs.create_certificates(tmp_path / "pki")
+    (tmp_path / "slicer-temp").mkdir()
+    job = jobs.Job(jobs.RunSettings(role="moving", address="127.0.0.1:1", certificates=str(tmp_path / "pki")),
+                   moving_node=moving, temp_root=tmp_path / "slicer-temp", keep_files=keep)
+    with pytest.raises(RuntimeError):
+        job.wait(timeout=120)
+    assert job.process.workdir.parent == tmp_path / "slicer-temp"
+    assert job.process.workdir.exists() is keep
+    if keep:
+        assert (job.process.workdir / "moving.nrrd").is_file()   # the volume that would have been used

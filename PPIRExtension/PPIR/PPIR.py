@@ -87,6 +87,7 @@ class PPIRParameterNode:
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     allowClear: bool = False
     showDetailedLog: bool = False
+    keepTemporaryFiles: bool = False
     outputTransform: vtkMRMLTransformNode
     warpedVolume: vtkMRMLScalarVolumeNode
 
@@ -209,11 +210,15 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         """Trial certificates for every role in ``folder``, valid for ``hosts`` (comma-separated)."""
         return create_certificates(pathlib.Path(folder), hosts)
 
-    def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None) -> Job:
-        """Start one party's run in a subprocess (returns at once; poll the job)."""
+    def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None, keepFiles: bool = False) -> Job:
+        """Start one party's run in a subprocess (returns at once; poll the job).
+
+        Its temporary files go under Slicer's temporary folder; ``keepFiles`` leaves them there.
+        """
         check_python()
         self.ensureDependencies(settings.protocol)
-        job = Job(settings, moving_node=movingVolume, fixed_node=fixedVolume)
+        job = Job(settings, moving_node=movingVolume, fixed_node=fixedVolume,
+                  temp_root=pathlib.Path(slicer.app.temporaryPath), keep_files=keepFiles)
         job.start()
         return job
 
@@ -384,7 +389,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.resultsLabel.text = _("Running...")
         try:
-            self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume)
+            self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume, node.keepTemporaryFiles)
         except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as error:
             self.ui.resultsLabel.text = _("Not started.")
             self._updateGUI()
@@ -411,6 +416,8 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._timer.stop()
         job = self._job
+        if job.keep_files:
+            self._log(_("Temporary files kept in {folder}").format(folder=job.process.workdir))
         try:
             result = job.finish()
         except (RuntimeError, OSError) as error:

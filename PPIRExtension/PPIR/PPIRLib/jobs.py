@@ -113,7 +113,10 @@ class JobResult:
 class Job:
     """One party's ``ppir`` run on MRML volume nodes."""
 
-    def __init__(self, settings: RunSettings, moving_node=None, fixed_node=None, python: str | None = None):
+    def __init__(self, settings: RunSettings, moving_node=None, fixed_node=None, python: str | None = None,
+                 temp_root: Path | None = None, keep_files: bool = False):
+        """``temp_root``: where the run's temporary folder goes (Slicer's temporary folder in Slicer);
+        ``keep_files``: leave that folder in place after the run, for debugging."""
         settings.check()
         needed = {"moving": ("moving",), "fixed": ("fixed",), "local": ("moving", "fixed"), "dealer": ()}[settings.role]
         nodes = {"moving": moving_node, "fixed": fixed_node}
@@ -126,10 +129,11 @@ class Job:
         self.process: PPIRProcess | None = None
         self.events: list[dict] = []
         self._python = python or python_executable()
+        self.temp_root, self.keep_files = temp_root, keep_files
 
     def start(self) -> None:
         """Export the volumes and start the subprocess (returns at once)."""
-        self.process = PPIRProcess([], python=self._python, env=ppir_environment())
+        self.process = PPIRProcess([], python=self._python, env=ppir_environment(), temp_root=self.temp_root)
         folder = self.process.workdir
         try:
             inputs = {key: mrml.export_volume(node, folder / f"{key}.nrrd") for key, node in self.nodes.items()}
@@ -161,7 +165,7 @@ class Job:
     def finish(self, name: str = "PPIR") -> JobResult:
         """After the process ended: raise RuntimeError with its message, or import its outputs as nodes.
 
-        The temporary folder is removed in both cases.
+        The temporary folder is removed in both cases, unless the job keeps its files.
         """
         try:
             self.process.wait()
@@ -171,7 +175,7 @@ class Job:
                 raise RuntimeError(error)
             return self._import(name)
         finally:
-            self.process.cleanup()
+            self.process.cleanup(keep_files=self.keep_files)
 
     def wait(self, on_event=None, timeout: float | None = None, idle=None) -> JobResult:
         """Run to the end from a script: ``on_event`` sees each progress event, ``idle`` runs between polls."""
@@ -183,7 +187,7 @@ class Job:
                 if on_event:
                     on_event(event)
             if end is not None and time.monotonic() > end:
-                self.process.cleanup()
+                self.process.cleanup(keep_files=self.keep_files)
                 raise RuntimeError(f"the {self.settings.role} party had no result after {timeout:g} s and was stopped")
             if idle:
                 idle()

@@ -33,12 +33,12 @@ class PPIRProcess:
     """One ``python -m ppir ...`` run with JSON progress events."""
 
     def __init__(self, args: list[str], python: str = sys.executable, workdir: Path | None = None,
-                 env: dict[str, str] | None = None, grace: float = 5.0):
+                 env: dict[str, str] | None = None, grace: float = 5.0, temp_root: Path | None = None):
         self.args = list(args)
         self.python = python
         self.env = env
         self.grace = grace
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ppir-slicer-"))
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ppir-slicer-", dir=temp_root))
         self.output: list[str] = []   # every line that is not a progress event, stderr lines prefixed
         self._stderr: list[str] = []
         self._events: queue.Queue[dict] = queue.Queue()

@@ -161,8 +161,8 @@ def test_module_requirements_pin_the_tested_versions():
         for path in files["normal"] + files["no_deps"]:
             for name, version in _pins(path).items():
                 assert tested[name] == version, f"{path.name} pins {name}=={version}, the tests use {tested[name]}"
-            for name, version in re.findall(r"^([A-Za-z0-9_.\-]+)>=([^\s#]+)", path.read_text(), re.M):
-                assert dependencies.unmet([f"{name}>={version}"]) == [], f"{path.name}: the tests use an older {name}"
+            for spec in dependencies.read_requirements(path):
+                assert dependencies.unmet([spec]) == [], f"{path.name}: the tests use a version out of {spec}"
     assert "crypten==0.4.1" in dependencies.read_requirements(dependencies.requirement_files("mpc")["no_deps"][0])
 
 
@@ -176,13 +176,14 @@ def test_unmet_requirements_are_found():
     assert dependencies.missing_for("mpc") == {"normal": [], "no_deps": []}
 
 
-def test_requirement_lines_beyond_name_pin_and_minimum_are_refused(tmp_path):
-    (tmp_path / "r.txt").write_text("scipy<1.0\n")
-    with pytest.raises(ValueError, match="scipy<1.0"):
+def test_requirement_clauses_beyond_pins_and_ranges_are_refused(tmp_path):
+    (tmp_path / "r.txt").write_text("scipy<=1.0\n")
+    with pytest.raises(ValueError, match="scipy<=1.0"):
         dependencies.read_requirements(tmp_path / "r.txt")
     import numpy
-    assert dependencies.unmet([f"numpy>={numpy.__version__}", "numpy>=1.0"]) == []
-    assert dependencies.unmet(["numpy>=999.0"]) == ["numpy>=999.0"]
+    assert dependencies.unmet([f"numpy>={numpy.__version__}", "numpy>=1.0,<999", f"numpy=={numpy.__version__}"]) == []
+    assert dependencies.unmet(["numpy>=999.0", "numpy>=1.0,<1.1", "numpy==0.1"]) == \
+        ["numpy>=999.0", "numpy>=1.0,<1.1", "numpy==0.1"]
 
 
 def test_platforms_without_packages_are_named_before_anyone_tries():
@@ -213,3 +214,17 @@ def test_catalogue_entry_agrees_with_the_extension_metadata():
     assert entry["scm_url"] == meta["EXTENSION_HOMEPAGE"] and entry["scm_type"] == "git"
     assert entry["build_dependencies"] == meta["EXTENSION_DEPENDS"].split()   # the index builds them first
     assert top.startswith("cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)")   # Slicer 5.10's template
+
+
+def test_what_will_be_sent_is_said_per_role_before_the_first_start():
+    from PPIRLib.disclosure import disclosure
+    from PPIRLib.jobs import RunSettings
+    moving = disclosure(RunSettings(role="moving", protocol="mpc", address="b.example:7000", dealer="d.example:7002",
+                                    sampling="gms", share_result="warped"))
+    assert "b.example:7000" in moving and "dealer at d.example:7002" in moving
+    assert "outline your anatomy" in moving and "warped onto the fixed grid" in moving
+    assert "nothing of the result" in disclosure(RunSettings(role="moving", share_result="none", sampling="urs"))
+    fixed = disclosure(RunSettings(role="fixed", protocol="fhe", address="0.0.0.0:7000"))
+    assert "geometry" in fixed and "no secret key is sent" in fixed and "0.0.0.0:7000" in fixed
+    assert "never receives image data" in disclosure(RunSettings(role="dealer", protocol="mpc"))
+    assert disclosure(RunSettings(role="local", protocol="clear")).startswith("Nothing leaves this computer")

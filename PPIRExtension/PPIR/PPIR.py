@@ -16,6 +16,7 @@ import qt
 import slicer
 import vtk
 from PPIRLib import dependencies, loopback, mrml
+from PPIRLib.disclosure import disclosure
 from PPIRLib.events import describe, summary_lines
 from PPIRLib.jobs import CONTRACT, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_certificates
 from PPIRLib.package import check_python
@@ -271,6 +272,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job: Optional[Job] = None
         self._shownOutput = 0   # how many of the command's output lines the detailed log has had
+        self._confirmedRecipients: set = set()   # (role, address, dealer) the user agreed to send to this session
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.timeout.connect(self._poll)
@@ -388,6 +390,12 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLog.clear()
         self.ui.progressBar.value = 0
         self.ui.resultsLabel.text = _("Running...")
+        recipients = (settings.role, settings.address, settings.dealer)
+        if recipients not in self._confirmedRecipients:   # nothing leaves the computer without an explicit yes
+            if not slicer.util.confirmOkCancelDisplay(disclosure(settings), windowTitle=_("PPIR: what will be sent")):
+                self.ui.resultsLabel.text = _("Not started.")
+                return
+            self._confirmedRecipients.add(recipients)
         try:
             self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume, node.keepTemporaryFiles)
         except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as error:

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
-_SPEC = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(?:(==|>=)\s*([A-Za-z0-9_.+\-]+))?\s*$")
+_CLAUSE = r"(==|>=|<)\s*([A-Za-z0-9_.+\-]+)"
+_SPEC = re.compile(rf"^([A-Za-z0-9_.\-]+)\s*((?:{_CLAUSE}\s*,?\s*)*)$")
 TORCH_MINIMUM = (2, 0)
 # Platforms with wheels for Slicer's Python 3.12 (pip download --only-binary :all:, docs/slicer-extension.md):
 # (system, machine) -> oldest macOS release, or None off macOS.
@@ -38,12 +39,12 @@ def requirement_files(protocol: str) -> dict[str, list[Path]]:
 
 
 def read_requirements(path: Path) -> list[str]:
-    """The ``name``, ``name==version`` or ``name>=version`` lines of a requirements file (comments dropped)."""
+    """The requirement lines of a file: a name, then ``==V``, ``>=V``, ``<V`` clauses, comma-separated."""
     lines = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
     specs = [line for line in lines if line]
     for spec in specs:
         if not _SPEC.match(spec):
-            raise ValueError(f"{path}: only 'name', 'name==version' or 'name>=version' lines are supported, not '{spec}'")
+            raise ValueError(f"{path}: only 'name' with '==V', '>=V' or '<V' clauses is supported, not '{spec}'")
     return specs
 
 
@@ -51,18 +52,23 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
+def _satisfies(installed: str, operator: str, version: str) -> bool:
+    if operator == "==":
+        return installed.split("+")[0] == version
+    return (_release(installed) >= _release(version)) == (operator == ">=")
+
+
 def unmet(specs: list[str]) -> list[str]:
-    """The specs this Python does not satisfy (missing, another version than pinned, older than required)."""
+    """The specs this Python does not satisfy (missing, or a version outside the spec's clauses)."""
     missing = []
     for spec in specs:
-        name, operator, version = _SPEC.match(spec).groups()
+        name, clauses = _SPEC.match(spec).group(1, 2)
         try:
             installed = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             missing.append(spec)
             continue
-        if operator == "==" and installed.split("+")[0] != version or \
-                operator == ">=" and _release(installed) < _release(version):
+        if not all(_satisfies(installed, *clause) for clause in re.findall(_CLAUSE, clauses)):
             missing.append(spec)
     return missing
 

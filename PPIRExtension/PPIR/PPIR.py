@@ -391,7 +391,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.ui.resultsLabel.text = _("Running...")
         recipients = (settings.role, settings.address, settings.dealer)
-        if recipients not in self._confirmedRecipients:   # nothing leaves the computer without an explicit yes
+        if settings.role != "local" and recipients not in self._confirmedRecipients:   # an explicit yes first
             if not slicer.util.confirmOkCancelDisplay(disclosure(settings), windowTitle=_("PPIR: what will be sent")):
                 self.ui.resultsLabel.text = _("Not started.")
                 return
@@ -419,7 +419,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if fraction is not None:
                 self.ui.progressBar.value = int(round(100 * fraction))
             self._log(line)
-        self._logOutput(self._parameterNode is not None and self._parameterNode.showDetailedLog)
+        self._logOutput(self._job, self._parameterNode is not None and self._parameterNode.showDetailedLog)
         if self._job.running:
             return
         self._timer.stop()
@@ -436,7 +436,7 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(self.ui.resultsLabel.text)
             if message != "cancelled":
                 logging.error("PPIR run failed; the command and its output:\n%s", job.log_text())
-                self._logOutput(True)
+                self._logOutput(job, True)
                 slicer.util.errorDisplay(_("PPIR stopped: {message}").format(message=message), windowTitle="PPIR",
                                          detailedText=job.log_text())
             self._updateGUI()
@@ -445,9 +445,9 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showResult(job.settings, result)
         self._updateGUI()
 
-    def _logOutput(self, show: bool) -> None:
+    def _logOutput(self, job: Job, show: bool) -> None:
         """The command's own output lines not shown yet, in the status log (the detailed log)."""
-        output = self._job.process.output
+        output = job.process.output
         if show:
             for line in output[self._shownOutput:]:
                 self._log(line)

@@ -190,7 +190,7 @@ def test_platforms_without_packages_are_named_before_anyone_tries():
     """The measured wheel matrix for Slicer's Python 3.12 (docs/slicer-extension.md)."""
     assert dependencies.wheel_problem("tenseal", "Windows", "AMD64") is None
     assert dependencies.wheel_problem("tenseal", "Darwin", "x86_64", (13, 6)) is None
-    assert "macOS 12.0 or later" in dependencies.wheel_problem("tenseal", "Darwin", "arm64", (11, 7))
+    assert "macOS 14.0 or later" in dependencies.wheel_problem("tenseal", "Darwin", "arm64", (13, 6))
     assert "Windows ARM64" in dependencies.wheel_problem("tenseal", "Windows", "ARM64")
     assert dependencies.wheel_problem("torch", "Darwin", "x86_64", (13, 0)) is None
     assert dependencies.unsupported("fhe") is None and dependencies.unsupported("mpc") is None   # installed here

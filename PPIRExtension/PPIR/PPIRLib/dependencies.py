@@ -21,7 +21,7 @@ TORCH_MINIMUM = (2, 0)
 # (system, machine) -> oldest macOS release, or None off macOS.
 WHEELS = {
     "tenseal": {("Windows", "AMD64"): None, ("Linux", "x86_64"): None, ("Linux", "aarch64"): None,
-                ("Darwin", "x86_64"): (12, 0), ("Darwin", "arm64"): (12, 0)},
+                ("Darwin", "x86_64"): (13, 0), ("Darwin", "arm64"): (14, 0)},
     "torch": {("Windows", "AMD64"): None, ("Linux", "x86_64"): None, ("Linux", "aarch64"): None,
               ("Darwin", "x86_64"): (10, 9), ("Darwin", "arm64"): (11, 0)},
 }

@@ -24,7 +24,7 @@ from PPIRLib import loopback  # noqa: E402
 from PPIRLib.package import ppir_environment  # noqa: E402
 from PPIRLib.runner import PPIRProcess  # noqa: E402
 
-from ppir.net import certs  # noqa: E402
+from ppir.protocols.net import certs  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the stand-in launcher is a POSIX script")
 

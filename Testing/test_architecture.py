@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import grimp
-
 from ppir.protocols import registry
 
 LOGIC = Path(__file__).resolve().parents[1] / "PPIRLogic"

@@ -41,7 +41,7 @@ def test_masked_sums_recover_the_products(keys):
     outputs = [(0, 0), (0, 1), (1, 0), (1, 1)]
     masked = _masked(keys, columns, weights, outputs)
     blobs, removed = [masked[k][0] for k in range(4)], [masked[k][1] for k in range(4)]
-    released = keys.release(blobs)
+    released = keys.release(blobs, [0] * len(blobs))
     got = np.array([MovingEvaluator.unmask(v, u) for v, u in zip(released, removed)])
     want = np.array([weights[b] @ columns[a] for a, b in outputs])
     assert np.abs(got - want).max() < 1e-8
@@ -55,7 +55,7 @@ def test_release_is_flooded_not_a_raw_decryption(keys):
     weights = rng.random((1, 5000))
     weights /= weights.sum()
     blobs = [_masked(keys, columns, weights, [(0, 0)])[0][0]]
-    first, second = keys.release(blobs * 2)
+    first, second = keys.release(blobs * 2, [0] * 2 * len(blobs))
     assert first != second  # fresh flooding noise on each release of the same ciphertext
     raw = keys._constant_coefficient(_decrypt(keys, blobs[0]))
     assert raw not in (first, second)
@@ -107,7 +107,7 @@ def _packed_case(keys, rng):
 def test_packed_products_recover_every_control_point(keys):
     products, masked, factors, want = _packed_case(keys, np.random.default_rng(2))
     widths = products.layout.flood_widths(2)
-    released = keys.release_packed([blob for blob, _ in masked], widths)
+    released = keys.release_packed([blob for blob, _ in masked], widths, [[0] * params.POLY_DEGREE] * len(masked))
     got = [products.unmask(values, pad) * factor for values, (_, pad), factor in zip(released, masked, factors)]
     layout = products.layout
     assert layout.blocks > 1
@@ -128,7 +128,7 @@ def test_packed_release_is_padded_and_flooded(keys):
     primes = np.array(keys._primes, dtype=np.float64)[:, None]
     assert abs((raw / primes).mean() - 0.5) < 0.01
     width = products.layout.flood_widths(2)[0]
-    first, second = keys.release_packed([blob, blob], [width, width])
+    first, second = keys.release_packed([blob, blob], [width, width], [[0] * params.POLY_DEGREE] * 2)
     assert not np.array_equal(first, second)                    # fresh flooding on each release
     assert not np.array_equal(first.reshape(raw.shape), raw)     # never the raw decryption
     # the flooding is as wide as the parameters say: decoded, the two releases differ by about
@@ -141,7 +141,7 @@ def test_decryption_budget_is_enforced(keys):
     keys.released = params.MAX_RELEASED
     try:
         with pytest.raises(Exception, match="budget"):
-            keys.release([b"x"])
+            keys.release([b"x"], [0])
     finally:
         keys.released = 0
 

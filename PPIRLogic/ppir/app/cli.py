@@ -77,7 +77,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     progress = JsonLines() if args.progress_json else (TerminalBar() if sys.stderr.isatty() else None)
     try:
         truth = _read_transform(args.ground_truth, "ground truth") if args.ground_truth else None
-        report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress, truth)
+        report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress, truth,
+                                _policy(args))
     finally:
         if progress:
             progress.close()
@@ -150,6 +151,18 @@ def _read_tls_config(path: Path) -> dict[str, Path]:
     return {k: (path.parent / v) for k, v in table.items()}
 
 
+def _policy(args: argparse.Namespace):
+    from ppir.engine.disclosure import DisclosurePolicy
+    return DisclosurePolicy.read(args.disclosure_policy) if args.disclosure_policy else DisclosurePolicy()
+
+
+def _add_policy_option(p: argparse.ArgumentParser, whose: str) -> None:
+    p.add_argument("--disclosure-policy", metavar="POLICY.toml",
+                   help=f"{whose} disclosure policy: a [disclosure] table (max_ratio, min_samples, "
+                        "max_sample_sets, max_products, allow_gms, noise_multiplier, max_epsilon, delta; "
+                        "enabled = false for none). Default: the default policy (docs/security.md)")
+
+
 def _log(message: str) -> None:
     print(f"ppir: {message}", file=sys.stderr, flush=True)
 
@@ -160,7 +173,7 @@ def _cmd_fixed(args: argparse.Namespace) -> int:
     progress = JsonEvents() if args.progress_json else (FixedPartyBar() if sys.stderr.isatty() else None)
     try:
         run_fixed(args.image, args.listen, _credentials(args), args.sessions, args.output_transform,
-                  args.output_warped, _log, progress)
+                  args.output_warped, _log, progress, _policy(args))
     finally:
         if progress:
             progress.close()
@@ -285,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                           + f" (default: {PROTOCOLS[0]})")
     _add_registration_options(reg)
     _add_outputs(reg)
+    _add_policy_option(reg, "the fixed party's")
     reg.set_defaults(run=_cmd_register)
 
     fixed = sub.add_parser("fixed", help="party 2: hold the fixed image and answer registration sessions",
@@ -297,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write the transform if the moving party shares it")
     fixed.add_argument("--output-warped", type=Path, metavar="W.nrrd",
                        help="where to write the registered moving image if the moving party shares it")
+    _add_policy_option(fixed, "this party's")
     fixed.add_argument("--progress-json", action="store_true",
                        help="print JSON lines on stdout: listening, one per level and per product answered, "
                             "and a 'done' line per session with its cost and what was shared")

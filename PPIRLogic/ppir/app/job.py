@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from ppir.app.local import run_local
 from ppir.app.outputs import Outputs, write_outputs
 from ppir.app.report import build_report
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.driver import Progress, register
 from ppir.engine.evaluate import tre
 from ppir.engine.image import read_image
@@ -19,19 +20,21 @@ from ppir.protocols import registry
 
 def register_files(fixed: str | Path, moving: str | Path, settings: Settings, outputs: Outputs,
                    protocol: str = "clear", progress: Progress | None = None,
-                   ground_truth: sitk.Transform | None = None) -> dict:
+                   ground_truth: sitk.Transform | None = None, policy: DisclosurePolicy | None = None) -> dict:
     """Register ``moving`` to ``fixed``, write the outputs (all or none) and return the report.
 
     ``clear`` computes in this process; ``mpc`` and ``fhe`` run the roles as separate local processes.
     With a ``ground_truth`` transform the report gets ``tre_mm`` over the fixed image's foreground.
+    ``policy`` is the fixed party's disclosure policy, in every protocol (default: the default policy).
     """
+    policy = DisclosurePolicy() if policy is None else policy
     if registry.get(protocol).private:
-        return run_local(protocol, fixed, moving, settings, outputs, progress, ground_truth)
+        return run_local(protocol, fixed, moving, settings, outputs, progress, ground_truth, policy)
     outputs.check(settings)
     fixed_volume = read_image(fixed, "fixed image")
     moving_volume = read_image(moving, "moving image")
     start = time.perf_counter()
-    backend = ClearBackend(fixed_volume)
+    backend = ClearBackend(fixed_volume, policy)
     try:
         result = register(moving_volume, backend, settings, progress)
     finally:
@@ -39,6 +42,7 @@ def register_files(fixed: str | Path, moving: str | Path, settings: Settings, ou
     wall = time.perf_counter() - start
     report = build_report(protocol, settings, result, wall, backend.party_stats(),
                           {"fixed": str(fixed), "moving": str(moving)}, outputs.to_dict())
+    report["disclosure"] = backend.disclosure()
     if ground_truth is not None:
         report["tre_mm"] = tre(fixed_volume, result.transform, ground_truth)
     write_outputs(outputs, result.transform, fixed_volume.grid, moving_volume, report,

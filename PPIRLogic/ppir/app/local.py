@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from ppir.app.outputs import Outputs
 from ppir.app.roles import run_moving
 from ppir.common.errors import PPIRError
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.driver import Progress
 from ppir.engine.image import read_image
 from ppir.engine.settings import Settings
@@ -55,7 +56,8 @@ class _Role:
 
 
 def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
-              progress: Progress | None = None, ground_truth: sitk.Transform | None = None) -> dict:
+              progress: Progress | None = None, ground_truth: sitk.Transform | None = None,
+              policy: DisclosurePolicy | None = None) -> dict:
     """The roles as separate processes on this machine, over loopback TLS.
 
     The fixed image is read here only to check it before starting (and, with a ground truth, to
@@ -72,8 +74,10 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
             if registry.get(protocol).needs_dealer:
                 roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"],
                                    "dealer"))
+            policy_file = Path(pki) / "disclosure.toml"
+            (policy or DisclosurePolicy()).write(policy_file)
             fixed_role = _Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
-                                "--sessions", "1"], "fixed")
+                                "--sessions", "1", "--disclosure-policy", str(policy_file)], "fixed")
             roles.append(fixed_role)
             dealer = roles[0].address if registry.get(protocol).needs_dealer else None
             return run_moving(moving_path, fixed_role.address, dealer, Credentials.from_folder(pki, "moving"),

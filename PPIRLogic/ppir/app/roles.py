@@ -15,6 +15,7 @@ from ppir.app.outputs import Outputs, write_outputs
 from ppir.app.report import build_report
 from ppir.common.errors import PPIRError
 from ppir.common.files import OutputBatch, check_output_path
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.driver import Progress, register
 from ppir.engine.evaluate import tre
 from ppir.engine.image import Grid, Volume, read_image, resample_into, write_volume
@@ -30,8 +31,9 @@ def announce(listener: Listener) -> None:
 
 
 def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, output_transform: Path | None,
-              output_warped: Path | None, log, progress=None) -> None:
-    """Party 2: answer ``sessions`` registration sessions (0: until stopped) about the fixed image."""
+              output_warped: Path | None, log, progress=None, policy: DisclosurePolicy | None = None) -> None:
+    """Party 2: answer ``sessions`` registration sessions (0: until stopped) about the fixed image,
+    revealing no more than its disclosure ``policy`` allows (default: the default policy)."""
     for path in (output_transform, output_warped):
         if path is not None:
             check_output_path(path)
@@ -46,7 +48,7 @@ def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, 
             try:
                 stats = serve_fixed_session(channel, fixed, credentials,
                                             lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
-                                            log, progress)
+                                            log, progress, policy)
                 log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
                     f"{stats.wall_time_s:.1f} s")
             except (PeerError, PPIRError) as err:
@@ -120,6 +122,7 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None,
     report = build_report(protocol, settings, result, time.perf_counter() - start, backend.party_stats(),
                           inputs, outputs.to_dict())
     report["shared_with_fixed_party"] = share
+    report["disclosure"] = backend.disclosure()
     for n, level in enumerate(report["levels"]):
         for party, traffic in backend.level_traffic.items():
             if n < len(traffic):

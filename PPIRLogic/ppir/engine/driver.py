@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from ppir.common.errors import PPIRError
 from ppir.engine.bspline import BSplineModel, control_grid_for
+from ppir.engine.disclosure import DisclosureLedger, check_plan
 from ppir.engine.image import Grid, Volume, check_pair
 from ppir.engine.joint import JointBackend
 from ppir.engine.linear import LinearModel
@@ -84,14 +85,22 @@ class _State:
 class Level:
     """One (stage, level): sample set, basis and the moving image at that level."""
 
-    def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend):
+    def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend,
+                 ledger: DisclosureLedger | None = None):
         self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
+        self.ledger = ledger        # the moving party's replica of the fixed party's ledger
         self.joint_products = 0
+
+    def can_product(self) -> bool:
+        """Whether the fixed party's policy allows another product at this level."""
+        return self.ledger is None or self.ledger.can_product()
 
     def use_samples(self, samples: np.ndarray | None) -> None:
         self.samples = samples
         self.points = self.grid.points(samples)
         self.basis = self.model.basis(self.points)
+        if self.ledger is not None:
+            self.ledger.sample_set(samples, self.basis, self.grid.dim)
         self.joint_basis = self.backend.set_samples(samples, self.basis)
         self.n_samples = len(self.points)
 
@@ -108,6 +117,9 @@ class Level:
             raise PPIRError("the images do not overlap: every sample maps outside the moving image")
         values, grads = sampled[:, 0], sampled[:, 1:]
         g = self.model.channels(grads, p)
+        if self.ledger is not None:
+            self.ledger.allow_product()
+            self.ledger.product()
         joint = self.backend.joint_product(g, values)
         self.joint_products += 1
         v = values.astype(np.float64)
@@ -139,25 +151,30 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     check_pair(fixed, moving.grid)
     if settings.initialization == "identity":
         _check_overlap(moving, fixed)
+    policy = backend.agree(settings)
+    check_plan(policy, settings, fixed)
+    ledger = DisclosureLedger(policy, settings.sampling)
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
     model, p = _initial_affine(moving, fixed, settings, linear_kind)
-    p, ssd = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress)
+    p, ssd = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress, ledger)
     if settings.transform == "bspline":
         a, t = model.matrix(p)
         model = BSplineModel(control_grid_for(fixed, settings.bspline_spacing_mm), a, t, model.center)
         p, ssd = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
-                            progress)
+                            progress, ledger)
     return Result(model.to_sitk(p), model, p, reports, ssd)
 
 
-def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress):
+def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None):
     ssd = float("nan")
     for number, spec in enumerate(specs):
         start = time.perf_counter()
         grid = backend.start_level(spec)
-        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend)
+        if ledger is not None:
+            ledger.start_level(spec.factor, grid.n_voxels)
+        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger)
         rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
         p, ssd, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress)
         reports.append(LevelReport(stage, spec.factor, list(grid.size), level.n_samples, iterations,
@@ -190,6 +207,8 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
     step_tol = 1e-2 * float(level.grid.spacing.min())
     iterations = 0
     while iterations < settings.max_iterations:
+        if not level.can_product():
+            break                       # the fixed party's disclosure budget for this level is spent
         if settings.resample_each_iteration and iterations > 0 and settings.sampling != "full":
             level.use_samples(_draw(level, p, settings, rng))
             state = level.evaluate(p)
@@ -203,7 +222,7 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
             candidate = p - step
             moved = model.max_change(level.basis, p, candidate)
             predicted = 2.0 * float(step @ gradient) - float(step @ (hessian @ step))
-            if moved < step_tol or predicted < RELATIVE_TOLERANCE * objective:
+            if moved < step_tol or predicted < RELATIVE_TOLERANCE * objective or not level.can_product():
                 return p, state.ssd, iterations
             trial = level.evaluate(candidate)
             trial_objective = trial.ssd + model.penalty(candidate)

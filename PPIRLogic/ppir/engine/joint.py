@@ -13,13 +13,16 @@ backends, which compute the same quantities without either party seeing the othe
 from __future__ import annotations
 
 import math
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
+from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, sensitivity
 from ppir.engine.image import Grid, Volume
 from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.engine.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class JointBackend(ABC):
         """The fixed image's geometry (public session metadata)."""
 
     @abstractmethod
+    def agree(self, settings: Settings) -> DisclosurePolicy:
+        """Settle the session's settings with the fixed party; returns the fixed party's disclosure policy."""
+
+    @abstractmethod
     def start_level(self, spec: LevelSpec) -> Grid:
         """Have the fixed party prepare J at this level; returns the level's grid."""
 
@@ -78,63 +85,119 @@ class JointBackend(ABC):
     def party_stats(self) -> dict[str, PartyStats]:
         return {"moving": PartyStats(), "fixed": PartyStats()}
 
+    def disclosure(self) -> dict:
+        """The fixed party's account of what it revealed (per level: values, unknowns, epsilon)."""
+        return {}
+
     def close(self) -> None:
         """Release connections and workers."""
 
 
 class FixedParty:
-    """Everything the fixed party does with its own image J, whatever the protocol."""
+    """Everything the fixed party does with its own image J, whatever the protocol.
 
-    def __init__(self, fixed: Volume):
+    It keeps the session's disclosure ledger: every sample set and product passes it first, and
+    ``noise`` draws the Gaussian noise the policy adds to each release, in the protocol's
+    normalised units (J / s_J and each moving channel over its largest magnitude).
+    """
+
+    def __init__(self, fixed: Volume, policy: DisclosurePolicy, seed: int | None = None):
         self._fixed = fixed
+        self.policy = policy
+        self.ledger: DisclosureLedger | None = None
+        self._rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
         self._level: Volume | None = None
         self._values: np.ndarray | None = None
         self._basis = None
+        self.scale = 1.0
+        self._sensitivity = 0.0
 
     @property
     def grid(self) -> Grid:
         return self._fixed.grid
 
+    def open(self, settings: Settings) -> None:
+        """Start the session's ledger (refuses what the policy never allows, such as GMS)."""
+        self.ledger = DisclosureLedger(self.policy, settings.sampling)
+
     def start_level(self, spec: LevelSpec) -> Grid:
         self._level = level_image(self._fixed, spec)
+        self.ledger.start_level(spec.factor, self._level.grid.n_voxels)
         return self._level.grid
 
     def set_samples(self, samples: np.ndarray | None, basis) -> None:
         flat = self._level.array.ravel().astype(np.float64)
+        self.ledger.sample_set(samples, basis, self.grid.dim)
         self._values = flat if samples is None else flat[samples]
         self._basis = basis
+        self.scale = fixed_scale(self._values)
+        span = float(np.ptp(self._values)) / self.scale if self._values.size else 0.0
+        self._sensitivity = sensitivity(basis, self.grid.dim, span)
+        self._sq_sensitivity = span * span
 
     @property
     def values(self) -> np.ndarray:
         """J at the current samples."""
         return self._values
 
+    def noise(self, shape, sensitivity: float | None = None) -> np.ndarray:
+        """Gaussian noise of the policy's multiplier times the release's sensitivity, normalised units."""
+        sigma = self.policy.noise_multiplier * (self._sensitivity if sensitivity is None else sensitivity)
+        return self._rng.normal(0.0, sigma, shape) if sigma > 0 else np.zeros(shape)
+
     def sum_of_squares(self) -> float:
-        return float(self._values @ self._values)
+        """sum J^2 over the samples, with the policy's noise (released once per sample set)."""
+        noise = float(self.noise((), self._sq_sensitivity))
+        return float(self._values @ self._values) + noise * self.scale ** 2
+
+    def begin_product(self) -> None:
+        """Pass the ledger before a product is answered (DisclosureRefused when the policy says no)."""
+        self.ledger.allow_product()
+        self.ledger.product()
 
     def clear_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        self.begin_product()
         r = self._basis.transpose_apply(channels, self._values)
-        return JointResult(r, float(warped.astype(np.float64) @ self._values), self.sum_of_squares())
+        cross = float(warped.astype(np.float64) @ self._values)
+        if self.policy.noise_multiplier > 0:
+            channel_scales = np.maximum(np.abs(channels).max(axis=0), 1e-30)
+            r = r + self.noise(r.shape) * self.scale * channel_scales[None, :]
+            cross += float(self.noise(())) * self.scale * max(float(np.abs(warped).max()), 1e-30)
+        return JointResult(r, cross, float("nan"))
 
 
 class ClearBackend(JointBackend):
-    """No privacy: the fixed party's object lives in the same process. The reference for accuracy."""
+    """No cryptography: the fixed party's object lives in the same process. The reference for accuracy.
+
+    The fixed party's disclosure policy applies as in the private protocols (default: the default
+    policy; ``DisclosurePolicy.off()`` for none), so that the clear run stays their reference.
+    """
 
     name = "clear"
 
-    def __init__(self, fixed: Volume):
-        self._party = FixedParty(fixed)
+    def __init__(self, fixed: Volume, policy: DisclosurePolicy | None = None, seed: int | None = None):
+        self._party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy, seed)
+        self._fixed_sq = float("nan")
 
     @property
     def fixed_grid(self) -> Grid:
         return self._party.grid
+
+    def agree(self, settings: Settings) -> DisclosurePolicy:
+        self._party.open(settings)
+        return self._party.policy
 
     def start_level(self, spec: LevelSpec) -> Grid:
         return self._party.start_level(spec)
 
     def set_samples(self, samples: np.ndarray | None, basis):
         self._party.set_samples(samples, basis)
+        self._fixed_sq = self._party.sum_of_squares()
         return basis
 
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
-        return self._party.clear_product(channels, warped)
+        result = self._party.clear_product(channels, warped)
+        return JointResult(result.r, result.cross, self._fixed_sq)
+
+    def disclosure(self) -> dict:
+        return self._party.ledger.report() if self._party.ledger else {}

@@ -17,9 +17,11 @@ import numpy as np
 from ppir.common.errors import PPIRError
 from ppir.common.usage import peak_memory_mb
 from ppir.engine.basis import AffineBasis, BSplineBasis, ControlGrid
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.image import Grid, Volume
 from ppir.engine.joint import FixedParty, JointBackend, PartyStats
 from ppir.engine.pyramid import LevelSpec
+from ppir.engine.settings import Settings
 from ppir.protocols import registry
 from ppir.protocols.net.channel import Channel, Credentials, PeerError, connect
 from ppir.protocols.net.framing import Message
@@ -131,11 +133,13 @@ class RemoteBackend(JointBackend):
             self._fixed.send(Message(Kind.HELLO, {"version": SESSION_VERSION, "session": self.session_id, **hello}))
             self.welcome = expect(self._fixed, Kind.WELCOME)
             self._grid = _grid_from(self.welcome.meta["grid"])
+            self.policy = DisclosurePolicy.from_dict(self.welcome.meta.get("policy"))
         except BaseException:
             self.abort("the moving party could not open the session")
             self.close()
             raise
         self._fixed_stats = PartyStats()
+        self._disclosure: dict = {}
         self._marks: list[tuple[int, int]] = []
         self.level_traffic: dict[str, list[dict]] = {"moving": [], "fixed": []}
 
@@ -163,10 +167,18 @@ class RemoteBackend(JointBackend):
         self._fixed.send(Message(Kind.BYE, shared, arrays))
         farewell = expect(self._fixed, Kind.FAREWELL).meta
         self._fixed_stats = PartyStats(**farewell["stats"])
+        self._disclosure = farewell.get("disclosure", {})
         self.level_traffic = {"moving": per_level(self._marks), "fixed": farewell["levels"]}
+
+    def agree(self, settings: Settings) -> DisclosurePolicy:
+        """The settings went with the opening message; the fixed party answered with its policy."""
+        return self.policy
 
     def party_stats(self) -> dict[str, PartyStats]:
         return {"moving": self._clock.stats(self.channels), "fixed": self._fixed_stats}
+
+    def disclosure(self) -> dict:
+        return self._disclosure
 
     def abort(self, reason: str) -> None:
         for channel in self.channels:
@@ -187,7 +199,7 @@ def _fixed_handler(meta: dict, channel: Channel, credentials: Credentials):
 
 
 def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credentials, on_result, log,
-                        progress=None) -> PartyStats:
+                        progress=None, policy: DisclosurePolicy | None = None) -> PartyStats:
     """Answer one registration session for the fixed party; returns its cost.
 
     ``on_result(bye)`` keeps what the moving party shares and returns what that was; ``progress``
@@ -198,10 +210,15 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
     if meta.get("version") != SESSION_VERSION:
         raise PeerError(f"the moving party speaks session version {meta.get('version')}, this side {SESSION_VERSION}")
     handler = _fixed_handler(meta, channel, credentials)
-    party = FixedParty(fixed)
+    party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy)
     terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid)
+    try:
+        party.open(terms.settings)
+    except PPIRError as err:
+        raise PeerError(str(err)) from None
     extra, arrays = handler.welcome()
-    channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), **extra}, arrays))
+    channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), "policy": party.policy.to_dict(), **extra},
+                         arrays))
     try:
         handler.open()
         grid = None
@@ -241,9 +258,15 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                 marks.append(totals(handler.channels))
                 shared = on_result(message)
                 stats = clock.stats(handler.channels)
-                channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks)}))
+                disclosure = party.ledger.report()
+                channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks),
+                                                     "disclosure": disclosure}))
+                epsilon = "unbounded (no noise)" if disclosure["epsilon"] is None else f"{disclosure['epsilon']:.3g}"
+                log(f"disclosed: epsilon {epsilon} at delta {disclosure['delta']:g}; "
+                    + ", ".join(f"level {lv['factor']}: {lv['revealed']} values for {lv['unknowns']} voxels"
+                                for lv in disclosure["levels"]))
                 if progress:
-                    progress({"event": "done", "shared": shared, **stats.to_dict()})
+                    progress({"event": "done", "shared": shared, "epsilon": disclosure["epsilon"], **stats.to_dict()})
                 return stats
             elif message.kind == Kind.ERROR:
                 raise PeerError(f"the moving party stopped: {message.meta.get('reason', 'unknown error')}")

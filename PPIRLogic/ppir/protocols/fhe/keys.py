@@ -57,20 +57,22 @@ class FixedKeys:
         self._chunks = -(-columns.shape[1] // params.SLOTS)
         return blobs
 
-    def release(self, blobs: list[bytes]) -> list[int]:
-        """The flooded constant coefficient of each masked ciphertext (integers, scale 2**136)."""
+    def release(self, blobs: list[bytes], noise: list[int]) -> list[int]:
+        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136)."""
         self._spend(len(blobs))
         flood = params.flood_width(self._chunks)
         return [self._constant_coefficient(self._decrypt(blob, params.PRODUCT_BITS)) + masks.symmetric_integer(flood)
-                for blob in blobs]
+                + extra for blob, extra in zip(blobs, noise, strict=True)]
 
-    def release_packed(self, blobs: list[bytes], widths: list[int]) -> np.ndarray:
-        """Residues (ciphertexts, primes * N) of each decryption plus its own uniform flooding polynomial."""
+    def release_packed(self, blobs: list[bytes], widths: list[int], noise: list[list[int]]) -> np.ndarray:
+        """Residues (ciphertexts, primes * N) of each decryption plus its own uniform flooding polynomial and
+        ``noise`` (integer coefficients per ciphertext: the disclosure policy's Gaussian noise)."""
         self._spend(len(blobs))
         released = []
-        for blob, width in zip(blobs, widths, strict=True):
+        for blob, width, extra in zip(blobs, widths, noise, strict=True):
             plain = self._decrypt(blob, params.PACKED_PRODUCT_BITS)
-            noise_coefficients = masks.symmetric_integers(params.POLY_DEGREE, width)
+            noise_coefficients = [u + e for u, e in zip(masks.symmetric_integers(params.POLY_DEGREE, width), extra,
+                                                        strict=True)]
             flood = [[value % prime for value in noise_coefficients] for prime in self._primes]
             noise = seal_raw.to_ntt(self._context, self._evaluator, plain.parms_id(),
                                     np.array(flood, dtype=np.uint64))

@@ -74,7 +74,7 @@ class FixedHandler:
         return [self._channel]
 
     def on_samples(self, party: FixedParty, basis) -> None:
-        self._layout = None
+        self._party, self._layout = party, None
         if isinstance(basis, BSplineBasis):
             try:
                 self._layout = CellLayout(basis)
@@ -86,6 +86,7 @@ class FixedHandler:
         else:
             scales = column_scales(party.values, basis)
             blobs = self._keys.encrypt((basis.matrix * party.values[:, None] / scales).T)
+        self._column_powers = scales / party.scale         # p_a: the basis column's power of two
         self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), "sum_sq": party.sum_of_squares()},
                                    pack(blobs)))
 
@@ -93,20 +94,47 @@ class FixedHandler:
         blobs = unpack(message.arrays)
         if not blobs:
             raise PeerError("empty product message")
+        peaks = _peaks(message.meta.get("peaks"), len(blobs))
+        self._party.begin_product()
         try:
             if self._layout is None:
-                values = self._keys.release(blobs)
+                values = self._keys.release(blobs, self._value_noise(message.meta.get("outputs"), peaks))
                 reply = Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]})
             else:
                 widths = self._layout.flood_widths(len(blobs) - 1)
-                reply = Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths)})
+                noise = [self._slot_noise(peak) for peak in peaks]
+                reply = Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths, noise)})
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
         self._channel.send(reply)
         return int(message.meta.get("samples", 0))
 
+    def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
+        """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
+        kappa_b / p_a, kappa_b = max |w_b| / |w_b|_1 (the moving party's weights), p_a the column's scale."""
+        if not isinstance(outputs, list) or len(outputs) != len(peaks) or not all(
+                isinstance(o, list) and len(o) == 2 and 0 <= o[0] < len(self._column_powers) for o in outputs):
+            raise PeerError("product message: the released outputs are not described")
+        noise = self._party.noise((len(peaks),))
+        return [int(round(n * peak / self._column_powers[a] * 2.0 ** params.PRODUCT_BITS))
+                for n, peak, (a, _) in zip(noise, peaks, outputs)]
+
+    def _slot_noise(self, peak: float) -> list[int]:
+        """The policy's noise as polynomial coefficients: iid N(0, s^2) coefficients give every slot an
+        independent real N(0, s^2 N / 2 / scale^2), so s = sigma * kappa * scale * sqrt(2 / N)."""
+        factor = peak * 2.0 ** params.PACKED_PRODUCT_BITS * (2.0 / params.POLY_DEGREE) ** 0.5
+        return [int(round(n * factor)) for n in self._party.noise((params.POLY_DEGREE,))]
+
     def close(self) -> None:
         """Nothing to release: the keys die with the session."""
+
+
+def _peaks(values, count: int) -> list[float]:
+    """The moving party's kappa per released ciphertext, checked: the policy's noise is scaled by them."""
+    if not isinstance(values, list) or len(values) != count or not all(
+            isinstance(v, (int, float)) and 0 < v <= 1 for v in values):
+        raise PeerError("product message: the weights' peak ratios are missing or outside (0, 1]")
+    return [float(v) for v in values]
 
 
 class FHEBackend(RemoteBackend):
@@ -156,7 +184,10 @@ class FHEBackend(RemoteBackend):
         masked = self._evaluator.masked_sums(normalised, wanted)
         if masked:
             order = sorted(masked)
-            self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples},
+            peaks = np.abs(normalised).max(axis=1)
+            self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples,
+                                                    "outputs": [list(wanted[k]) for k in order],
+                                                    "peaks": [float(peaks[wanted[k][1]]) for k in order]},
                                      pack([masked[k][0] for k in order])))
             released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
             if len(released) != len(order):
@@ -177,7 +208,10 @@ class FHEBackend(RemoteBackend):
         if cross is None:
             raise PPIRError("the images do not overlap: every warped sample is zero")
         masked = [self._packed.masked(ciphertext) for ciphertext in [*sums.values(), cross]]
-        self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples}, pack([blob for blob, _ in masked])))
+        peaks = [float(np.abs(channels[:, k]).max() / norms[k]) for k in sums] + \
+            [float(np.abs(warped).max() / warped_norm)]
+        self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples, "peaks": peaks},
+                                 pack([blob for blob, _ in masked])))
         residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
         if residues is None or residues.shape != (len(masked), masked[0][1].size):
             raise PeerError("the fixed party returned the wrong number of values")

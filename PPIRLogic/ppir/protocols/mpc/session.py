@@ -7,9 +7,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ppir.engine.joint import FixedParty, JointResult, fixed_scale
-from ppir.protocols.mpc.protocol import FIXED_BITS, FixedLevel, MovingProduct, dealer_share
-from ppir.protocols.mpc.ring import BASIS_BITS, RingBasis, new_seed, random_ring
+from ppir.engine.joint import FixedParty, JointResult
+from ppir.protocols.mpc.protocol import (
+    FIXED_BITS,
+    MAX_CHANNEL_BITS,
+    MIN_CHANNEL_BITS,
+    FixedLevel,
+    MovingProduct,
+    dealer_share,
+)
+from ppir.protocols.mpc.ring import BASIS_BITS, RingBasis, encode, new_seed, random_ring
 from ppir.protocols.net.channel import Channel, Credentials, Listener, PeerError, connect
 from ppir.protocols.net.framing import Message
 from ppir.protocols.runtime import IDLE_SECONDS, SESSION_VERSION, Kind, RemoteBackend, expect, tell_error
@@ -52,7 +59,8 @@ class MPCBackend(RemoteBackend):
         self._dealer.send(Message(Kind.DEALER_TRIPLE, {"channels": channels.shape[1] + 1}))
         seeds = expect(self._dealer, Kind.DEALER_SEEDS).arrays
         product = MovingProduct(channels, warped, self._ring_basis, seeds["a"].tobytes(), seeds["r0"].tobytes())
-        self._fixed.send(Message(Kind.PRODUCT, {"d": channels.shape[1]}, {"e": product.masked().numpy()}))
+        self._fixed.send(Message(Kind.PRODUCT, {"d": channels.shape[1], "bits": product.bits},
+                                 {"e": product.masked().numpy()}))
         own = product.share(self._f, self._ring_basis)
         share = expect(self._fixed, Kind.SHARE).arrays
         r, cross = product.finish(own, self._ring_basis, torch.from_numpy(share["r"]),
@@ -92,8 +100,9 @@ class FixedHandler:
         return [self._channel, self.dealer]
 
     def on_samples(self, party: FixedParty, basis) -> None:
+        self._party = party
         seed_b = expect(self.dealer, Kind.DEALER_SEED_B).arrays["b"].tobytes()
-        scale = fixed_scale(party.values)
+        scale = party.scale
         self._level = FixedLevel.start(party.values, scale, seed_b, RingBasis(basis))
         self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, "sum_sq": party.sum_of_squares()},
                                    {"f": self._level.masked().numpy()}))
@@ -104,10 +113,19 @@ class FixedHandler:
         d = int(message.meta.get("d", -1))
         if self._level is None or e.ndim != 2 or e.shape[0] != self._level.b.shape[0] or not 0 < d < e.shape[1]:
             raise PeerError("product message does not match the sample set")
+        bits = message.meta.get("bits")
+        if not isinstance(bits, int) or not MIN_CHANNEL_BITS <= bits <= MAX_CHANNEL_BITS:
+            raise PeerError(f"product message: channel precision {bits!r} outside "
+                            f"[{MIN_CHANNEL_BITS}, {MAX_CHANNEL_BITS}] bits")
+        self._party.begin_product()
         r1 = torch.from_numpy(expect(self.dealer, Kind.DEALER_SHARE).arrays["r1"])
         if r1.shape != e.shape:
             raise PeerError("the dealer's share does not match the product")
         r, cross = self._level.share(e, r1, d)
+        if self._party.policy.noise_multiplier > 0:      # the policy's noise, in the product's fixed point
+            noise_r = self._party.noise(tuple(r.shape)) / self._level.basis.scales[:, None]
+            r = r + encode(noise_r, bits + FIXED_BITS + BASIS_BITS)
+            cross = cross + encode(np.array([self._party.noise(())]), bits + FIXED_BITS)[0]
         self._channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
         return int(e.shape[0])
 

@@ -1,0 +1,322 @@
+"""What the fixed party reveals about its image J, and the limits it sets: the disclosure policy and its ledger.
+
+Every joint product hands the moving party values that are linear in J at the sampled voxels,
+r = Phi^T (g * J) and the cross term sum I(T(x)) J(x), and each sample set adds sum J^2. Whoever
+records them can solve for J once they outnumber the voxels involved (docs/security.md). The fixed
+party therefore
+
+- counts, per pyramid level, the values it has revealed against the unknowns the moving party could
+  be solving for (the distinct voxels sampled at that level, over every sample set and stage), and
+  refuses a product that would take the ratio over ``max_ratio``;
+- refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
+  ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS unless allowed;
+- adds Gaussian noise of ``noise_multiplier`` times each release's L2 sensitivity to everything it
+  reveals, and accounts the session's privacy loss with Google's RDP accountant (dp-accounting):
+  (epsilon, delta) per session, refused beyond ``max_epsilon``.
+
+Sensitivity: both sides normalise before a product: J' = J / s_J (s_J a power of two >= max |J|),
+each moving channel G'_c = G_c / max |G_c| (|G'_c| <= 1). Changing one voxel of J anywhere in its
+range moves J' by at most span = (max J - min J) / s_J, hence the normalised release
+(Phi_a(x) G'_c(x) J'(x) for every output, I'(x) J'(x) for the cross term) by at most
+span * sqrt(d * max_x |Phi(x)|^2 + 1) in L2. This bound holds for a moving party that normalises
+as the protocol says (semi-honest); one that scales its channels up shrinks the noise relative to
+J by the same factor. The value counts and caps hold against any moving party.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ppir.common.errors import PPIRError
+
+DELTA = 1e-5
+
+
+class DisclosureRefused(PPIRError):
+    """A request the fixed party's disclosure policy does not allow."""
+
+
+@dataclass(frozen=True)
+class DisclosurePolicy:
+    """The fixed party's limits on what it reveals (its configuration; the moving party plans within it)."""
+
+    max_ratio: float = 0.5
+    min_samples: int = 256
+    max_sample_sets: int = 1
+    max_products: int = 40
+    allow_gms: bool = False
+    noise_multiplier: float = 0.0
+    max_epsilon: float = math.inf
+    delta: float = DELTA
+
+    def __post_init__(self) -> None:
+        if not self.max_ratio > 0:
+            raise PPIRError(f"disclosure policy: max_ratio must be positive, got {self.max_ratio}")
+        for name in ("min_samples", "max_sample_sets", "max_products"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise PPIRError(f"disclosure policy: {name} must be a whole number >= 1, got {value!r}")
+        if self.noise_multiplier < 0:
+            raise PPIRError(f"disclosure policy: noise_multiplier must be >= 0, got {self.noise_multiplier}")
+        if not self.max_epsilon > 0 or not 0 < self.delta < 1:
+            raise PPIRError("disclosure policy: max_epsilon must be positive and delta in (0, 1)")
+        if self.noise_multiplier == 0 and math.isfinite(self.max_epsilon):
+            raise PPIRError("disclosure policy: an epsilon budget needs noise (noise_multiplier > 0)")
+
+    @classmethod
+    def off(cls) -> "DisclosurePolicy":
+        """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
+        return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
+                   allow_gms=True)
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DisclosurePolicy":
+        """A policy from a table (a received WELCOME, or a TOML file); None stands for no limit."""
+        if not isinstance(values, dict):
+            raise PPIRError("disclosure policy: expected a table")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PPIRError(f"disclosure policy: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = {k: (math.inf if v is None and k in ("max_ratio", "max_epsilon") else v) for k, v in values.items()}
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise PPIRError(f"disclosure policy: {err}") from None
+
+    @classmethod
+    def read(cls, path: str | Path) -> "DisclosurePolicy":
+        """The ``[disclosure]`` table of a TOML file (``enabled = false`` for no limits)."""
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text()).get("disclosure")
+        except FileNotFoundError:
+            raise PPIRError(f"disclosure policy '{path}': no such file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise PPIRError(f"disclosure policy '{path}': not valid TOML ({err})") from None
+        if not isinstance(table, dict):
+            raise PPIRError(f"disclosure policy '{path}': no [disclosure] table")
+        if table.pop("enabled", True) is False:
+            return cls.off()
+        return cls.from_dict(table)
+
+    def write(self, path: str | Path) -> None:
+        """This policy as a ``[disclosure]`` TOML table that ``read`` returns unchanged."""
+        lines = ["[disclosure]"] + [f"{k} = {_toml(v)}" for k, v in asdict(self).items()]
+        Path(path).write_text("\n".join(lines) + "\n")
+
+    def epsilon(self, releases: int) -> float:
+        """(epsilon, delta)-DP of ``releases`` Gaussian releases at this noise (RDP accountant); inf without noise."""
+        return _epsilon(self.noise_multiplier, releases, self.delta)
+
+    def release_budget(self) -> int:
+        """How many noised releases fit in ``max_epsilon`` (unbounded without an epsilon budget)."""
+        if math.isinf(self.max_epsilon):
+            return 10 ** 9
+        low, high = 0, 1
+        while self.epsilon(high) <= self.max_epsilon:
+            low, high = high, high * 2
+            if high > 10 ** 7:
+                return high
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if self.epsilon(mid) <= self.max_epsilon else (low, mid)
+        return low
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an unbounded epsilon (no noise) is reported as null."""
+    return None if math.isinf(value) else value
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+@lru_cache(maxsize=4096)
+def _epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
+    if releases == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    import dp_accounting
+    from dp_accounting import rdp
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_accounting.GaussianDpEvent(noise_multiplier), releases)
+    return float(accountant.get_epsilon(delta))
+
+
+def values_per_product(basis, dim: int) -> int:
+    """Values one product reveals: r for every output the samples touch, and the cross term."""
+    if hasattr(basis, "control"):
+        touched = np.unique(np.asarray(basis.phi.indices)).size if basis.n_samples else 0
+        return touched * dim + 1
+    return basis.matrix.shape[1] * dim + 1
+
+
+def sensitivity(basis, dim: int, span: float) -> float:
+    """L2 sensitivity of one normalised release to one voxel of J' moving by ``span`` (see the module note)."""
+    if hasattr(basis, "control"):
+        phi_sq = float(np.max(np.square(basis.support_weights).sum(axis=1))) if basis.n_samples else 0.0
+    else:
+        phi_sq = float(np.max(np.square(basis.matrix).sum(axis=1))) if basis.n_samples else 0.0
+    return span * math.sqrt(dim * phi_sq + 1.0)
+
+
+@dataclass
+class LevelAccount:
+    """One pyramid level's disclosure: the voxels sampled there (every stage) and the values revealed."""
+
+    factor: int
+    sampled: np.ndarray
+    revealed: int = 0
+    products: int = 0
+    sample_sets: int = 0
+    releases: int = 0
+
+    @property
+    def unknowns(self) -> int:
+        return int(np.count_nonzero(self.sampled))
+
+    def to_dict(self, policy: DisclosurePolicy) -> dict:
+        return {"factor": self.factor, "unknowns": self.unknowns, "revealed": self.revealed,
+                "ratio": self.revealed / max(self.unknowns, 1), "products": self.products,
+                "sample_sets": self.sample_sets, "epsilon": _finite(policy.epsilon(self.releases))}
+
+
+class DisclosureLedger:
+    """The fixed party's running account of one session, checked before every release."""
+
+    def __init__(self, policy: DisclosurePolicy, sampling: str):
+        if sampling == "gms" and not policy.allow_gms:
+            raise DisclosureRefused("the fixed party's disclosure policy refuses GMS sampling (its sample indices "
+                                    "trace the moving image's edges, and the policy keeps samples data-independent); "
+                                    "use --sampling urs")
+        self.policy = policy
+        self.levels: dict[int, LevelAccount] = {}
+        self._level: LevelAccount | None = None
+        self._per_product = 0
+        self.releases = 0
+        self._budget = policy.release_budget()
+
+    def start_level(self, factor: int, n_voxels: int) -> None:
+        if factor not in self.levels:
+            self.levels[factor] = LevelAccount(factor, np.zeros(n_voxels, dtype=bool))
+        self._level = self.levels[factor]
+        self._level.sample_sets = 0
+        self._level.products = 0
+
+    def sample_set(self, samples: np.ndarray | None, basis, dim: int) -> None:
+        """A new sample set at the current level: size, repeats and count checked, its voxels added to the unknowns."""
+        level, policy = self._level, self.policy
+        n = level.sampled.size if samples is None else len(samples)
+        if n < policy.min_samples:
+            raise DisclosureRefused(f"a sample set of {n} voxels, under the fixed party's minimum of "
+                                    f"{policy.min_samples}: use a larger --sample-fraction or fewer levels")
+        if samples is not None and np.unique(samples).size != n:
+            raise DisclosureRefused("a sample set with repeated voxels")
+        if level.sample_sets >= policy.max_sample_sets:
+            raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
+                                    "party's limit: drop --resample-each-iteration")
+        level.sample_sets += 1
+        if samples is None:
+            level.sampled[:] = True
+        else:
+            level.sampled[samples] = True
+        self._per_product = values_per_product(basis, dim)
+        level.revealed += 1          # the sample set's sum of squares
+        self._release()
+
+    def allow_product(self) -> None:
+        """Raise DisclosureRefused unless one more product fits the policy at this level."""
+        level, policy = self._level, self.policy
+        if level.products >= policy.max_products:
+            raise DisclosureRefused(f"more than {policy.max_products} products at level {level.factor}, the fixed "
+                                    "party's limit")
+        limit = policy.max_ratio * level.unknowns
+        if level.revealed + self._per_product > limit:
+            raise DisclosureRefused(f"level {level.factor}: {level.revealed + self._per_product} revealed values "
+                                    f"for {level.unknowns} sampled voxels would exceed the fixed party's ratio of "
+                                    f"{policy.max_ratio:g}")
+        if self.releases + 1 > self._budget:
+            raise DisclosureRefused(f"the session's privacy budget (epsilon {policy.max_epsilon:g} at delta "
+                                    f"{policy.delta:g}) is spent")
+
+    def product(self) -> None:
+        """Record one product (after ``allow_product``)."""
+        self._level.products += 1
+        self._level.revealed += self._per_product
+        self._release()
+
+    def can_product(self) -> bool:
+        """Whether ``allow_product`` would pass (the moving party's replica asks before each trial)."""
+        try:
+            self.allow_product()
+        except DisclosureRefused:
+            return False
+        return True
+
+    def _release(self) -> None:
+        self._level.releases += 1
+        self.releases += 1
+
+    def epsilon(self) -> float:
+        return self.policy.epsilon(self.releases)
+
+    def report(self) -> dict:
+        return {"policy": self.policy.to_dict(), "epsilon": _finite(self.epsilon()), "delta": self.policy.delta,
+                "levels": [level.to_dict(self.policy) for level in self.levels.values()]}
+
+
+def check_plan(policy: DisclosurePolicy, settings, fixed) -> None:
+    """Before the first product: raise DisclosureRefused, naming the limit and what would fit, if some level
+    of these settings cannot run two products (one evaluation and one step) under ``policy``."""
+    from ppir.engine.bspline import control_grid_for
+    from ppir.engine.pyramid import level_grid
+    from ppir.engine.sampling import sample_count
+    DisclosureLedger(policy, settings.sampling)                       # GMS
+    if settings.resample_each_iteration and settings.sampling != "full" and policy.max_sample_sets < 2:
+        raise DisclosureRefused("the fixed party allows one sample set per level: drop --resample-each-iteration")
+    d = fixed.dim
+    linear = "rigid" if settings.transform == "rigid" else "affine"
+    revealed: dict[int, int] = {}
+    for stage in (linear, "bspline") if settings.transform == "bspline" else (linear,):
+        points = control_grid_for(fixed, settings.bspline_spacing_mm).n_points if stage == "bspline" else d + 1
+        per_product = points * d + 1
+        for factor in settings.stage_levels(stage):
+            n = level_grid(fixed, factor).n_voxels
+            samples = n if settings.sampling == "full" else sample_count(n, settings.sample_fraction)
+            if samples < policy.min_samples:
+                raise DisclosureRefused(
+                    f"level {factor} would use {samples} samples, under the fixed party's minimum of "
+                    f"{policy.min_samples}: use a --sample-fraction of at least {policy.min_samples / n:.3g} "
+                    f"or drop level {factor}")
+            used = revealed.get(factor, 0) + 1 + 2 * per_product
+            allowed = policy.max_ratio * samples
+            if used > allowed:
+                hint = (f"use a coarser grid (--bspline-spacing {_fitting_spacing(fixed, settings, allowed - used + 2 * per_product, d)} mm "
+                        f"or more; {points} control points now), --bspline-levels without {factor}, or full sampling"
+                        if stage == "bspline" else "use full sampling or a larger --sample-fraction")
+                raise DisclosureRefused(
+                    f"the fixed party reveals at most {policy.max_ratio:g} values per sampled voxel; at level "
+                    f"{factor} the {stage} stage needs {used} values for {samples} samples: {hint}")
+            revealed[factor] = used
+
+
+def _fitting_spacing(fixed, settings, room: float, d: int) -> float:
+    """The smallest control-point spacing (in steps of 25 %) whose two products fit in ``room`` values."""
+    from ppir.engine.bspline import control_grid_for
+    spacing = settings.bspline_spacing_mm
+    while spacing < 1e4 and 2 * (control_grid_for(fixed, spacing).n_points * d + 1) > room:
+        spacing *= 1.25
+    return round(spacing, 1)

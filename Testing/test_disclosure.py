@@ -1,0 +1,155 @@
+"""The fixed party's disclosure policy: its file, its ledger, the moving party's plan, and its enforcement."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from ppir.app.synth import synthesize
+from ppir.common.errors import PPIRError
+from ppir.engine.basis import AffineBasis, BSplineBasis
+from ppir.engine.bspline import control_grid_for
+from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, DisclosureRefused, check_plan
+from ppir.engine.driver import register
+from ppir.engine.image import read_image
+from ppir.engine.joint import ClearBackend
+from ppir.engine.pyramid import LevelSpec
+from ppir.engine.settings import Settings
+
+
+def test_policy_file_round_trip_and_errors(tmp_path):
+    policy = DisclosurePolicy(max_ratio=0.25, min_samples=100, noise_multiplier=3.0, max_epsilon=8.0)
+    policy.write(tmp_path / "p.toml")
+    assert DisclosurePolicy.read(tmp_path / "p.toml") == policy
+    DisclosurePolicy.off().write(tmp_path / "off.toml")
+    assert DisclosurePolicy.read(tmp_path / "off.toml") == DisclosurePolicy.off()
+    (tmp_path / "none.toml").write_text("[disclosure]\nenabled = false\n")
+    assert DisclosurePolicy.read(tmp_path / "none.toml") == DisclosurePolicy.off()
+    (tmp_path / "bad.toml").write_text("[disclosure]\nmax_ration = 0.3\n")
+    with pytest.raises(PPIRError, match="unknown setting.*max_ration"):
+        DisclosurePolicy.read(tmp_path / "bad.toml")
+    with pytest.raises(PPIRError, match="an epsilon budget needs noise"):
+        DisclosurePolicy(max_epsilon=1.0)
+
+
+def _basis(n: int) -> AffineBasis:
+    rng = np.random.default_rng(0)
+    return AffineBasis(rng.uniform(-50, 50, (n, 3)), np.zeros(3))
+
+
+def test_ledger_counts_values_per_level_and_refuses_beyond_the_ratio():
+    ledger = DisclosureLedger(DisclosurePolicy(max_ratio=0.5, min_samples=10, max_products=1000), "urs")
+    ledger.start_level(4, 1000)
+    samples = np.arange(0, 1000, 5)                       # 200 unknowns: 100 values allowed
+    ledger.sample_set(samples, _basis(200), 3)          # sum of squares: 1 value
+    products = 0
+    while ledger.can_product():
+        ledger.allow_product()
+        ledger.product()
+        products += 1
+    assert products == (100 - 1) // 13                   # 13 values per affine product in 3D
+    with pytest.raises(DisclosureRefused, match="would exceed the fixed party's ratio of 0.5"):
+        ledger.allow_product()
+    level = ledger.report()["levels"][0]
+    assert (level["unknowns"], level["revealed"]) == (200, 1 + 13 * products)
+
+
+def test_ledger_refuses_small_repeated_or_extra_sample_sets_and_gms():
+    policy = DisclosurePolicy(min_samples=50)
+    with pytest.raises(DisclosureRefused, match="refuses GMS"):
+        DisclosureLedger(policy, "gms")
+    ledger = DisclosureLedger(policy, "urs")
+    ledger.start_level(2, 1000)
+    with pytest.raises(DisclosureRefused, match="under the fixed party's minimum of 50"):
+        ledger.sample_set(np.arange(7), _basis(7), 3)
+    with pytest.raises(DisclosureRefused, match="repeated voxels"):
+        ledger.sample_set(np.repeat(np.arange(30), 2), _basis(60), 3)
+    ledger.sample_set(np.arange(100), _basis(100), 3)
+    with pytest.raises(DisclosureRefused, match="more than 1 sample set"):
+        ledger.sample_set(np.arange(100, 200), _basis(100), 3)
+
+
+def test_epsilon_composes_with_the_rdp_accountant():
+    policy = DisclosurePolicy(noise_multiplier=10.0, max_epsilon=2.0)
+    one, many = policy.epsilon(1), policy.epsilon(100)
+    assert 0 < one < many < policy.epsilon(1000)
+    budget = policy.release_budget()
+    assert policy.epsilon(budget) <= 2.0 < policy.epsilon(budget + 1)
+    assert math.isinf(DisclosurePolicy().epsilon(1))     # no noise, no guarantee
+
+
+def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice_2d):
+    fine = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=8.0, sampling="urs",
+                    sample_fraction=0.2)
+    with pytest.raises(DisclosureRefused, match=r"at level 2 the bspline stage needs 4918 values for 819 samples: .*--bspline-spacing [\d.]+ mm or more") \
+            as err:
+        check_plan(DisclosurePolicy(), fine, slice_2d.grid)
+    suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
+    check_plan(DisclosurePolicy(), Settings(**{**fine.to_dict(), "bspline_spacing_mm": suggested}), slice_2d.grid)
+    with pytest.raises(DisclosureRefused, match="under the fixed party's minimum"):
+        check_plan(DisclosurePolicy(min_samples=5000), Settings(sampling="urs"), slice_2d.grid)
+    check_plan(DisclosurePolicy(), Settings(transform="bspline", bspline_spacing_mm=40.0), slice_2d.grid)
+
+
+def test_the_driver_ends_a_level_when_its_budget_is_spent(tmp_path, slice_2d):
+    synthesize(slice_2d, "affine", 2, tmp_path)
+    fixed, moving = read_image(tmp_path / "fixed.nrrd"), read_image(tmp_path / "moving.nrrd")
+    backend = ClearBackend(fixed, DisclosurePolicy(max_products=3))
+    result = register(moving, backend, Settings(levels=[2, 1]))
+    assert [level.joint_products for level in result.levels] == [3, 3]
+    assert all(level["products"] == 3 for level in backend.disclosure()["levels"])
+
+
+def test_noise_has_the_policys_size(slice_2d):
+    """Two answers to the same product differ by noise of sqrt(2) x multiplier x sensitivity (normalised)."""
+    policy = DisclosurePolicy(noise_multiplier=2.0, max_products=10, max_ratio=math.inf)
+    backend = ClearBackend(slice_2d, policy, seed=5)
+    settings = Settings(transform="bspline", sampling="full")
+    backend.agree(settings)
+    grid = backend.start_level(LevelSpec(2, 1.0))
+    basis = BSplineBasis(grid.points(None), control_grid_for(slice_2d.grid, 16.0))
+    backend.set_samples(None, basis)
+    rng = np.random.default_rng(1)
+    channels = rng.normal(size=(grid.n_voxels, 2))
+    warped = rng.uniform(0, 3, grid.n_voxels)
+    first, second = backend.joint_product(channels, warped), backend.joint_product(channels, warped)
+    party = backend._party
+    expected = np.sqrt(2) * 2.0 * party._sensitivity * party.scale * np.abs(channels).max(axis=0)
+    measured = (first.r - second.r).std(axis=0)
+    assert np.allclose(measured, expected, rtol=0.15), (measured, expected)
+
+
+def test_the_fixed_party_refuses_a_moving_party_that_ignores_its_policy(tmp_path, slice_2d):
+    """A real ``ppir fixed`` process with max_products = 3 against a moving party that keeps asking."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ppir.engine.image import write_image
+    from ppir.protocols import registry
+    from ppir.protocols.net import certs
+    from ppir.protocols.net.channel import Credentials, PeerError
+    write_image(slice_2d, tmp_path / "fixed.nrrd")
+    certs.init(tmp_path / "pki", list(certs.ROLES), ["127.0.0.1"], days=1)
+    DisclosurePolicy(max_products=3).write(tmp_path / "policy.toml")
+    fixed = subprocess.Popen([sys.executable, "-m", "ppir", "fixed", "--image", str(tmp_path / "fixed.nrrd"),
+                              "--listen", "127.0.0.1:0", "--certs", str(tmp_path / "pki"), "--disclosure-policy",
+                              str(tmp_path / "policy.toml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import json
+    address = "127.0.0.1:{port}".format(**json.loads(fixed.stdout.readline()))
+    settings = Settings(levels=[2, 1], sampling="full")
+    backend = registry.load("fhe").moving_backend(address, None, Credentials.from_folder(Path(tmp_path / "pki"),
+                                                                                           "moving"), settings.to_dict())
+    try:
+        assert backend.agree(settings).max_products == 3      # the moving party is told the policy
+        grid = backend.start_level(LevelSpec(2, 1.0))
+        basis = backend.set_samples(None, AffineBasis(grid.points(None), grid.center()))
+        channels = np.ones((grid.n_voxels, 2))
+        for _ in range(3):
+            backend.joint_product(channels, np.ones(grid.n_voxels))
+        with pytest.raises(PeerError, match="more than 3 products at level 2"):
+            backend.joint_product(channels, np.ones(grid.n_voxels))
+    finally:
+        backend.close()
+    assert fixed.wait(60) != 0 and "more than 3 products" in fixed.stderr.read()
+    assert basis is not None

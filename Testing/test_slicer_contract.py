@@ -16,10 +16,13 @@ from PPIRLib import jobs  # noqa: E402
 
 def _valid_settings(tmp_path: Path):
     """Every RunSettings the module's check accepts, over every choice it offers."""
-    for role, protocol, transform, sampling, share in itertools.product(
-            jobs.ROLES, jobs.PROTOCOLS, jobs.TRANSFORMS, jobs.SAMPLINGS, jobs.SHARES):
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[disclosure]\nmax_ratio = 0.25\n")
+    for role, protocol, transform, sampling, share, policy_file in itertools.product(
+            jobs.ROLES, jobs.PROTOCOLS, jobs.TRANSFORMS, jobs.SAMPLINGS, jobs.SHARES, ("", str(policy))):
         settings = jobs.RunSettings(role=role, protocol=protocol, transform=transform, sampling=sampling,
-                                    share_result=share, dealer="127.0.0.1:7001", certificates=str(tmp_path))
+                                    share_result=share, dealer="127.0.0.1:7001", certificates=str(tmp_path),
+                                    disclosure_policy=policy_file)
         try:
             settings.check()
         except ValueError:
@@ -46,6 +49,8 @@ def test_every_command_line_the_module_builds_is_one_ppir_accepts(tmp_path):
             chosen = _settings(args)                      # the engine's own checks
             assert (chosen.transform, chosen.sampling) == (settings.transform, settings.sampling)
             assert chosen.levels == [int(f) for f in settings.levels.split(",")]
+        if settings.disclosure_policy and settings.role in ("fixed", "local"):
+            assert args.disclosure_policy == settings.disclosure_policy
         seen.add((settings.role, settings.protocol))
     assert {role for role, _ in seen} == set(jobs.ROLES)
     assert {protocol for _, protocol in seen} == set(jobs.PROTOCOLS)

@@ -79,6 +79,7 @@ class PPIRParameterNode:
     dealer: str = ""
     certificates: pathlib.Path
     shareResult: Annotated[str, Choice(list(SHARES))] = "transform"
+    disclosurePolicy: pathlib.Path
     transform: Annotated[str, Choice(list(TRANSFORMS))] = "affine"
     sampling: Annotated[str, Choice(list(SAMPLINGS))] = "urs"
     sampleFraction: Annotated[float, WithinRange(0.001, 1.0)] = 0.1
@@ -118,14 +119,16 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         """The run settings the panel's parameter node holds."""
         role = parameterNode.role.value
         protocol = {"local": "clear", "dealer": "mpc"}.get(role, parameterNode.protocol.value)
-        certificates = str(parameterNode.certificates or "")
+        certificates, policy = (str(path or "") for path in (parameterNode.certificates, parameterNode.disclosurePolicy))
         certificates = "" if certificates == "." else certificates   # an unset path reads as "."
+        policy = "" if policy == "." else policy
         return RunSettings(role=role, protocol=protocol, address=parameterNode.address.strip(),
                            dealer=parameterNode.dealer.strip(), certificates=certificates,
                            transform=parameterNode.transform, sampling=parameterNode.sampling,
                            sample_fraction=parameterNode.sampleFraction, levels=parameterNode.levels.strip(),
                            max_iterations=parameterNode.maxIterations, bspline_spacing=parameterNode.bsplineSpacing,
-                           share_result=parameterNode.shareResult, seed=parameterNode.seed)
+                           share_result=parameterNode.shareResult, seed=parameterNode.seed,
+                           disclosure_policy=policy if role in ("fixed", "local") else "")
 
     @staticmethod
     def missingDependencies(protocol: str) -> Optional[str]:
@@ -251,6 +254,7 @@ ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with 
     "protocolLabel": "protocolComboBox", "movingVolumeLabel": "movingVolumeSelector",
     "fixedVolumeLabel": "fixedVolumeSelector", "dealerLabel": "dealerLineEdit",
     "shareResultLabel": "shareResultComboBox",
+    "disclosurePolicyLabel": "disclosurePolicyPathLineEdit",
 }
 
 
@@ -258,7 +262,7 @@ def visibleRows(role: str, mpc: bool) -> dict:
     """Which rows the panel shows for a role."""
     return {"protocolLabel": role in ("moving", "fixed"), "movingVolumeLabel": role in ("moving", "local"),
             "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role == "moving" and mpc,
-            "shareResultLabel": role == "moving"}
+            "shareResultLabel": role == "moving", "disclosurePolicyLabel": role in ("fixed", "local")}
 
 
 class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -43,9 +43,12 @@ class RunSettings:
     bspline_spacing: float = DEFAULTS.bspline_spacing_mm
     share_result: str = "transform"
     seed: int = DEFAULTS.seed
+    disclosure_policy: str = ""   # the fixed party's policy file (fixed and local roles; empty: ppir's default)
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
+        if self.disclosure_policy and not Path(self.disclosure_policy).is_file():
+            raise ValueError(f"disclosure policy file not found: '{self.disclosure_policy}'")
         for name, value, allowed in (("role", self.role, ROLES), ("protocol", self.protocol, PROTOCOLS),
                                      ("transform", self.transform, TRANSFORMS),
                                      ("sampling", self.sampling, SAMPLINGS),
@@ -77,16 +80,17 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
                     "--bspline-spacing", repr(settings.bspline_spacing), "--seed", str(settings.seed)]
     written = [arg for key, path in outputs.items() for arg in (OUTPUT_FLAGS[key], str(path))]
     tls = ["--certs", settings.certificates]
+    policy = ["--disclosure-policy", settings.disclosure_policy] if settings.disclosure_policy else []
     if settings.role == "local":
-        return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]), "--protocol", settings.protocol,
-                *registration, *written, "--progress-json"]
+        return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]),
+                "--protocol", settings.protocol, *registration, *policy, *written, "--progress-json"]
     if settings.role == "moving":
         dealer = ["--dealer", settings.dealer] if settings.protocol in CONTRACT.DEALER_PROTOCOLS else []
         return ["moving", "--image", str(inputs["moving"]), "--connect", settings.address, *dealer,
                 "--protocol", settings.protocol, "--share-result", settings.share_result,
                 *registration, *written, *tls, "--progress-json"]
     if settings.role == "fixed":
-        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *written, *tls,
+        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *policy, *written, *tls,
                 "--progress-json"]
     return ["dealer", "--listen", settings.address, *tls]
 

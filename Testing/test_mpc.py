@@ -15,6 +15,7 @@ from ppir.engine.joint import ClearBackend, fixed_scale
 from ppir.engine.linear import LinearModel
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.engine.settings import Settings
 from ppir.protocols.mpc.protocol import FixedLevel, MovingProduct, dealer_share
 from ppir.protocols.mpc.ring import RingBasis, new_seed, random_ring
 from ppir.protocols.net import certs
@@ -35,6 +36,7 @@ def test_shared_product_equals_clear_product_on_the_effective_basis(mni_4mm, tmp
     synthesize(mni_4mm, "affine", 1, tmp_path)
     fixed, moving = read_image(tmp_path / "fixed.nrrd"), read_image(tmp_path / "moving.nrrd")
     backend = ClearBackend(fixed)
+    backend.agree(Settings())
     grid = backend.start_level(LevelSpec(1, 0.0))
     model = LinearModel("affine", grid.center())
     level = Level(model, MovingLevel(level_image(moving, LevelSpec(1, 0.0))), grid, backend)

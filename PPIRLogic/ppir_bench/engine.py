@@ -113,6 +113,7 @@ def full_resolution_iteration(repeats: int = 5) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         fixed, moving, _ = _pair(ENGINE_CASES[0], Path(tmp), 1)
     backend = ClearBackend(fixed)
+    backend.agree(Settings())
     grid = backend.start_level(LevelSpec(1, 0.0))
     model = LinearModel("affine", grid.center())
     level = Level(model, MovingLevel(moving), grid, backend)

@@ -109,8 +109,9 @@ class FixedParty:
         self._level: Volume | None = None
         self._values: np.ndarray | None = None
         self._basis = None
-        self.scale = 1.0
-        self._sensitivity = 0.0
+        self.scale = 1.0                # s_J: the power of two the protocols divide J by
+        self._sensitivity = 0.0         # of one product's normalised release
+        self._sq_sensitivity = 0.0      # of the sample set's normalised sum of squares
 
     @property
     def grid(self) -> Grid:
@@ -155,7 +156,8 @@ class FixedParty:
         self.ledger.allow_product()
         self.ledger.product()
 
-    def clear_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+    def clear_product(self, channels: np.ndarray, warped: np.ndarray) -> tuple[np.ndarray, float]:
+        """r and the cross term computed here, with the policy's noise (the clear protocol)."""
         self.begin_product()
         r = self._basis.transpose_apply(channels, self._values)
         cross = float(warped.astype(np.float64) @ self._values)
@@ -163,20 +165,21 @@ class FixedParty:
             channel_scales = np.maximum(np.abs(channels).max(axis=0), 1e-30)
             r = r + self.noise(r.shape) * self.scale * channel_scales[None, :]
             cross += float(self.noise(())) * self.scale * max(float(np.abs(warped).max()), 1e-30)
-        return JointResult(r, cross, float("nan"))
+        return r, cross
 
 
 class ClearBackend(JointBackend):
     """No cryptography: the fixed party's object lives in the same process. The reference for accuracy.
 
-    The fixed party's disclosure policy applies as in the private protocols (default: the default
-    policy; ``DisclosurePolicy.off()`` for none), so that the clear run stays their reference.
+    ``policy`` is the fixed party's disclosure policy, applied as in the private protocols (``ppir
+    register --protocol clear`` passes the fixed party's, so that the clear run stays their
+    reference); without one, nothing is limited or noised (the engine on its own).
     """
 
     name = "clear"
 
     def __init__(self, fixed: Volume, policy: DisclosurePolicy | None = None, seed: int | None = None):
-        self._party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy, seed)
+        self._party = FixedParty(fixed, DisclosurePolicy.off() if policy is None else policy, seed)
         self._fixed_sq = float("nan")
 
     @property
@@ -196,8 +199,7 @@ class ClearBackend(JointBackend):
         return basis
 
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
-        result = self._party.clear_product(channels, warped)
-        return JointResult(result.r, result.cross, self._fixed_sq)
+        return JointResult(*self._party.clear_product(channels, warped), self._fixed_sq)
 
     def disclosure(self) -> dict:
         return self._party.ledger.report() if self._party.ledger else {}

@@ -1,0 +1,171 @@
+"""Print the tables of docs/privacy-measurements.md.
+
+    PYTHONPATH=PPIRLogic:Testing python -m attack.measure baseline|budget|noise [options]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ppir import data
+from ppir.backend import ClearBackend
+from ppir.driver import Settings, register
+from ppir.evaluate import disagreement, foreground, tre
+from ppir.image import Volume, read_image
+from ppir.pyramid import LevelSpec, level_image
+
+from . import solve
+from .pairs import pair_with_details
+from .protect import NoisyBackend, recorded_sets, session_epsilon, within_budget
+from .record import Product, record_clear
+
+DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
+
+
+def image(name: str) -> Volume:
+    """slice64, slice128 (the 2D T1 slice at 4 mm, 2 mm) or mni4 (MNI152 T1 at 4 mm)."""
+    folder = data.fetch(log=lambda *_: None)
+    if name == "mni4":
+        return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(4, 2.0))
+    factor = {"slice64": 4, "slice128": 2}[name]
+    return level_image(read_image(folder / data.SLICE_2D), LevelSpec(factor, 0.5 * factor))
+
+
+def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
+    """Both estimates at one level (the prior one at the damping with the best PSNR: an upper bound
+    on what the moving party could pick); PSNR over informed voxels; detail recovery per disc."""
+    system = solve.build_system(products)
+    spec = products[0].sample_set.spec
+    truth = level_image(fixed, spec).array.ravel()[system.voxels].astype(np.float64)
+    base = solve.fitted_prior(system)
+    k = system.informed
+    if damps == (0.0,):
+        estimates = {"min-norm": solve.minimum_norm(system), "prior": solve.with_prior(system)}
+    else:
+        spectrum = solve.Spectrum(system)
+        tries = [spectrum.with_prior(damp) for damp in damps]
+        estimates = {"prior": max(tries, key=lambda e: solve.psnr(e[k], truth[k]))}
+    out = {"unknowns": system.unknowns, "informed": int(k.sum()), "revealed": system.revealed,
+           "psnr_base": solve.psnr(base[k], truth[k])}
+    for name, est in estimates.items():
+        out[f"psnr_{name}"] = solve.psnr(est[k], truth[k])
+        out[f"detail_{name}"] = [solve.detail_recovered(system, est, base, truth, d) for d in discs]
+    return out
+
+
+def _fmt_details(values: list[float]) -> str:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return f"{100 * v.min():.0f}–{100 * v.max():.0f} %" if v.size else "n/a"
+
+
+def pair(name: str, kind: str, seed: int, folder: Path):
+    f, m, gt, discs = pair_with_details(image(name), kind, seed, folder)
+    return read_image(f), read_image(m), sitk.ReadTransform(str(gt)), discs
+
+
+def baseline(args) -> None:
+    """No protection: the attack per level."""
+    print("| image | transform | sampling | level | unknowns (informed) | revealed | ratio | PSNR min-norm | PSNR prior | "
+          "PSNR own image | details min-norm | details prior |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, kind, sampling in [("slice64", "bspline", "full"), ("slice128", "affine", "full"),
+                                 ("slice128", "bspline", "full"), ("slice128", "bspline", "urs")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            fixed, moving, truth, discs = pair(name, "bspline", args.seed, Path(tmp))
+        settings = Settings(transform=kind, sampling=sampling)
+        _, recording = record_clear(fixed, moving, settings)
+        for spec, products in recording.levels().items():
+            n = len(np.unique(np.concatenate([p.sample_set.samples for p in products])))
+            if n > args.max_unknowns:
+                print(f"| {name} | {kind} | {sampling} | ×{spec.factor} | {n} | | | skipped (dense solver) | | | | |")
+                continue
+            a = attack(products, fixed, discs)
+            print(f"| {name} | {kind} | {sampling} | ×{spec.factor} | {a['unknowns']} ({a['informed']}) | {a['revealed']} | "
+                  f"{a['revealed'] / a['unknowns']:.2f} | {a['psnr_min-norm']:.1f} | {a['psnr_prior']:.1f} | "
+                  f"{a['psnr_base']:.1f} | {_fmt_details(a['detail_min-norm'])} | {_fmt_details(a['detail_prior'])} |",
+                  flush=True)
+
+
+def budget(args) -> None:
+    """The attack on the products a per-level budget lets through (same run, truncated per level)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed, moving, truth, discs = pair(args.image, "bspline", args.seed, Path(tmp))
+    _, recording = record_clear(fixed, moving, Settings(transform="bspline", sampling=args.sampling))
+    print("| level | ratio | products answered / run | revealed | PSNR prior | PSNR own image | details min-norm | details prior |")
+    print("|---|---|---|---|---|---|---|---|")
+    for spec, products in recording.levels().items():
+        for ratio in args.ratios:
+            kept = within_budget(products, ratio)
+            if not kept:
+                print(f"| ×{spec.factor} | {ratio} | 0 / {len(products)} | 0 | | | | |")
+                continue
+            n = len(np.unique(np.concatenate([p.sample_set.samples for p in kept])))
+            if n > args.max_unknowns:
+                continue
+            a = attack(kept, fixed, discs)
+            print(f"| ×{spec.factor} | {ratio} | {len(kept)} / {len(products)} | {a['revealed']} | {a['psnr_prior']:.1f} | "
+                  f"{a['psnr_base']:.1f} | {_fmt_details(a['detail_min-norm'])} | {_fmt_details(a['detail_prior'])} |",
+                  flush=True)
+
+
+def noise(args) -> None:
+    """Registration accuracy and the attack with Gaussian noise on every revealed value."""
+    print("| image | transform | σ | products | ε (δ=1e-5) | TRE mean (policy-free) | Δ TRE | disp. RMSE vs policy-free | "
+          "attack level | PSNR prior (own image) | details prior |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind in args.transforms:
+        with tempfile.TemporaryDirectory() as tmp:
+            fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
+                                               Path(tmp))
+        settings = Settings(transform=kind, sampling=args.sampling)
+        reference = register(moving, ClearBackend(fixed), settings)
+        ref_tre = tre(fixed, reference.transform, truth)["mean"]
+        mask = foreground(fixed)
+        peak = float(np.abs(fixed.array).max())
+        for sigma in args.sigmas:
+            start = time.perf_counter()
+            noisy: list[NoisyBackend] = []
+
+            def protect(backend, sigma=sigma):
+                noisy.append(NoisyBackend(backend, sigma, peak, seed=args.seed))
+                return noisy[-1]
+
+            result, recording = record_clear(fixed, moving, settings, protect)
+            err = tre(fixed, result.transform, truth)["mean"]
+            rmse = disagreement(result.transform, reference.transform, fixed.grid, mask)["rmse"]
+            eps = session_epsilon(sigma, recorded_sets(recording)) if sigma > 0 else float("inf")
+            attacked = [(spec, prods) for spec, prods in recording.levels().items()
+                        if len(np.unique(np.concatenate([p.sample_set.samples for p in prods]))) <= args.max_unknowns]
+            for spec, prods in attacked[-1:]:
+                a = attack(prods, fixed, discs, DAMPS)
+                print(f"| {args.image} | {kind} | {sigma} | {len(recording.products)} | {eps:.3g} | {err:.3f} ({ref_tre:.3f}) | "
+                      f"{err - ref_tre:+.3f} ({100 * (err / ref_tre - 1):+.0f} %) | {rmse:.3f} | ×{spec.factor} ({a['unknowns']}) | "
+                      f"{a['psnr_prior']:.1f} ({a['psnr_base']:.1f}) | {_fmt_details(a['detail_prior'])} |", flush=True)
+            if not attacked:
+                print(f"| {args.image} | {kind} | {sigma} | {len(recording.products)} | {eps:.3g} | {err:.3f} ({ref_tre:.3f}) | "
+                      f"{err - ref_tre:+.3f} | {rmse:.3f} | none ≤ {args.max_unknowns} | | |", flush=True)
+            del start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m attack.measure")
+    parser.add_argument("what", choices=("baseline", "budget", "noise"))
+    parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "mni4"))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sampling", default="full")
+    parser.add_argument("--max-unknowns", type=int, default=4200)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0])
+    parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 1.0, 10.0])
+    parser.add_argument("--transforms", nargs="+", default=["rigid", "affine", "bspline"])
+    args = parser.parse_args()
+    {"baseline": baseline, "budget": budget, "noise": noise}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

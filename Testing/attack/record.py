@@ -1,0 +1,134 @@
+"""Record what the moving party receives during a real ``register`` run, through its real backend."""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ppir.backend import ClearBackend, JointBackend, JointResult
+from ppir.basis import AffineBasis, BSplineBasis
+from ppir.driver import Settings, register
+from ppir.image import Grid, Volume, read_image
+from ppir.pyramid import LevelSpec
+
+Wrapper = Callable[[JointBackend], JointBackend]
+
+
+@dataclass
+class SampleSet:
+    """One ``set_samples`` call: the level, the voxels (flat, level grid) and the basis as applied."""
+
+    spec: LevelSpec
+    grid: Grid
+    samples: np.ndarray
+    basis: AffineBasis | BSplineBasis
+
+    @property
+    def stage(self) -> str:
+        return "bspline" if isinstance(self.basis, BSplineBasis) else "linear"
+
+
+@dataclass
+class Product:
+    """One joint product: the moving party's inputs (its channels g, warped intensities) and what came back."""
+
+    sample_set: SampleSet
+    channels: np.ndarray
+    warped: np.ndarray
+    result: JointResult
+
+
+@dataclass
+class Recording:
+    products: list[Product] = field(default_factory=list)
+    sample_sets: list[SampleSet] = field(default_factory=list)
+
+    def levels(self) -> dict[LevelSpec, list[Product]]:
+        """Products per pyramid level (affine and B-spline stages pooled: they share the level's image of J)."""
+        out: dict[LevelSpec, list[Product]] = {}
+        for product in self.products:
+            out.setdefault(product.sample_set.spec, []).append(product)
+        return out
+
+
+class RecordingBackend(JointBackend):
+    """Delegates to the moving party's real backend and records every call's inputs and results."""
+
+    def __init__(self, inner: JointBackend, recording: Recording | None = None):
+        self.inner = inner
+        self.recording = recording if recording is not None else Recording()
+        self.name = inner.name
+        self._level: tuple[LevelSpec, Grid] | None = None
+
+    @property
+    def fixed_grid(self) -> Grid:
+        return self.inner.fixed_grid
+
+    def start_level(self, spec: LevelSpec) -> Grid:
+        grid = self.inner.start_level(spec)
+        self._level = (spec, grid)
+        return grid
+
+    def set_samples(self, samples: np.ndarray | None, basis):
+        applied = self.inner.set_samples(samples, basis)
+        spec, grid = self._level
+        flat = np.arange(grid.n_voxels) if samples is None else np.asarray(samples, dtype=np.int64).copy()
+        self.recording.sample_sets.append(SampleSet(spec, grid, flat, applied))
+        return applied
+
+    def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
+        result = self.inner.joint_product(channels, warped)
+        self.recording.products.append(Product(self.recording.sample_sets[-1], np.array(channels, np.float64),
+                                               np.array(warped, np.float64), result))
+        return result
+
+    def party_stats(self):
+        return self.inner.party_stats()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def record_clear(fixed: Volume, moving: Volume, settings: Settings, protect: Wrapper | None = None):
+    """A clear ``register`` run (optionally under a protecting wrapper); returns (result, recording)."""
+    backend: JointBackend = ClearBackend(fixed)
+    if protect is not None:
+        backend = protect(backend)
+    recorder = RecordingBackend(backend)
+    return register(moving, recorder, settings), recorder.recording
+
+
+@contextlib.contextmanager
+def recording_moving_party(protect: Wrapper | None = None) -> Iterator[Recording]:
+    """While active, every ``register`` the moving-party role runs records through its real backend."""
+    from ppir import roles
+    recording = Recording()
+    original = roles.register
+
+    def recorded(moving, backend, settings, progress=None):
+        inner = protect(backend) if protect is not None else backend
+        return original(moving, RecordingBackend(inner, recording), settings, progress)
+
+    roles.register = recorded
+    try:
+        yield recording
+    finally:
+        roles.register = original
+
+
+def record_private(protocol: str, fixed_path: Path, moving_path: Path, settings: Settings,
+                   protect: Wrapper | None = None) -> tuple[dict, Recording]:
+    """``run_local`` under ``protocol`` (mpc, fhe: real processes over TLS); returns (report, recording)."""
+    from ppir.api import Outputs
+    from ppir.roles import run_local
+    with tempfile.TemporaryDirectory(prefix="ppir-attack-") as tmp, recording_moving_party(protect) as recording:
+        report = run_local(protocol, str(fixed_path), str(moving_path), settings, Outputs(Path(tmp) / "t.h5"))
+    return report, recording
+
+
+def read_pair(folder: Path) -> tuple[Volume, Volume]:
+    return read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd")

@@ -15,19 +15,19 @@ RADII_MM = (3.0, 4.0, 5.0, 6.0, 8.0)
 PLACES = ((0.30, 0.30, 0.40), (0.70, 0.35, 0.60), (0.35, 0.70, 0.50), (0.65, 0.65, 0.35), (0.50, 0.50, 0.55))
 
 
-def place_discs(fixed: Volume, radii: tuple[float, ...] = RADII_MM) -> list[Disc]:
+def place_discs(fixed: Volume, amplitude: float, radii: tuple[float, ...] = RADII_MM) -> list[Disc]:
     """Discs at spread positions inside the foreground's bounding box, one radius each."""
     points = fixed.grid.points()[foreground(fixed)]
     lo, hi = points.min(axis=0), points.max(axis=0)
-    return [Disc(tuple(lo + np.asarray(place[:fixed.dim]) * (hi - lo)), r) for place, r in zip(PLACES, radii)]
+    return [Disc(tuple(lo + np.asarray(place[:fixed.dim]) * (hi - lo)), r, amplitude) for place, r in zip(PLACES, radii)]
 
 
-def add_discs(fixed: Volume, discs: list[Disc], amplitude: float) -> Volume:
-    """J plus ``amplitude`` inside every disc."""
+def add_discs(fixed: Volume, discs: list[Disc]) -> Volume:
+    """J plus each disc's amplitude inside it."""
     points = fixed.grid.points()
     extra = np.zeros(len(points), np.float32)
     for disc in discs:
-        extra[np.linalg.norm(points - np.asarray(disc.center), axis=1) <= disc.radius_mm] += amplitude
+        extra[np.linalg.norm(points - np.asarray(disc.center), axis=1) <= disc.radius_mm] += disc.amplitude
     return fixed.with_array((fixed.array.ravel() + extra).reshape(fixed.array.shape))
 
 
@@ -37,6 +37,6 @@ def pair_with_details(image: Volume, kind: str, seed: int, folder: Path, noise: 
     ``contrast`` x its 99th percentile; returns fixed, moving, ground-truth paths and the discs."""
     synthesize(image, kind, seed, folder, noise=noise, bias=True)
     fixed = read_image(folder / "fixed.nrrd")
-    discs = place_discs(fixed)
-    write_image(add_discs(fixed, discs, contrast * float(np.percentile(fixed.array, 99))), folder / "fixed.nrrd")
+    discs = place_discs(fixed, contrast * float(np.percentile(fixed.array, 99)))
+    write_image(add_discs(fixed, discs), folder / "fixed.nrrd")
     return folder / "fixed.nrrd", folder / "moving.nrrd", folder / "ground_truth.h5", discs

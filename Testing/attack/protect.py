@@ -106,7 +106,13 @@ def _event(sigma: float, sets: list[tuple[float, int]]) -> dp_event.DpEvent:
 
 
 def session_epsilon(sigma: float, sets: list[tuple[float, int]], delta: float = 1e-5) -> float:
-    """epsilon at ``delta`` for a session: ``sets`` lists (sensitivity, products) per sample set (PLD)."""
+    """epsilon at ``delta`` for a session: ``sets`` lists (sensitivity, products) per sample set.
+
+    Privacy-loss-distribution accountant (tight); below a noise multiplier of 0.5 its discretised
+    distributions grow to gigabytes, and the Renyi accountant's bound is used instead.
+    """
+    if sigma / max(s for s, _ in sets) < 0.5:
+        return session_epsilon_rdp(sigma, sets, delta)
     accountant = pld.PLDAccountant()
     accountant.compose(_event(sigma, sets))
     return float(accountant.get_epsilon(delta))

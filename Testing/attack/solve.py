@@ -159,6 +159,7 @@ class Disc:
 
     center: tuple[float, ...]
     radius_mm: float
+    amplitude: float = 0.0
 
 
 def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.ndarray, truth: np.ndarray,
@@ -167,7 +168,9 @@ def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.nd
 
     Contrast = mean over the informed sampled voxels in the disc (radius + half a level voxel) minus the mean
     in a ring (radius + 1.5 to radius + 3 level voxels). 1: the detail is recovered; 0: nothing
-    beyond the moving party's own image. NaN when the disc or ring holds no sampled voxel.
+    beyond the moving party's own image. NaN when the disc or ring holds no informed voxel, or when
+    the true contrast over the baseline's is below a quarter of the disc's amplitude (a detail the
+    level's smoothing has blurred below the noise: the ratio would be noise over noise).
     """
     spacing = float(system.grid.spacing.min())
     dist = np.linalg.norm(system.grid.points(system.voxels) - np.asarray(disc.center), axis=1)
@@ -180,4 +183,7 @@ def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.nd
         return float(v[inside].mean() - v[ring].mean())
 
     base = contrast(baseline)
-    return (contrast(estimate) - base) / (contrast(truth) - base)
+    true = contrast(truth) - base
+    if abs(true) < 0.25 * disc.amplitude:
+        return float("nan")
+    return (contrast(estimate) - base) / true

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppir import data
-from ppir.driver import Settings
-from ppir.image import read_image
-from ppir.pyramid import LevelSpec, level_image
+from ppir.app import data
+from ppir.engine.settings import Settings
+from ppir.engine.image import read_image
+from ppir.engine.pyramid import LevelSpec, level_image
 
 from attack import solve
 from attack.pairs import pair_with_details
@@ -42,7 +42,9 @@ def _attack(recording, fixed, discs) -> list[tuple[float, float, list[float]]]:
         base, k = solve.fitted_prior(system), system.informed
         estimates = [solve.minimum_norm(system), solve.with_prior(system)]
         psnr = max(solve.psnr(e[k], truth[k]) for e in estimates)
-        details = [max(solve.detail_recovered(system, e, base, truth, d) for e in estimates) for d in discs]
+        # details from the prior-anchored estimate: the minimum-norm one is not anchored to any
+        # image where the system is underdetermined, so its disc contrast there is arbitrary
+        details = [solve.detail_recovered(system, estimates[1], base, truth, d) for d in discs]
         out.append((psnr, solve.psnr(base[k], truth[k]), details))
     return out
 
@@ -53,11 +55,11 @@ def test_attack_recovers_j_without_protection(slice64):
     _, recording = record_clear(fixed, moving, Settings(transform="bspline"))
     levels = _attack(recording, fixed, discs)
     assert len(levels) >= 2
-    for psnr, own, details in levels:
-        measured = [d for d in details if np.isfinite(d)]
-        assert len(measured) >= 3
+    measured = [d for _, _, details in levels for d in details if np.isfinite(d)]
+    assert len(measured) >= 3                   # discs a level's smoothing leaves visible
+    assert min(measured) >= 0.9
+    for psnr, own, _ in levels:
         assert psnr > 80.0 > own + 20.0
-        assert min(measured) >= 0.9
 
 
 @pytest.mark.xfail(strict=False, reason="needs the disclosure policy")

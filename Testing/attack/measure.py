@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ppir import data
-from ppir.backend import ClearBackend
-from ppir.driver import Settings, register
-from ppir.evaluate import disagreement, foreground, tre
-from ppir.image import Volume, read_image
-from ppir.pyramid import LevelSpec, level_image
+from ppir.app import data
+from ppir.common.errors import PPIRError
+from ppir.engine.joint import ClearBackend
+from ppir.engine.driver import register
+from ppir.engine.settings import Settings
+from ppir.engine.evaluate import disagreement, foreground, tre
+from ppir.engine.image import Volume, read_image
+from ppir.engine.pyramid import LevelSpec, level_image
 
 from . import solve
 from .pairs import pair_with_details
@@ -136,7 +138,11 @@ def noise(args) -> None:
                 noisy.append(NoisyBackend(backend, sigma, peak, seed=args.seed))
                 return noisy[-1]
 
-            result, recording = record_clear(fixed, moving, settings, protect)
+            try:
+                result, recording = record_clear(fixed, moving, settings, protect)
+            except PPIRError as err:
+                print(f"| {args.image} | {kind} | {sigma} | | | failed: {err} | | | | | |", flush=True)
+                continue
             err = tre(fixed, result.transform, truth)["mean"]
             rmse = disagreement(result.transform, reference.transform, fixed.grid, mask)["rmse"]
             eps = session_epsilon(sigma, recorded_sets(recording)) if sigma > 0 else float("inf")

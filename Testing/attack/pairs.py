@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ppir.evaluate import foreground
-from ppir.image import Volume, read_image, write_image
-from ppir.synth import synthesize
+from ppir.engine.evaluate import foreground
+from ppir.engine.image import Volume, read_image, write_image
+from ppir.app.synth import synthesize
 
 from .solve import Disc
 

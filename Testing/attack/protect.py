@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 from dp_accounting import dp_event, pld, rdp
 
-from ppir.backend import JointBackend, JointResult, fixed_scale
-from ppir.basis import AffineBasis, BSplineBasis
-from ppir.image import Grid
-from ppir.pyramid import LevelSpec
+from ppir.engine.joint import JointBackend, JointResult, fixed_scale
+from ppir.engine.basis import AffineBasis, BSplineBasis
+from ppir.engine.image import Grid
+from ppir.engine.pyramid import LevelSpec
 
 from .record import Product, Recording
 

@@ -9,11 +9,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ppir.backend import ClearBackend, JointBackend, JointResult
-from ppir.basis import AffineBasis, BSplineBasis
-from ppir.driver import Settings, register
-from ppir.image import Grid, Volume, read_image
-from ppir.pyramid import LevelSpec
+from ppir.engine.joint import ClearBackend, JointBackend, JointResult
+from ppir.engine.basis import AffineBasis, BSplineBasis
+from ppir.engine.driver import register
+from ppir.engine.settings import Settings
+from ppir.engine.image import Grid, Volume, read_image
+from ppir.engine.pyramid import LevelSpec
 
 Wrapper = Callable[[JointBackend], JointBackend]
 
@@ -105,7 +106,7 @@ def record_clear(fixed: Volume, moving: Volume, settings: Settings, protect: Wra
 @contextlib.contextmanager
 def recording_moving_party(protect: Wrapper | None = None) -> Iterator[Recording]:
     """While active, every ``register`` the moving-party role runs records through its real backend."""
-    from ppir import roles
+    from ppir.app import roles
     recording = Recording()
     original = roles.register
 
@@ -123,8 +124,8 @@ def recording_moving_party(protect: Wrapper | None = None) -> Iterator[Recording
 def record_private(protocol: str, fixed_path: Path, moving_path: Path, settings: Settings,
                    protect: Wrapper | None = None) -> tuple[dict, Recording]:
     """``run_local`` under ``protocol`` (mpc, fhe: real processes over TLS); returns (report, recording)."""
-    from ppir.api import Outputs
-    from ppir.roles import run_local
+    from ppir.app.outputs import Outputs
+    from ppir.app.local import run_local
     with tempfile.TemporaryDirectory(prefix="ppir-attack-") as tmp, recording_moving_party(protect) as recording:
         report = run_local(protocol, str(fixed_path), str(moving_path), settings, Outputs(Path(tmp) / "t.h5"))
     return report, recording

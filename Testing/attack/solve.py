@@ -18,9 +18,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import cho_factor, cho_solve
 
-from ppir.backend import fixed_scale
-from ppir.basis import BSplineBasis
-from ppir.image import Grid
+from ppir.engine.joint import fixed_scale
+from ppir.engine.basis import BSplineBasis
+from ppir.engine.image import Grid
 
 from .record import Product
 
@@ -169,7 +169,7 @@ def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.nd
     Contrast = mean over the informed sampled voxels in the disc (radius + half a level voxel) minus the mean
     in a ring (radius + 1.5 to radius + 3 level voxels). 1: the detail is recovered; 0: nothing
     beyond the moving party's own image. NaN when the disc or ring holds no informed voxel, or when
-    the true contrast over the baseline's is below a quarter of the disc's amplitude (a detail the
+    the true contrast over the baseline's is below a tenth of the disc's amplitude (a detail the
     level's smoothing has blurred below the noise: the ratio would be noise over noise).
     """
     spacing = float(system.grid.spacing.min())
@@ -184,6 +184,6 @@ def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.nd
 
     base = contrast(baseline)
     true = contrast(truth) - base
-    if abs(true) < 0.25 * disc.amplitude:
+    if abs(true) < 0.1 * disc.amplitude:
         return float("nan")
     return (contrast(estimate) - base) / true

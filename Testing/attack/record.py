@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.joint import ClearBackend, JointBackend, JointResult
 from ppir.engine.basis import AffineBasis, BSplineBasis
 from ppir.engine.driver import register
@@ -69,6 +70,9 @@ class RecordingBackend(JointBackend):
     def fixed_grid(self) -> Grid:
         return self.inner.fixed_grid
 
+    def agree(self, settings: Settings) -> DisclosurePolicy:
+        return self.inner.agree(settings)
+
     def start_level(self, spec: LevelSpec) -> Grid:
         grid = self.inner.start_level(spec)
         self._level = (spec, grid)
@@ -94,9 +98,11 @@ class RecordingBackend(JointBackend):
         self.inner.close()
 
 
-def record_clear(fixed: Volume, moving: Volume, settings: Settings, protect: Wrapper | None = None):
-    """A clear ``register`` run (optionally under a protecting wrapper); returns (result, recording)."""
-    backend: JointBackend = ClearBackend(fixed)
+def record_clear(fixed: Volume, moving: Volume, settings: Settings, policy: DisclosurePolicy | None = None,
+                 protect: Wrapper | None = None):
+    """A clear ``register`` run under the fixed party's ``policy`` (None: none) and optionally a scratch
+    protecting wrapper; returns (result, recording)."""
+    backend: JointBackend = ClearBackend(fixed, policy)
     if protect is not None:
         backend = protect(backend)
     recorder = RecordingBackend(backend)
@@ -122,12 +128,14 @@ def recording_moving_party(protect: Wrapper | None = None) -> Iterator[Recording
 
 
 def record_private(protocol: str, fixed_path: Path, moving_path: Path, settings: Settings,
-                   protect: Wrapper | None = None) -> tuple[dict, Recording]:
-    """``run_local`` under ``protocol`` (mpc, fhe: real processes over TLS); returns (report, recording)."""
+                   policy: DisclosurePolicy | None = None, protect: Wrapper | None = None) -> tuple[dict, Recording]:
+    """``run_local`` under ``protocol`` (mpc, fhe: real processes over TLS) and the fixed party's ``policy``
+    (None: none); returns (report, recording)."""
     from ppir.app.outputs import Outputs
     from ppir.app.local import run_local
     with tempfile.TemporaryDirectory(prefix="ppir-attack-") as tmp, recording_moving_party(protect) as recording:
-        report = run_local(protocol, str(fixed_path), str(moving_path), settings, Outputs(Path(tmp) / "t.h5"))
+        report = run_local(protocol, str(fixed_path), str(moving_path), settings, Outputs(Path(tmp) / "t.h5"),
+                           policy=DisclosurePolicy.off() if policy is None else policy)
     return report, recording
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ppir.app.contract import DEFAULTS, INITIALIZATIONS, PRIVATE_PROTOCOLS, PROTOCOLS, SAMPLINGS, SHARES, TRANSFORMS
+from ppir.app.contract import DEFAULTS, INITIALIZATIONS, METRICS, PRIVATE_PROTOCOLS, PROTOCOLS, SAMPLINGS, SHARES, TRANSFORMS
 from ppir.app.job import register_files
 from ppir.app.outputs import Outputs
 from ppir.app.progress import JsonLines, TerminalBar
@@ -38,6 +38,9 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("registration")
     g.add_argument("--transform", choices=TRANSFORMS, default=DEFAULTS.transform,
                    help="transform model; bspline runs an affine stage first (default: affine)")
+    g.add_argument("--metric", choices=METRICS, default=DEFAULTS.metric,
+                   help="similarity: ssd (same scanner and contrast), ncc (normalised cross-correlation: "
+                        "robust to gain and offset between scanners) (default: ssd)")
     g.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS.sampling,
                    help="which fixed voxels enter the sums: all, a uniform random subset, or a "
                         "gradient-magnitude-weighted subset (default: full)")
@@ -63,7 +66,7 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(transform=args.transform, levels=args.levels, smoothing=args.smoothing,
+    return Settings(transform=args.transform, metric=args.metric, levels=args.levels, smoothing=args.smoothing,
                     sampling=args.sampling, sample_fraction=args.sample_fraction,
                     resample_each_iteration=args.resample_each_iteration, max_iterations=args.max_iterations,
                     bspline_spacing_mm=args.bspline_spacing, bspline_levels=args.bspline_levels,
@@ -89,13 +92,14 @@ def _cmd_register(args: argparse.Namespace) -> int:
 def _print_summary(report: dict, as_json: bool) -> None:
     summary = {"event": "done", "protocol": report["protocol"], "iterations": report["iterations"],
                "tre_mm": report.get("tre_mm"),
+               "metric": report["metric"], "final_value": report["final_value"],
                "final_ssd": report["final_ssd"], "wall_time_s": round(report["wall_time_s"], 3),
                "parties": report["parties"], "outputs": report["outputs"]}
     if as_json:
         print(json.dumps(summary), flush=True)
         return
     print(f"registered ({report['protocol']}) in {summary['wall_time_s']} s, {summary['iterations']} iterations; "
-          f"final SSD {summary['final_ssd']:.6g}")
+          f"final {summary['metric'].upper()} {summary['final_value']:.6g}")
     if "tre_mm" in report:
         tre = report["tre_mm"]
         print(f"  TRE against the ground truth: mean {tre['mean']:.3f} mm, p95 {tre['p95']:.3f} mm, "
@@ -220,7 +224,10 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.absolute().is_dir():
         raise PPIRError(f"output folder '{out}': its parent folder does not exist")
-    summary = synthesize(read_image(args.image, "image"), args.transform, args.seed, out, args.noise, args.bias)
+    from ppir.app.data import default_dir
+    tissue_dir = args.tissue_dir or default_dir()
+    summary = synthesize(read_image(args.image, "image"), args.transform, args.seed, out, args.noise, args.bias,
+                         args.contrast, tissue_dir)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -379,6 +386,13 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     synth.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                        help="Gaussian noise, as a fraction of the 99th intensity percentile (e.g. 0.03)")
     synth.add_argument("--bias", action="store_true", help="multiply by a smooth bias field (up to +-15%%)")
+    synth.add_argument("--contrast", choices=("same", "mapped", "t2", "pet"), default="same",
+                       help="the moving image's synthetic contrast, the fixed image staying the T1: mapped (the "
+                            "T1 through gain 1.3, gamma 0.5, offset 10%%), t2 (CSF bright, white matter dark), pet "
+                            "(grey matter 4x white matter, blurred); t2 and pet need the MNI152 tissue maps "
+                            "(default: same)")
+    synth.add_argument("--tissue-dir", type=Path, default=None,
+                       help="folder with the tissue maps (default: the `ppir data fetch` folder)")
     synth.set_defaults(run=_cmd_data_synth)
 
     ev = sub.add_parser("evaluate", help="target registration error of a transform against a ground truth",

@@ -5,7 +5,7 @@ module in Slicer's own Python: standard library only, no protocol library is imp
 """
 from __future__ import annotations
 
-from ppir.engine.settings import INITIALIZATIONS, SAMPLINGS, TRANSFORMS, Settings
+from ppir.engine.settings import INITIALIZATIONS, METRICS, SAMPLINGS, TRANSFORMS, Settings
 from ppir.protocols import registry
 
 PROTOCOLS = registry.names()
@@ -15,5 +15,5 @@ SERVING_ROLES = ("fixed", "dealer")
 SHARES = ("none", "transform", "warped")
 DEFAULTS = Settings()
 
-__all__ = ["DEALER_PROTOCOLS", "DEFAULTS", "INITIALIZATIONS", "PRIVATE_PROTOCOLS", "PROTOCOLS", "SAMPLINGS",
+__all__ = ["DEALER_PROTOCOLS", "DEFAULTS", "INITIALIZATIONS", "METRICS", "PRIVATE_PROTOCOLS", "PROTOCOLS", "SAMPLINGS",
            "SERVING_ROLES", "SHARES", "TRANSFORMS"]

@@ -23,7 +23,7 @@ class TerminalBar:
         size = "x".join(str(n) for n in event["size"])
         self.stream.write(f"\r{event['stage']:>7} level {event['level']}/{event['levels']} ({size}) "
                           f"[{'#' * filled}{'.' * (self.width - filled)}] it {event['iteration']:3d} "
-                          f"SSD {event['ssd']:.4g}")
+                          f"{event.get('metric', 'ssd').upper()} {event.get('value', event['ssd']):.4g}")
         self.stream.flush()
 
     def close(self) -> None:

@@ -38,6 +38,8 @@ def build_report(protocol: str, settings: Settings, result: Result, wall_time_s:
     return {
         "protocol": protocol,
         "transform_model": settings.transform,
+        "metric": result.metric,
+        "final_value": result.final_value,
         "settings": {k: v for k, v in settings.__dict__.items()},
         "levels": [level.to_dict() for level in result.levels],
         "iterations": result.iterations,

@@ -2,7 +2,8 @@
 
 Given a real image F (the fixed image) and a random transform T (fixed point -> moving point), the
 moving image is M(y) = F(T^-1(y)) on F's grid, so that M(T(x)) = F(x): registering M to F should
-recover T. T is written as ``ground_truth.h5``.
+recover T. T is written as ``ground_truth.h5``. With a ``contrast`` (``ppir.app.contrasts``) M is made
+from F in that synthetic contrast (intensity-mapped T1, T2-like, PET-like), F staying the T1.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from ppir.app.contrasts import apply_contrast
 from ppir.common.files import write_atomically
 from ppir.engine.bspline import control_grid_for
 from ppir.engine.image import Volume, write_image
@@ -69,8 +71,10 @@ def inverse_field(tfm: sitk.Transform, volume: Volume) -> sitk.Transform:
     return sitk.DisplacementFieldTransform(inverse)
 
 
-def synthesize(fixed: Volume, kind: str, seed: int, out: Path, noise: float = 0.0, bias: bool = False) -> dict:
+def synthesize(fixed: Volume, kind: str, seed: int, out: Path, noise: float = 0.0, bias: bool = False,
+               contrast: str = "same", tissue_dir: Path | None = None) -> dict:
     """Write out/fixed.nrrd, out/moving.nrrd and out/ground_truth.h5; returns a summary."""
+    source = apply_contrast(fixed, contrast, tissue_dir)
     rng = np.random.default_rng(seed)
     affine = random_affine(fixed, rng)
     if kind == "affine":
@@ -81,9 +85,9 @@ def synthesize(fixed: Volume, kind: str, seed: int, out: Path, noise: float = 0.
         inverse = inverse_field(truth, fixed)
     else:
         raise ValueError(f"unknown synthetic transform {kind!r}")
-    image = fixed.to_sitk()
+    image = fixed.with_array(source).to_sitk()
     moving = sitk.GetArrayFromImage(sitk.Resample(image, image, inverse, sitk.sitkBSpline, 0.0, sitk.sitkFloat32))
-    moving = np.clip(moving, fixed.array.min(), None)
+    moving = np.clip(moving, source.min(), None)
     if bias:
         moving = moving * _bias_field(fixed, rng)
     if noise > 0:
@@ -94,7 +98,7 @@ def synthesize(fixed: Volume, kind: str, seed: int, out: Path, noise: float = 0.
     write_atomically(out / "ground_truth.h5", lambda tmp: sitk.WriteTransform(truth, tmp))
     return {"fixed": str(out / "fixed.nrrd"), "moving": str(out / "moving.nrrd"),
             "ground_truth": str(out / "ground_truth.h5"), "transform": kind, "seed": seed,
-            "noise": noise, "bias": bias}
+            "noise": noise, "bias": bias, "contrast": contrast}
 
 
 def _bias_field(volume: Volume, rng: np.random.Generator, amplitude: float = 0.15) -> np.ndarray:

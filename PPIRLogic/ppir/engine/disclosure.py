@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ppir.common.errors import PPIRError
+from ppir.engine.metrics import fixed_statistics
 
 DELTA = 1e-5
 
@@ -156,6 +157,11 @@ def _epsilon(noise_multiplier: float, releases: int, delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
+def values_per_sample_set(metric: str) -> int:
+    """Values a sample set reveals before any product: sum J^2, and sum J for NCC."""
+    return len(fixed_statistics(metric))
+
+
 def values_per_product(basis, dim: int) -> int:
     """Values one product reveals: r for every output the samples touch, and the cross term."""
     if hasattr(basis, "control"):
@@ -197,12 +203,13 @@ class LevelAccount:
 class DisclosureLedger:
     """The fixed party's running account of one session, checked before every release."""
 
-    def __init__(self, policy: DisclosurePolicy, sampling: str):
+    def __init__(self, policy: DisclosurePolicy, sampling: str, metric: str = "ssd"):
         if sampling == "gms" and not policy.allow_gms:
             raise DisclosureRefused("the fixed party's disclosure policy refuses GMS sampling (its sample indices "
                                     "trace the moving image's edges, and the policy keeps samples data-independent); "
                                     "use --sampling urs")
         self.policy = policy
+        self._per_sample_set = values_per_sample_set(metric)
         self.levels: dict[int, LevelAccount] = {}
         self._level: LevelAccount | None = None
         self._per_product = 0
@@ -234,8 +241,9 @@ class DisclosureLedger:
         else:
             level.sampled[samples] = True
         self._per_product = values_per_product(basis, dim)
-        level.revealed += 1          # the sample set's sum of squares
-        self._release()
+        level.revealed += self._per_sample_set     # the sample set's sum of squares (and sum, for NCC)
+        for _ in range(self._per_sample_set):
+            self._release()
 
     def allow_product(self) -> None:
         """Raise DisclosureRefused unless one more product fits the policy at this level."""
@@ -266,6 +274,13 @@ class DisclosureLedger:
             return False
         return True
 
+    def headroom(self) -> int:
+        """How many more products the policy allows at this level."""
+        level, policy = self._level, self.policy
+        by_ratio = (policy.max_ratio * level.unknowns - level.revealed) / max(self._per_product, 1)
+        by_ratio = 10 ** 9 if math.isinf(by_ratio) else max(0, math.floor(by_ratio))
+        return int(min(policy.max_products - level.products, by_ratio, self._budget - self.releases))
+
     def _release(self) -> None:
         self._level.releases += 1
         self.releases += 1
@@ -284,7 +299,7 @@ def check_plan(policy: DisclosurePolicy, settings, fixed) -> None:
     from ppir.engine.bspline import control_grid_for
     from ppir.engine.pyramid import level_grid
     from ppir.engine.sampling import sample_count
-    DisclosureLedger(policy, settings.sampling)                       # GMS
+    DisclosureLedger(policy, settings.sampling, settings.metric)      # GMS
     if settings.resample_each_iteration and settings.sampling != "full" and policy.max_sample_sets < 2:
         raise DisclosureRefused("the fixed party allows one sample set per level: drop --resample-each-iteration")
     d = fixed.dim
@@ -301,7 +316,7 @@ def check_plan(policy: DisclosurePolicy, settings, fixed) -> None:
                     f"level {factor} would use {samples} samples, under the fixed party's minimum of "
                     f"{policy.min_samples}: use a --sample-fraction of at least {policy.min_samples / n:.3g} "
                     f"or drop level {factor}")
-            used = revealed.get(factor, 0) + 1 + 2 * per_product
+            used = revealed.get(factor, 0) + values_per_sample_set(settings.metric) + 2 * per_product
             allowed = policy.max_ratio * samples
             if used > allowed:
                 hint = (f"use a coarser grid (--bspline-spacing {_fitting_spacing(fixed, settings, allowed - used + 2 * per_product, d)} mm "

@@ -18,6 +18,8 @@ from ppir.engine.disclosure import DisclosureLedger, check_plan
 from ppir.engine.image import Grid, Volume, check_pair
 from ppir.engine.joint import JointBackend
 from ppir.engine.linear import LinearModel
+from ppir.engine.metrics import Evaluation, gauss_newton
+from ppir.engine.metrics import evaluate as evaluate_metric
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec, default_levels, level_image
 from ppir.engine.sampling import draw_gradient_weighted, draw_uniform
@@ -25,6 +27,16 @@ from ppir.engine.settings import TRANSFORMS, Settings
 
 RELATIVE_TOLERANCE = 1e-6
 NOISE_FLOOR = 1e-3
+
+
+class Diverged(PPIRError):
+    """The registration left the images' overlap or ended with a worse metric than it started with."""
+
+    exit_code = 3
+
+
+ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), another metric for other "
+          "modalities, more or coarser --levels, or the other --init")
 
 
 @dataclass
@@ -35,6 +47,8 @@ class LevelReport:
     samples: int
     iterations: int
     joint_products: int
+    metric: str
+    value: float
     final_ssd: float
     wall_time_s: float
 
@@ -49,6 +63,8 @@ class Result:
     parameters: np.ndarray
     levels: list[LevelReport]
     final_ssd: float
+    metric: str = "ssd"
+    final_value: float = float("nan")
 
     @property
     def iterations(self) -> int:
@@ -73,27 +89,25 @@ def stages(settings: Settings) -> list[tuple[str, list[LevelSpec]]]:
     return plan
 
 
-@dataclass
-class _State:
-    """The data terms at one parameter vector (the model's penalty is added where they are used)."""
-
-    ssd: float
-    gradient: np.ndarray
-    channels: np.ndarray
+class NoOverlap(PPIRError):
+    """Every sample maps outside the moving image."""
 
 
 class Level:
     """One (stage, level): sample set, basis and the moving image at that level."""
 
     def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend,
-                 ledger: DisclosureLedger | None = None):
+                 ledger: DisclosureLedger | None = None, metric: str = "ssd"):
         self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
         self.ledger = ledger        # the moving party's replica of the fixed party's ledger
+        self.metric = metric
         self.joint_products = 0
 
-    def can_product(self) -> bool:
-        """Whether the fixed party's policy allows another product at this level."""
-        return self.ledger is None or self.ledger.can_product()
+    def can_product(self, reserve: int = 0) -> bool:
+        """Whether the fixed party's policy allows another product at this level (and ``reserve`` more)."""
+        if self.ledger is None:
+            return True
+        return self.ledger.can_product() if reserve == 0 else self.ledger.headroom() > reserve
 
     def use_samples(self, samples: np.ndarray | None) -> None:
         self.samples = samples
@@ -111,10 +125,16 @@ class Level:
             return self.moving.sample_grid(self.model.to_sitk(p), self.grid)
         return self.moving.sample(self.model.warp(self.points, p, self.basis))
 
-    def evaluate(self, p: np.ndarray) -> _State:
+    def inside(self, p: np.ndarray) -> float:
+        """The fraction of samples that T_p maps inside the moving image (the moving party's own knowledge)."""
+        index = self.moving.grid.point_to_index(self.model.warp(self.points, p, self.basis))
+        size = np.asarray(self.moving.grid.size, dtype=np.float64)
+        return float(np.all((index >= -0.5) & (index <= size - 0.5), axis=1).mean())
+
+    def evaluate(self, p: np.ndarray) -> Evaluation:
         sampled = self.moving_channels(p)
         if not sampled[:, 0].any():
-            raise PPIRError("the images do not overlap: every sample maps outside the moving image")
+            raise NoOverlap("the images do not overlap: every sample maps outside the moving image")
         values, grads = sampled[:, 0], sampled[:, 1:]
         g = self.model.channels(grads, p)
         if self.ledger is not None:
@@ -122,10 +142,7 @@ class Level:
             self.ledger.product()
         joint = self.backend.joint_product(g, values)
         self.joint_products += 1
-        v = values.astype(np.float64)
-        ssd = float(v @ v - 2.0 * joint.cross + joint.fixed_sq)
-        local = self.joint_basis.transpose_apply(g, values)
-        return _State(ssd, self.model.gradient_vector(local - joint.r, p), g)
+        return evaluate_metric(self.metric, self.model, p, g, values, joint, self.joint_basis)
 
 
 def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str) -> tuple[LinearModel, np.ndarray]:
@@ -158,28 +175,56 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
     model, p = _initial_affine(moving, fixed, settings, linear_kind)
-    p, ssd = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress, ledger)
+    p = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress, ledger)
     if settings.transform == "bspline":
         a, t = model.matrix(p)
         model = BSplineModel(control_grid_for(fixed, settings.bspline_spacing_mm), a, t, model.center)
-        p, ssd = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
-                            progress, ledger)
-    return Result(model.to_sitk(p), model, p, reports, ssd)
+        p = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
+                       progress, ledger)
+    last = reports[-1]
+    return Result(model.to_sitk(p), model, p, reports, last.final_ssd, settings.metric, last.value)
 
 
 def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None):
-    ssd = float("nan")
+    """Run one stage through its levels; returns its parameters. Raises ``Diverged`` (naming what
+    happened) when the transform leaves the images' overlap or the stage ends with a worse metric, at
+    its finest level, than at its starting parameters."""
+    start = p.copy()
     for number, spec in enumerate(specs):
-        start = time.perf_counter()
+        began = time.perf_counter()
         grid = backend.start_level(spec)
         if ledger is not None:
             ledger.start_level(spec.factor, grid.n_voxels)
-        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger)
+        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric)
         rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
-        p, ssd, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress)
+        last = number == len(specs) - 1
+        p, state, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress, last)
+        at_start = level.evaluate(start) if last and level.can_product() else None
         reports.append(LevelReport(stage, spec.factor, list(grid.size), level.n_samples, iterations,
-                                   level.joint_products, ssd, time.perf_counter() - start))
-    return p, ssd
+                                   level.joint_products, settings.metric, state.value, state.ssd,
+                                   time.perf_counter() - began))
+        _check_divergence(level, stage, spec.factor, start, p, state, at_start)
+    return p
+
+
+def _check_divergence(level: "Level", stage: str, factor: int, start: np.ndarray, p: np.ndarray,
+                      state: Evaluation, at_start: Evaluation | None) -> None:
+    """Raise ``Diverged`` if the transform has left the overlap or the metric ended worse than at ``start``."""
+    before, after = level.inside(start), level.inside(p)
+    if after < 0.5 * before:
+        raise Diverged(f"the registration diverged ({stage} stage, level {factor}): the transform maps only "
+                       f"{100 * after:.0f} % of the fixed samples into the moving image, {100 * before:.0f} % at "
+                       f"the start; {ADVICE}")
+    if at_start is not None and _worse(at_start.objective, state.objective, state):
+        raise Diverged(f"the registration diverged ({stage} stage, level {factor}): the {level.metric.upper()} "
+                       f"ended at {state.value:.6g}, worse than {at_start.value:.6g} at the starting transform; "
+                       f"{ADVICE}")
+
+
+def _worse(start: float, final: float, state: Evaluation) -> bool:
+    """Whether ``final`` is worse than ``start`` beyond noise: by 1 % of the start plus 10^-4 of the
+    objective's natural size (sum J^2 for SSD, NCC's range)."""
+    return final - start > 0.01 * abs(start) + 1e-4 * state.reference
 
 
 def _draw(level: Level, p: np.ndarray, settings: Settings, rng: np.random.Generator) -> np.ndarray | None:
@@ -192,44 +237,50 @@ def _draw(level: Level, p: np.ndarray, settings: Settings, rng: np.random.Genera
     return draw_gradient_weighted(weights, settings.sample_fraction, rng)
 
 
-def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels, progress):
-    """LM-damped Gauss-Newton at one level; returns (parameters, SSD, accepted iterations).
+def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels, progress, reserve: bool = False):
+    """LM-damped Gauss-Newton at one level; returns (parameters, their evaluation, accepted iterations).
+    With ``reserve``, one product of a budget of at least four is left for the divergence check.
 
     A level ends when a step would move no sample by 1 % of a voxel, when the Gauss-Newton model
     predicts (or a step achieves) a relative decrease below RELATIVE_TOLERANCE, when a step that
     promised less than NOISE_FLOOR (relative) is rejected (the model is no longer reliable there),
-    or after ``max_iterations`` accepted steps. Each trial costs one joint product.
+    or after ``max_iterations`` accepted steps. Each trial costs one joint product; a trial that maps
+    every sample outside the moving image is rejected without one.
     """
     model = level.model
     level.use_samples(_draw(level, p, settings, rng))
     state = level.evaluate(p)
+    kept = 1 if reserve and level.ledger is not None and level.ledger.headroom() >= 3 else 0
     damping = 1e-3
     step_tol = 1e-2 * float(level.grid.spacing.min())
     iterations = 0
     while iterations < settings.max_iterations:
-        if not level.can_product():
+        if not level.can_product(kept):
             break                       # the fixed party's disclosure budget for this level is spent
         if settings.resample_each_iteration and iterations > 0 and settings.sampling != "full":
             level.use_samples(_draw(level, p, settings, rng))
             state = level.evaluate(p)
-        hessian = model.hessian(level.joint_basis, state.channels, p)
+        hessian = gauss_newton(model, level.joint_basis, state, p)
         if iterations == 0 and stage == "bspline":
             model.set_regularization(hessian, settings.bspline_regularization)
-        objective = state.ssd + model.penalty(p)
+        objective = state.objective + model.penalty(p)
         gradient = state.gradient + model.penalty_gradient(p)
         while True:
             step = model.solve(hessian, gradient, damping)
             candidate = p - step
             moved = model.max_change(level.basis, p, candidate)
             predicted = 2.0 * float(step @ gradient) - float(step @ (hessian @ step))
-            if moved < step_tol or predicted < RELATIVE_TOLERANCE * objective or not level.can_product():
-                return p, state.ssd, iterations
-            trial = level.evaluate(candidate)
-            trial_objective = trial.ssd + model.penalty(candidate)
+            if moved < step_tol or predicted < RELATIVE_TOLERANCE * objective or not level.can_product(kept):
+                return p, state, iterations
+            try:
+                trial = level.evaluate(candidate)
+                trial_objective = trial.objective + model.penalty(candidate)
+            except NoOverlap:
+                trial_objective = float("inf")
             if trial_objective < objective:
                 break
             if predicted < NOISE_FLOOR * objective:
-                return p, state.ssd, iterations
+                return p, state, iterations
             damping *= 10.0
         relative = (objective - trial_objective) / max(objective, 1e-30)
         p, state = candidate, trial
@@ -238,7 +289,8 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
         if progress:
             progress({"stage": stage, "level": number + 1, "levels": n_levels, "size": list(level.grid.size),
                       "iteration": iterations, "max_iterations": settings.max_iterations,
-                      "ssd": state.ssd, "samples": level.n_samples, "moved_mm": moved})
+                      "metric": level.metric, "value": state.value, "ssd": state.ssd,
+                      "samples": level.n_samples, "moved_mm": moved})
         if relative < RELATIVE_TOLERANCE:
             break
-    return p, state.ssd, iterations
+    return p, state, iterations

@@ -6,6 +6,7 @@ a backend returns to the moving party only
     r     = Phi^T (g * J)        the registration's joint term, through the public basis Phi
     cross = sum_x I(T(x)) J(x)   for the SSD
     fixed_sq = sum_x J(x)^2      over the same samples (known to the fixed party alone)
+    fixed_sum = sum_x J(x)       the same, for NCC only (``ppir.engine.metrics``)
 
 Backends: ``ClearBackend`` (both in one process, no protection: the reference), and the private
 backends, which compute the same quantities without either party seeing the other's image.
@@ -21,6 +22,7 @@ import numpy as np
 
 from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, sensitivity
 from ppir.engine.image import Grid, Volume
+from ppir.engine.metrics import fixed_statistics
 from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 
@@ -30,6 +32,7 @@ class JointResult:
     r: np.ndarray
     cross: float
     fixed_sq: float
+    fixed_sum: float = float("nan")
 
 
 def fixed_scale(values: np.ndarray) -> float:
@@ -109,9 +112,11 @@ class FixedParty:
         self._level: Volume | None = None
         self._values: np.ndarray | None = None
         self._basis = None
+        self._metric = "ssd"
         self.scale = 1.0                # s_J: the power of two the protocols divide J by
         self._sensitivity = 0.0         # of one product's normalised release
         self._sq_sensitivity = 0.0      # of the sample set's normalised sum of squares
+        self._span = 0.0                # of the sample set's normalised sum (NCC)
 
     @property
     def grid(self) -> Grid:
@@ -119,7 +124,8 @@ class FixedParty:
 
     def open(self, settings: Settings) -> None:
         """Start the session's ledger (refuses what the policy never allows, such as GMS)."""
-        self.ledger = DisclosureLedger(self.policy, settings.sampling)
+        self.ledger = DisclosureLedger(self.policy, settings.sampling, settings.metric)
+        self._metric = settings.metric
 
     def start_level(self, spec: LevelSpec) -> Grid:
         self._level = level_image(self._fixed, spec)
@@ -134,6 +140,7 @@ class FixedParty:
         self.scale = fixed_scale(self._values)
         span = float(np.ptp(self._values)) / self.scale if self._values.size else 0.0
         self._sensitivity = sensitivity(basis, self.grid.dim, span)
+        self._span = span
         self._sq_sensitivity = span * span
 
     @property
@@ -150,6 +157,15 @@ class FixedParty:
         """sum J^2 over the samples, with the policy's noise (released once per sample set)."""
         noise = float(self.noise((), self._sq_sensitivity))
         return float(self._values @ self._values) + noise * self.scale ** 2
+
+    def sum_of_values(self) -> float:
+        """sum J over the samples, with the policy's noise (released once per sample set, NCC only)."""
+        return float(self._values.sum()) + float(self.noise((), self._span)) * self.scale
+
+    def statistics(self) -> dict[str, float]:
+        """The per-sample-set sums of J the session's metric needs, noised: ``sum_sq`` and, for NCC, ``sum``."""
+        sums = {"sum_sq": self.sum_of_squares, "sum": self.sum_of_values}
+        return {name: sums[name]() for name in fixed_statistics(self._metric)}
 
     def begin_product(self) -> None:
         """Pass the ledger before a product is answered (DisclosureRefused when the policy says no)."""
@@ -180,7 +196,7 @@ class ClearBackend(JointBackend):
 
     def __init__(self, fixed: Volume, policy: DisclosurePolicy | None = None, seed: int | None = None):
         self._party = FixedParty(fixed, DisclosurePolicy.off() if policy is None else policy, seed)
-        self._fixed_sq = float("nan")
+        self._sums: dict[str, float] = {}
 
     @property
     def fixed_grid(self) -> Grid:
@@ -195,11 +211,12 @@ class ClearBackend(JointBackend):
 
     def set_samples(self, samples: np.ndarray | None, basis):
         self._party.set_samples(samples, basis)
-        self._fixed_sq = self._party.sum_of_squares()
+        self._sums = self._party.statistics()
         return basis
 
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
-        return JointResult(*self._party.clear_product(channels, warped), self._fixed_sq)
+        r, cross = self._party.clear_product(channels, warped)
+        return JointResult(r, cross, self._sums["sum_sq"], self._sums.get("sum", float("nan")))
 
     def disclosure(self) -> dict:
         return self._party.ledger.report() if self._party.ledger else {}

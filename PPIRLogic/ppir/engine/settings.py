@@ -13,6 +13,7 @@ from ppir.common.errors import PPIRError
 TRANSFORMS = ("rigid", "affine", "bspline")
 SAMPLINGS = ("full", "urs", "gms")
 INITIALIZATIONS = ("centers", "identity")
+METRICS = ("ssd", "ncc")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Settings:
     """Everything that decides a registration's outcome (both parties agree on it). Invalid values raise PPIRError."""
 
     transform: str = "affine"
+    metric: str = "ssd"
     levels: list[int] = field(default_factory=lambda: [4, 2, 1])
     smoothing: list[float] | None = None
     sampling: str = "full"
@@ -35,6 +37,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
             raise PPIRError(f"unknown transform {self.transform!r}; choose from {', '.join(TRANSFORMS)}")
+        if self.metric not in METRICS:
+            raise PPIRError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
         if self.sampling not in SAMPLINGS:
             raise PPIRError(f"unknown sampling {self.sampling!r}; choose from {', '.join(SAMPLINGS)}")
         for name in ("levels", "bspline_levels"):

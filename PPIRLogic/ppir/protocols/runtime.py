@@ -94,6 +94,14 @@ def rebuild_basis(spec: dict, points: np.ndarray):
     raise PeerError(f"unknown basis {spec.get('kind')!r}")
 
 
+def fixed_sums(meta: dict) -> tuple[float, float]:
+    """(sum J^2, sum J) as the fixed party released them with a sample set (sum J only for NCC, else NaN)."""
+    try:
+        return float(meta["sum_sq"]), float(meta.get("sum", "nan"))
+    except (KeyError, TypeError, ValueError):
+        raise PeerError("the fixed party's sample-set sums are missing or malformed") from None
+
+
 def _level_spec(meta: dict) -> LevelSpec:
     try:
         return LevelSpec(int(meta["factor"]), float(meta["sigma"]))

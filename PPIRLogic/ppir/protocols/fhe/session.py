@@ -29,7 +29,7 @@ from ppir.protocols.fhe.keys import FixedKeys
 from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
 from ppir.protocols.net.channel import Channel, Credentials, PeerError
 from ppir.protocols.net.framing import Message
-from ppir.protocols.runtime import Kind, RemoteBackend, expect
+from ppir.protocols.runtime import Kind, RemoteBackend, expect, fixed_sums
 
 
 def pack(blobs: list[bytes]) -> dict[str, np.ndarray]:
@@ -87,7 +87,7 @@ class FixedHandler:
             scales = column_scales(party.values, basis)
             blobs = self._keys.encrypt((basis.matrix * party.values[:, None] / scales).T)
         self._column_powers = scales / party.scale         # p_a: the basis column's power of two
-        self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), "sum_sq": party.sum_of_squares()},
+        self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), **party.statistics()},
                                    pack(blobs)))
 
     def on_product(self, message: Message) -> int:
@@ -159,7 +159,7 @@ class FHEBackend(RemoteBackend):
         self.send_samples(samples, basis)
         reply = expect(self._fixed, Kind.FHE_COLUMNS)
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
-        self._fixed_sq = float(reply.meta["sum_sq"])
+        self._sums = fixed_sums(reply.meta)
         try:
             if layout is None:
                 self._packed = None
@@ -195,7 +195,7 @@ class FHEBackend(RemoteBackend):
             for k, value in zip(order, released):
                 a, b = wanted[k]
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
-        return JointResult(values[:-1].reshape(q, d), float(values[-1]), self._fixed_sq)
+        return JointResult(values[:-1].reshape(q, d), float(values[-1]), *self._sums)
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""
@@ -220,7 +220,7 @@ class FHEBackend(RemoteBackend):
         r = np.zeros((self._packed.layout.n_points, channels.shape[1]))
         for k, decoded in zip(sums, slots):
             r[:, k] = self._packed.layout.outputs(decoded) * norms[k] * scale
-        return JointResult(r, float(slots[-1][0]) * warped_norm * scale, self._fixed_sq)
+        return JointResult(r, float(slots[-1][0]) * warped_norm * scale, *self._sums)
 
 
 def moving_backend(fixed: str, dealer: str | None, credentials: Credentials, settings: dict) -> FHEBackend:

@@ -19,7 +19,7 @@ from ppir.protocols.mpc.protocol import (
 from ppir.protocols.mpc.ring import BASIS_BITS, RingBasis, encode, new_seed, random_ring
 from ppir.protocols.net.channel import Channel, Credentials, Listener, PeerError, connect
 from ppir.protocols.net.framing import Message
-from ppir.protocols.runtime import IDLE_SECONDS, SESSION_VERSION, Kind, RemoteBackend, expect, tell_error
+from ppir.protocols.runtime import IDLE_SECONDS, SESSION_VERSION, Kind, RemoteBackend, expect, fixed_sums, tell_error
 
 
 class MPCBackend(RemoteBackend):
@@ -51,7 +51,7 @@ class MPCBackend(RemoteBackend):
         reply = expect(self._fixed, Kind.FIXED_MASKED)
         self._f = torch.from_numpy(reply.arrays["f"])
         self._fixed_scale = float(reply.meta["scale"])
-        self._fixed_sq = float(reply.meta["sum_sq"])
+        self._sums = fixed_sums(reply.meta)
         self._ring_basis = RingBasis(basis)
         return self._ring_basis.effective()
 
@@ -65,7 +65,7 @@ class MPCBackend(RemoteBackend):
         share = expect(self._fixed, Kind.SHARE).arrays
         r, cross = product.finish(own, self._ring_basis, torch.from_numpy(share["r"]),
                                   torch.from_numpy(share["cross"]).reshape(()), self._fixed_scale)
-        return JointResult(r, cross, self._fixed_sq)
+        return JointResult(r, cross, *self._sums)
 
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
         super().finish(shared, arrays)
@@ -104,7 +104,7 @@ class FixedHandler:
         seed_b = expect(self.dealer, Kind.DEALER_SEED_B).arrays["b"].tobytes()
         scale = party.scale
         self._level = FixedLevel.start(party.values, scale, seed_b, RingBasis(basis))
-        self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, "sum_sq": party.sum_of_squares()},
+        self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, **party.statistics()},
                                    {"f": self._level.masked().numpy()}))
 
     def on_product(self, message: Message) -> int:

@@ -3,7 +3,8 @@
 - ``mapped``: the T1 through a scanner-like intensity curve, v -> gain * m * (v / m)^gamma + offset * m
   (m = the 99th percentile; gain 1.3, gamma 0.5, offset 0.1; applied inside the head only, the air stays 0);
 - ``t2``: T2-like: CSF bright, grey matter middle, white matter dark, the rest of the head faint;
-- ``pet``: PET-like: grey matter 4x white matter, no signal elsewhere, blurred (Gaussian, 4 mm sigma).
+- ``pet``: PET-like: grey matter 4x white matter, no signal elsewhere, blurred (Gaussian, 4 mm sigma), in
+  its own units (grey matter at 4x the T1's 99th percentile), as a PET scanner's differ from an MR's.
 
 Tissue maps (grey and white matter probabilities, as ``ppir data fetch`` gets them for MNI152) are
 resampled onto the image's grid, so any level or crop of the template works.
@@ -67,6 +68,6 @@ def apply_contrast(volume: Volume, contrast: str, tissue_dir: Path | None = None
         csf = np.clip(brain - gm - wm, 0.0, 1.0)
         other = np.where(head & (brain == 0), 0.25 * np.clip(t1 / top, 0.0, 1.0), 0.0)
         return (top * (1.0 * csf + 0.55 * gm + 0.25 * wm + other)).astype(np.float32)
-    pet = sitk.GetImageFromArray((top * (4.0 * gm + 1.0 * wm) / 4.0).astype(np.float32))
+    pet = sitk.GetImageFromArray((top * (4.0 * gm + 1.0 * wm)).astype(np.float32))
     pet.SetSpacing(tuple(float(s) for s in volume.grid.spacing))
     return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(pet, PET_SIGMA_MM)).astype(np.float32)

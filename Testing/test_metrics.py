@@ -1,0 +1,123 @@
+"""Metrics: NCC's gradient against finite differences, NCC across scanners, what NCC discloses, divergence caught."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from ppir.app.cli import main
+from ppir.app.synth import synthesize
+from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy
+from ppir.engine.driver import Level, register
+from ppir.engine.evaluate import tre
+from ppir.engine.image import read_image
+from ppir.engine.joint import ClearBackend
+from ppir.engine.linear import LinearModel
+from ppir.engine.metrics import gauss_newton
+from ppir.engine.moving_image import MovingLevel
+from ppir.engine.pyramid import LevelSpec
+from ppir.engine.settings import Settings
+from test_transforms import _random_bspline
+
+
+def _level(fixed, moving, model, metric="ncc", samples=3000):
+    backend = ClearBackend(fixed)
+    backend.agree(Settings(metric=metric))
+    grid = backend.start_level(LevelSpec(1, 0.0))
+    level = Level(model, MovingLevel(moving), grid, backend, None, metric)
+    level.use_samples(np.sort(np.random.default_rng(0).choice(grid.n_voxels, samples, replace=False)))
+    return level
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine", "bspline"])
+def test_ncc_gradient_matches_finite_differences(slice_2d, kind):
+    """d(2(1 - NCC))/dp: twice the metric's half gradient equals central differences of the objective."""
+    smooth = slice_2d.with_array(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(slice_2d.to_sitk(), 4.0)))
+    fixed = slice_2d.with_array(np.sqrt(np.clip(smooth.array, 0, None)) * 3.0 + 5.0)   # another scanner
+    if kind == "bspline":
+        model, p = _random_bspline(slice_2d, np.random.default_rng(2))
+        p *= 0.2
+        steps = np.full(len(p), 1e-3)
+    else:
+        model = LinearModel(kind, slice_2d.grid.center())
+        p = model.identity(np.array([2.0, -3.0]))
+        p[0] += 0.1
+        if kind == "affine":
+            p[1:4] += [0.03, -0.02, -0.04]
+        steps = np.where(np.arange(len(p)) < len(p) - 2, 1e-5, 1e-4)
+    level = _level(fixed, smooth, model)
+    state = level.evaluate(p)
+    assert 0.5 < state.value < 1.0 and state.objective == pytest.approx(2 * (1 - state.value))
+    numeric = np.zeros(len(p))
+    check = range(len(p)) if kind != "bspline" else np.argsort(-np.abs(state.gradient))[:12]
+    for k in check:
+        dp = np.zeros_like(p)
+        dp[k] = steps[k]
+        numeric[k] = (level.evaluate(p + dp).objective - level.evaluate(p - dp).objective) / (2 * steps[k])
+    analytic = 2 * state.gradient[list(check)]
+    numeric = numeric[list(check)]
+    # linear interpolation makes the gradient image an approximation of the true derivative
+    assert np.abs(analytic - numeric).max() < 0.05 * np.abs(numeric).max()
+    hessian = gauss_newton(model, level.joint_basis, state, p)
+    dense = hessian.toarray() if hasattr(hessian, "toarray") else hessian
+    assert np.linalg.eigvalsh(dense).min() > -1e-9 * np.abs(dense).max()        # positive semi-definite
+
+
+def test_ncc_is_invariant_to_gain_and_offset_of_the_fixed_image(slice_2d):
+    model = LinearModel("affine", slice_2d.grid.center())
+    p = model.identity(np.array([1.5, -2.0]))
+    base = _level(slice_2d, slice_2d, model).evaluate(p)
+    mapped = _level(slice_2d.with_array(2.5 * slice_2d.array + 40.0), slice_2d, model).evaluate(p)
+    assert mapped.value == pytest.approx(base.value, rel=1e-7)          # the images are float32
+    np.testing.assert_allclose(mapped.gradient, base.gradient, rtol=1e-5, atol=1e-6 * np.abs(base.gradient).max())
+
+
+def test_ncc_registers_across_scanners(tmp_path, mni_4mm, sample_dir):
+    """The intensity-mapped T1 (gain, gamma 0.5, offset) against the T1, 3D 4 mm, affine: NCC recovers the
+    affine, SSD does not."""
+    synthesize(mni_4mm, "affine", 1, tmp_path, contrast="mapped", tissue_dir=sample_dir)
+    fixed, moving = read_image(tmp_path / "fixed.nrrd"), read_image(tmp_path / "moving.nrrd")
+    truth = sitk.ReadTransform(str(tmp_path / "ground_truth.h5"))
+    errors = {}
+    for metric in ("ssd", "ncc"):
+        result = register(moving, ClearBackend(fixed), Settings(metric=metric, levels=[2, 1]))
+        errors[metric] = tre(fixed, result.transform, truth)["mean"]
+        assert result.metric == metric and [lv.metric for lv in result.levels] == [metric, metric]
+    assert errors["ncc"] < 1.5 and errors["ssd"] > 2 * errors["ncc"], errors
+
+
+def test_ncc_sum_is_counted_and_noised(mni_4mm):
+    """NCC's sum J is one more value per sample set, in the ledger and, with noise, noised."""
+    policy = DisclosurePolicy(noise_multiplier=1.0)
+    counts = {}
+    for metric in ("ssd", "ncc"):
+        ledger = DisclosureLedger(policy, "full", metric)
+        ledger.start_level(1, mni_4mm.grid.n_voxels)
+        ledger.sample_set(None, LinearModel("affine", mni_4mm.grid.center()).basis(mni_4mm.grid.points()[:10]), 3)
+        counts[metric] = (ledger.levels[1].revealed, ledger.releases)
+    assert counts == {"ssd": (1, 1), "ncc": (2, 2)}
+    sums = []
+    for seed in (1, 2):
+        backend = ClearBackend(mni_4mm, policy, seed=seed)
+        backend.agree(Settings(metric="ncc"))
+        grid = backend.start_level(LevelSpec(1, 0.0))
+        backend.set_samples(None, LinearModel("affine", grid.center()).basis(grid.points()))
+        sums.append(backend._sums["sum"])
+    exact = float(mni_4mm.array.astype(np.float64).sum())
+    assert sums[0] != sums[1] and all(abs(s - exact) < 1e-3 * exact for s in sums)
+
+
+def test_divergence_ends_non_zero_with_a_message(tmp_path, mni_4mm, sample_dir, capsys):
+    """PET-like against T1 with SSD runs out of the overlap: `ppir register` says so and exits 3, writing
+    nothing; NCC registers the same pair."""
+    synthesize(mni_4mm, "affine", 1, tmp_path, contrast="pet", tissue_dir=sample_dir)
+    args = ["register", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving", str(tmp_path / "moving.nrrd"),
+            "--levels", "2,1", "--output-transform", str(tmp_path / "t.h5"),
+            "--ground-truth", str(tmp_path / "ground_truth.h5")]
+    assert main(args) == 3
+    assert re.search(r"diverged .*maps only \d+ % of the fixed samples into the moving image.*try --metric ncc",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "t.h5").exists()
+    assert main(args + ["--metric", "ncc"]) == 0
+    assert "final NCC" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from ppir.engine.metrics import gauss_newton
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec
 from ppir.engine.settings import Settings
+from private_runs import clear_and_private, transform_rmse
 from test_transforms import _random_bspline
 
 
@@ -121,3 +122,16 @@ def test_divergence_ends_non_zero_with_a_message(tmp_path, mni_4mm, sample_dir, 
     assert not (tmp_path / "t.h5").exists()
     assert main(args + ["--metric", "ncc"]) == 0
     assert "final NCC" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("protocol, transform", [("mpc", "affine"), ("fhe", "affine"), ("mpc", "bspline")])
+def test_private_ncc_equals_clear(tmp_path, slice_2d, protocol, transform):
+    """NCC under MPC and FHE (default policy without noise) gives the clear transform, to 0.05 mm over the grid."""
+    synthesize(slice_2d, transform, 3, tmp_path, contrast="mapped")
+    report = clear_and_private(protocol, tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path,
+                               "--metric", "ncc", "--transform", transform, "--levels", "2,1",
+                               "--bspline-spacing", "24")
+    assert report["metric"] == "ncc" and 0.9 < report["final_value"] <= 1.0
+    assert all(level["metric"] == "ncc" for level in report["levels"])
+    assert all(level["revealed"] >= 2 for level in report["disclosure"]["levels"])
+    assert transform_rmse(tmp_path / f"{protocol}.h5", tmp_path / "clear.h5", slice_2d.grid) < 0.05

@@ -110,13 +110,13 @@ def test_ncc_sum_is_counted_and_noised(mni_4mm):
 
 
 def test_divergence_ends_non_zero_with_a_message(tmp_path, mni_4mm, sample_dir, capsys):
-    """PET-like against T1 with SSD runs out of the overlap: `ppir register` says so and exits 3, writing
+    """PET-like against T1 with SSD runs out of the overlap: `ppir register` says so and exits 4, writing
     nothing; NCC registers the same pair."""
     synthesize(mni_4mm, "affine", 1, tmp_path, contrast="pet", tissue_dir=sample_dir)
     args = ["register", "--fixed", str(tmp_path / "fixed.nrrd"), "--moving", str(tmp_path / "moving.nrrd"),
             "--levels", "2,1", "--output-transform", str(tmp_path / "t.h5"),
             "--ground-truth", str(tmp_path / "ground_truth.h5")]
-    assert main(args) == 3
+    assert main(args) == 4
     assert re.search(r"diverged .*maps only \d+ % of the fixed samples into the moving image.*try --metric ncc",
                      capsys.readouterr().err)
     assert not (tmp_path / "t.h5").exists()

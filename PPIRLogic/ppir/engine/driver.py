@@ -32,7 +32,7 @@ NOISE_FLOOR = 1e-3
 class Diverged(PPIRError):
     """The registration left the images' overlap or ended with a worse metric than it started with."""
 
-    exit_code = 3
+    exit_code = 4
 
 
 ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), another metric for other "

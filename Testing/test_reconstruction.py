@@ -1,25 +1,23 @@
-"""The reconstruction attack of issue 14 against a real run (the moving party's side of the protocol).
+"""The reconstruction attack of issue 14 against real runs (the moving party's side of the protocol).
 
 The moving party records what its backend hands it and solves for J per pyramid level; details
-(discs of 3-8 mm) exist only in J. See Testing/attack/ and docs/privacy-measurements.md.
+(discs of 3-8 mm) exist only in J. See Testing/attack/ and docs/security.md for the measurements
+(`python -m attack.measure policy`, from Testing/).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ppir.app import data
-from ppir.engine.settings import Settings
+from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused
 from ppir.engine.image import read_image
 from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.engine.settings import Settings
 
 from attack import solve
 from attack.pairs import pair_with_details
-from attack.record import Wrapper, record_clear
+from attack.record import record_clear
 
-# The disclosure policy as a wrapper around the backend the moving party's driver receives
-# (None: no protection). The lead wires the real policy in here (or in the run's settings).
-PROTECTION: Wrapper | None = None
 MAX_UNKNOWNS = 1100        # dense normal equations: the coarse levels, where the ratio is highest
 
 
@@ -50,9 +48,9 @@ def _attack(recording, fixed, discs) -> list[tuple[float, float, list[float]]]:
 
 
 def test_attack_recovers_j_without_protection(slice64):
-    """B-spline 20 mm, full sampling: the coarse levels of J are recovered exactly, details and all."""
+    """B-spline 20 mm, full sampling, no policy: the coarse levels of J are recovered exactly, details and all."""
     fixed, moving, discs = slice64
-    _, recording = record_clear(fixed, moving, Settings(transform="bspline"))
+    _, recording = record_clear(fixed, moving, Settings(transform="bspline"), DisclosurePolicy.off())
     levels = _attack(recording, fixed, discs)
     assert len(levels) >= 2
     measured = [d for _, _, details in levels for d in details if np.isfinite(d)]
@@ -62,13 +60,10 @@ def test_attack_recovers_j_without_protection(slice64):
         assert psnr > 80.0 > own + 20.0
 
 
-@pytest.mark.xfail(strict=False, reason="needs the disclosure policy")
-@pytest.mark.parametrize("transform", ["rigid", "affine", "bspline"])
-def test_attack_recovers_no_detail_under_the_policy(slice64, transform):
-    """Under the policy every detail is recovered at <= 10 % of its contrast, at every attacked level."""
-    fixed, moving, discs = slice64
-    _, recording = record_clear(fixed, moving, Settings(transform=transform), PROTECTION)
-    levels = _attack(recording, fixed, discs)
-    assert levels
-    for _, _, details in levels:
-        assert max(d for d in details if np.isfinite(d)) <= 0.1
+def test_the_default_policy_refuses_that_attack_before_any_product(slice64):
+    """The same run under the fixed party's default policy stops before anything about J is revealed."""
+    fixed, moving, _ = slice64
+    recording = None
+    with pytest.raises(DisclosureRefused, match="values per sampled voxel; at level 4 the bspline stage"):
+        _, recording = record_clear(fixed, moving, Settings(transform="bspline"), DisclosurePolicy())
+    assert recording is None

@@ -163,7 +163,7 @@ def noise(args) -> None:
 def policy(args) -> None:
     """The real disclosure policy (max_ratio x noise multiplier), per transform and level: the run's TRE next to
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
-    from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused
+    from ppir.engine.disclosure import DisclosurePolicy
     from ppir.engine.evaluate import tre
     print("| transform | ratio | noise | TRE (policy-free) mm | products per level | level | unknowns | revealed | "
           "best PSNR (own) dB | details recovered |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -178,8 +178,8 @@ def policy(args) -> None:
                 rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma)
                 try:
                     result, recording = record_clear(fixed, moving, settings, rule)
-                except DisclosureRefused as err:
-                    print(f"| {kind} | {ratio} | {sigma} | refused: {err} |")
+                except PPIRError as err:          # refused by the policy, or the registration diverged
+                    print(f"| {kind} | {ratio} | {sigma} | stopped: {err} |", flush=True)
                     continue
                 error = f"{tre(fixed, result.transform, truth)['mean']:.3f} ({tre(fixed, free.transform, truth)['mean']:.3f})"
                 counts = ", ".join(str(level.joint_products) for level in result.levels)

@@ -319,9 +319,11 @@ def check_plan(policy: DisclosurePolicy, settings, fixed) -> None:
             used = revealed.get(factor, 0) + values_per_sample_set(settings.metric) + 2 * per_product
             allowed = policy.max_ratio * samples
             if used > allowed:
-                hint = (f"use a coarser grid (--bspline-spacing {_fitting_spacing(fixed, settings, allowed - used + 2 * per_product, d)} mm "
-                        f"or more; {points} control points now), --bspline-levels without {factor}, or full sampling"
-                        if stage == "bspline" else "use full sampling or a larger --sample-fraction")
+                more = "" if settings.sampling == "full" else ", or full sampling"
+                room = allowed - used + 2 * per_product
+                hint = (f"use a coarser grid (--bspline-spacing {_fitting_spacing(fixed, settings, room, d)} mm or more; "
+                        f"{points} control points now), --bspline-levels without {factor}{more}"
+                        if stage == "bspline" else f"use fewer --levels{more} or a larger --sample-fraction")
                 raise DisclosureRefused(
                     f"the fixed party reveals at most {policy.max_ratio:g} values per sampled voxel; at level "
                     f"{factor} the {stage} stage needs {used} values for {samples} samples: {hint}")

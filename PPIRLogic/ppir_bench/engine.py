@@ -23,6 +23,7 @@ from ppir.app.report import versions
 from ppir.app.synth import synthesize
 from ppir.common.files import write_atomically
 from ppir.engine.driver import Level, register
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Grid, Volume, read_image
 from ppir.engine.joint import ClearBackend
@@ -184,7 +185,7 @@ def run_mpc_suite(out: Path | None, log=print) -> dict:
         for name, protocol, options in runs:
             transform = Path(tmp) / f"{protocol}-{len(rows)}.h5"
             report = register_files(fixed, moving, Settings(transform="affine", **options), Outputs(transform),
-                                    protocol, ground_truth=truth)
+                                    protocol, ground_truth=truth, policy=DisclosurePolicy.off())
             products = report["joint_products"]
             row = {"run": name, "protocol": protocol, "sampling": options.get("sampling", "full"), "size": list(grid.size), "wall_time_s": report["wall_time_s"],
                    "iterations": report["iterations"], "joint_products": products,

@@ -20,6 +20,7 @@ from ppir.app import data
 from ppir.app.report import versions
 from ppir.app.synth import synthesize
 from ppir.common.files import OutputBatch
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
@@ -78,11 +79,14 @@ def registration(fixed: Path, moving: Path, truth: Path, folder: Path, name: str
                  transform: str, sampling: str, levels: str, extra: list[str] = ()) -> dict:
     """One row: a fresh ``ppir register`` process, its report reduced to the suite's columns."""
     report_path, output, errors = folder / f"{name}.json", folder / f"{name}.h5", folder / f"{name}.err"
+    policy_free = folder / "policy-free.toml"       # the protocols compared as such (the policy has its own measurements)
+    DisclosurePolicy.off().write(policy_free)
     with open(errors, "w") as err:
         code = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(fixed), "--moving", str(moving),
                                "--protocol", protocol, "--transform", transform, "--sampling", sampling,
                                "--sample-fraction", str(SAMPLE_FRACTION), "--levels", levels, "--ground-truth",
-                               str(truth), "--output-transform", str(output), "--report", str(report_path), *extra],
+                               str(truth), "--output-transform", str(output), "--report", str(report_path),
+                               "--disclosure-policy", str(policy_free), *extra],
                               stdout=subprocess.DEVNULL, stderr=err).returncode
     if code != 0:
         raise RuntimeError(f"{name}: ppir register failed: {errors.read_text().strip()[-500:]}")

@@ -16,6 +16,7 @@ from PPIRLib import jobs  # noqa: E402
 
 def _valid_settings(tmp_path: Path):
     """Every RunSettings the module's check accepts, over every choice it offers."""
+    (tmp_path / "identity.pem").write_text("an identity folder's certificate")
     for role, protocol, transform, sampling, share in itertools.product(
             jobs.ROLES, jobs.PROTOCOLS, jobs.TRANSFORMS, jobs.SAMPLINGS, jobs.SHARES):
         settings = jobs.RunSettings(role=role, protocol=protocol, transform=transform, sampling=sampling,

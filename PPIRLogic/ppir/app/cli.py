@@ -210,6 +210,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(suite_markdown(run_suite(args.suite, args.out, log)))
     elif args.suite == "engine":
         print(markdown(run_engine_suite(args.out, log)))
+    elif args.suite == "serve":
+        from ppir_bench.serve import markdown as serve_markdown
+        from ppir_bench.serve import run_serve_suite
+        print(serve_markdown(run_serve_suite(args.out, log)))
     else:
         print(mpc_markdown(run_mpc_suite(args.out, log)))
     return 0
@@ -446,14 +450,15 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     bench = sub.add_parser("bench", help="benchmarks that print figures: accuracy, time, traffic, memory",
                            description="Runs synthetic registrations with known truth on the sample images and "
                                        "prints markdown tables (progress on stderr).")
-    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc"), default="quick",
+    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc", "serve"), default="quick",
                        help="quick (minutes) / full (under an hour): clear, MPC and FHE with full, URS and GMS "
                             "sampling, affine and B-spline, 2D and 3D, SimpleITK and elastix peers, scaling with "
                             "image size, the paper's tables; engine: PPIR (clear) vs SimpleITK; mpc: per-product "
-                            "cost on a 1260x1090 2D pair (default: quick)")
+                            "cost on a 1260x1090 2D pair; serve: one fixed party serving 1, 4 and 8 concurrent "
+                            "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes) (default: quick)")
     bench.add_argument("--out", type=Path, default=None,
                        help="folder for the results: results.json, results.md, matrix.png, scaling.png "
-                            "(engine.* / mpc.* for those suites)")
+                            "(engine.* / mpc.* / serve.json for those suites)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

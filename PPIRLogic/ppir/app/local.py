@@ -67,7 +67,7 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
     evaluation = (fixed, ground_truth) if ground_truth is not None else None
     needs_dealer = registry.get(protocol).needs_dealer
     with tempfile.TemporaryDirectory(prefix="ppir-identities-") as scratch:
-        folders = local_identities(Path(scratch), ["moving", "fixed", "dealer"] if needs_dealer else ["moving", "fixed"])
+        folders = local_identities(Path(scratch), ["moving", "fixed", *(["dealer"] if needs_dealer else [])])
         roles: list[_Role] = []
         try:
             dealer = None

@@ -1,10 +1,11 @@
 """The two-party runtime shared by the protocols: messages, the moving party's remote backend, the fixed server.
 
-Every message crosses a mutually authenticated TLS channel between pinned identities (``ppir.protocols.net``). The moving party drives:
-it opens the session with the fixed party and names the protocol; the fixed party answers with that
-protocol's handler (``ppir.mpc.backend``: secret sharing with a dealer; ``ppir.fhe.backend``: CKKS,
-no dealer). Message kinds are listed in ``Kind``. Each protocol's libraries are imported only when
-that protocol is used.
+Every message crosses a mutually authenticated TLS channel between pinned identities
+(``ppir.protocols.net``). The moving party drives: it opens the session with the fixed party and
+names the protocol; the fixed party answers with that protocol's handler (``ppir.protocols.mpc``:
+secret sharing with the fixed party's own dealer; ``ppir.protocols.fhe``: CKKS, no dealer). Message
+kinds are listed in ``Kind``, each with its body limit in ``LIMITS``. Each protocol's libraries are
+imported only when that protocol is used.
 """
 from __future__ import annotations
 

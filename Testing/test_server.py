@@ -158,8 +158,9 @@ def test_eight_concurrent_sessions_and_the_ninth_refused(site, tmp_path):
         def session(n: int) -> None:
             try:
                 settings = Settings(levels=[2, 1])
+                # text transforms: HDF5 (.h5) is not thread-safe, and these moving parties share one process
                 results[n] = run_moving(str(site / "moving.nrrd"), fixed_at, dealer_at, me, settings,
-                                        Outputs(transform=tmp_path / f"t{n}.h5"), "none", protocol="mpc")
+                                        Outputs(transform=tmp_path / f"t{n}.tfm"), "none", protocol="mpc")
             except Exception as err:  # noqa: BLE001 - checked below
                 results[n] = err
         threads = [threading.Thread(target=session, args=(n,)) for n in range(8)]
@@ -169,7 +170,7 @@ def test_eight_concurrent_sessions_and_the_ninth_refused(site, tmp_path):
             thread.join(600)
         failures = {n: r for n, r in results.items() if isinstance(r, Exception)}
         assert not failures and len(results) == 8
-        assert all(_matches_clear(site, tmp_path / f"t{n}.h5") for n in range(8))
+        assert all(_matches_clear(site, tmp_path / f"t{n}.tfm") for n in range(8))
         walls = [results[n]["parties"]["fixed"]["wall_time_s"] for n in range(8)]
         assert max(walls) > 0
     finally:
@@ -188,16 +189,17 @@ def test_ctrl_c_on_a_server_with_sessions_in_flight_stops_every_party(site, tmp_
         for moving in movings:
             assert "iteration" in moving.stdout.readline()
             moving.send_signal(signal.SIGSTOP)      # its session stays in flight, the fixed party waiting on it
-        start = time.monotonic()
         fixed.send_signal(signal.SIGINT)
         assert fixed.wait(15) == 130
+        start = time.monotonic()
         for moving in movings:
             moving.send_signal(signal.SIGCONT)
         for moving in movings:
             moving.wait(30)
-        elapsed = time.monotonic() - start
-        assert all(m.returncode == 3 for m in movings) and elapsed < 30
-        assert all("fixed party" in m.stderr.read() for m in movings)
+        elapsed = time.monotonic() - start         # from the moment the moving parties run again
+        errors = [m.stderr.read() for m in movings]
+        assert [m.returncode for m in movings] == [3, 3] and elapsed < 30, (elapsed, errors)
+        assert all("fixed party" in error or "dealer party" in error for error in errors), errors
         assert not any((tmp_path / f"t{n}.h5").exists() for n in range(2))
         assert "interrupted" in fixed.stderr.read()
         assert dealer.poll() is None                # the dealer serves on

@@ -272,7 +272,7 @@ ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with 
 def visibleRows(role: str, mpc: bool) -> dict:
     """Which rows the panel shows for a role."""
     return {"protocolLabel": role in ("moving", "fixed"), "movingVolumeLabel": role in ("moving", "local"),
-            "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role == "moving" and mpc,
+            "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role in ("moving", "fixed") and mpc,
             "shareResultLabel": role == "moving"}
 
 

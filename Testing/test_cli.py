@@ -134,17 +134,32 @@ def test_evaluate_with_unreadable_transform(pair, tmp_path):
     assert done.returncode == 2 and "not a readable ITK transform" in done.stderr
 
 
-def test_certs_init_and_unknown_role(tmp_path):
-    done = ppir("certs", "init", tmp_path / "pki", "--parties", "moving,fixed")
-    assert "moving:" in done.stdout and (tmp_path / "pki" / "fixed.key").exists()
-    bad = ppir("certs", "init", tmp_path / "other", "--parties", "moving,auditor", check=False)
-    assert bad.returncode == 2 and "auditor" in bad.stderr
-    assert not (tmp_path / "other" / "ca.pem").exists()
+def test_certs_flow_each_party_its_own_key(tmp_path):
+    """Identity, fingerprint, trust by fingerprint read over the phone, and an institutional CA's signature."""
+    made = ppir("certs", "identity", tmp_path / "a", "--name", "Radiology, Hospital A")
+    fingerprint = made.stdout.split("SHA-256 ")[1].split(")")[0]
+    assert (tmp_path / "a/identity.key").stat().st_mode & 0o777 == 0o600
+    assert fingerprint in ppir("certs", "show", tmp_path / "a/identity.pem").stdout
+    ppir("certs", "identity", tmp_path / "b", "--name", "Radiology, Hospital B", "--request")
+    wrong = ppir("certs", "trust", tmp_path / "b", tmp_path / "a/identity.pem", "--role", "moving",
+                 "--fingerprint", "00" * 32, check=False)
+    assert wrong.returncode == 2 and "do not trust it" in wrong.stderr
+    ppir("certs", "trust", tmp_path / "b", tmp_path / "a/identity.pem", "--role", "moving", "--fingerprint",
+         fingerprint.lower().replace(":", ""))
+    assert f"trusts as moving: CN=Radiology\\, Hospital A (SHA-256 {fingerprint})" in ppir(
+        "certs", "show", tmp_path / "b").stdout
+    ppir("certs", "ca", tmp_path / "ca", "--name", "Hospital B CA")
+    ppir("certs", "sign", tmp_path / "b/identity.csr", "--ca", tmp_path / "ca", "--out", tmp_path / "b-signed.pem")
+    assert "Hospital B" in ppir("certs", "install", tmp_path / "b", tmp_path / "b-signed.pem").stdout
+    foreign = ppir("certs", "install", tmp_path / "a", tmp_path / "b-signed.pem", check=False)
+    assert foreign.returncode == 2 and "not for the key" in foreign.stderr
+    again = ppir("certs", "identity", tmp_path / "a", "--name", "again", check=False)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
 
 
-def test_bad_tls_config_is_refused(tmp_path):
-    (tmp_path / "tls.toml").write_text('ca = "ca.pem"\npassword = "x"\n')
-    done = ppir("dealer", "--listen", "127.0.0.1:0", "--tls-config", tmp_path / "tls.toml", check=False)
-    assert done.returncode == 2 and "unknown: password" in done.stderr
-    done = ppir("dealer", "--listen", "127.0.0.1:0", check=False)
-    assert done.returncode == 2 and "no ca, cert, key given" in done.stderr
+def test_party_without_identity_or_trust_is_refused(tmp_path):
+    done = ppir("dealer", "--listen", "127.0.0.1:0", "--identity", tmp_path / "none", check=False)
+    assert done.returncode == 2 and "no identity.key" in done.stderr
+    ppir("certs", "identity", tmp_path / "d", "--name", "Dealer")
+    done = ppir("dealer", "--listen", "127.0.0.1:0", "--identity", tmp_path / "d", check=False)
+    assert done.returncode == 2 and "trusts no moving or fixed party yet" in done.stderr

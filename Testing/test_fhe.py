@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from ppir.protocols.fhe.evaluator import MovingEvaluator
 from ppir.protocols.fhe.keys import FixedKeys
 from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
 from ppir.protocols.fhe.seal_io import context, dump, load
-from ppir.protocols.net import certs
+from identities import party, parties
 from private_runs import PY, clear_and_private, transform_rmse
 
 
@@ -199,13 +200,13 @@ def test_fhe_runs_where_torch_and_crypten_are_not_installed(slice_2d, tmp_path):
 def pair(tmp_path_factory, mni_4mm):
     folder = tmp_path_factory.mktemp("fhepair")
     synthesize(mni_4mm, "affine", 4, folder)
-    certs.init(folder / "pki", ["moving", "fixed"], ["127.0.0.1"])
+    parties(folder / "ids", ("moving", "fixed"))
     return folder
 
 
 def _start_fixed(pair, *extra):
     process = subprocess.Popen(PY + ["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0",
-                                     "--certs", str(pair / "pki"), *extra],
+                                     "--identity", str(pair / "ids/fixed"), *extra],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line, process.stderr.read()
@@ -215,7 +216,7 @@ def _start_fixed(pair, *extra):
 def test_two_parties_without_dealer_share_the_transform(pair, tmp_path):
     fixed, address = _start_fixed(pair, "--output-transform", str(tmp_path / "received.h5"))
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,
-                                "--certs", str(pair / "pki"), "--levels", "2", "--output-transform",
+                                "--identity", str(pair / "ids/moving"), "--levels", "2", "--output-transform",
                                 str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "registered (fhe)" in done.stdout
@@ -231,7 +232,7 @@ def test_fixed_party_terminal_progress_survives_a_whole_session(pair, tmp_path):
 
     from ppir.app.progress import FixedPartyBar
     from ppir.app.roles import run_fixed
-    from ppir.protocols.net.channel import Credentials
+    from ppir.protocols.net.channel import Identity
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -239,14 +240,14 @@ def test_fixed_party_terminal_progress_survives_a_whole_session(pair, tmp_path):
 
     def serve():
         try:
-            run_fixed(str(pair / "fixed.nrrd"), f"127.0.0.1:{port}", Credentials.from_folder(pair / "pki", "fixed"),
+            run_fixed(str(pair / "fixed.nrrd"), f"127.0.0.1:{port}", Identity.load(pair / "ids/fixed"),
                       1, None, None, lambda *_: None, FixedPartyBar(screen))
         except Exception as err:   # reported below, in the test's thread
             failures.append(err)
     server = threading.Thread(target=serve)
     server.start()
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", f"127.0.0.1:{port}",
-                                "--certs", str(pair / "pki"), "--levels", "2", "--output-transform",
+                                "--identity", str(pair / "ids/moving"), "--levels", "2", "--output-transform",
                                 str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=600)
     server.join(60)
     assert done.returncode == 0, done.stderr
@@ -257,7 +258,7 @@ def test_fixed_party_terminal_progress_survives_a_whole_session(pair, tmp_path):
 def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
     fixed, address = _start_fixed(pair)
     moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,
-                                    "--certs", str(pair / "pki"), "--levels", "2,1", "--progress-json",
+                                    "--identity", str(pair / "ids/moving"), "--levels", "2,1", "--progress-json",
                                     "--output-transform", str(tmp_path / "t.h5")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "iteration" in moving.stdout.readline()
@@ -267,16 +268,22 @@ def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
     assert not (tmp_path / "t.h5").exists()
 
 
-def test_certificate_from_another_pki_is_refused(pair, tmp_path):
-    certs.init(tmp_path / "other", ["moving"], ["127.0.0.1"])
+def test_unknown_moving_party_is_refused_and_the_fixed_party_serves_on(pair, tmp_path):
+    from ppir.protocols.net import trust
+    from ppir.protocols.net.channel import Identity
+    stranger = party(tmp_path / "stranger", "Stranger")
+    trust.trust_peer(stranger, pair / "ids/fixed/identity.pem", "fixed")
     fixed, address = _start_fixed(pair)
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", address,
-                                "--protocol", "fhe", "--certs", str(tmp_path / "other"), "--ca",
-                                str(pair / "pki/ca.pem"), "--output-transform", str(tmp_path / "t.h5")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 3 and ("certificate" in done.stderr or "TLS" in done.stderr)
-    assert fixed.wait(60) != 0
+                                "--protocol", "fhe", "--identity", str(stranger), "--output-transform",
+                                str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and Identity.load(stranger).fingerprint in done.stderr
+    assert "does not trust this party's identity" in done.stderr
     assert not (tmp_path / "t.h5").exists()
+    time.sleep(0.5)
+    assert fixed.poll() is None
+    fixed.kill()
+    assert "not trusted" in fixed.communicate()[1]
 
 
 @pytest.mark.parametrize("options, message", [
@@ -286,6 +293,7 @@ def test_certificate_from_another_pki_is_refused(pair, tmp_path):
 ])
 def test_impossible_protocol_settings_fail_before_connecting(pair, tmp_path, options, message):
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", "127.0.0.1:9",
-                                "--certs", str(pair / "pki"), *options, "--output-transform", str(tmp_path / "t.h5")],
+                                "--identity", str(pair / "ids/moving"), *options, "--output-transform",
+                                str(tmp_path / "t.h5")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr

@@ -18,7 +18,7 @@ from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 from ppir.protocols.mpc.protocol import FixedLevel, MovingProduct, dealer_share
 from ppir.protocols.mpc.ring import RingBasis, new_seed, random_ring
-from ppir.protocols.net import certs
+from identities import parties, party
 from private_runs import PY, clear_and_private, transform_rmse
 
 
@@ -72,8 +72,17 @@ def _start(args, name):
 def pair(tmp_path_factory, mni_4mm):
     folder = tmp_path_factory.mktemp("mpcpair")
     synthesize(mni_4mm, "affine", 6, folder)
-    certs.init(folder / "pki", list(certs.ROLES), ["127.0.0.1"])
+    parties(folder / "ids")
     return folder
+
+
+def _dealer(pair, *extra):
+    return _start(["dealer", "--listen", "127.0.0.1:0", "--identity", str(pair / "ids/dealer"), *extra], "dealer")
+
+
+def _fixed(pair, dealer_at, *extra):
+    return _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--identity",
+                   str(pair / "ids/fixed"), "--dealer", dealer_at, *extra], "fixed")
 
 
 
@@ -109,15 +118,12 @@ def test_register_mpc_matches_clear_bspline_2d(slice_2d, tmp_path):
 
 
 def test_separate_roles_share_the_transform(pair, tmp_path):
-    pki = str(pair / "pki")
-    config = tmp_path / "dealer-tls.toml"
-    config.write_text(f'ca = "{pair / "pki/ca.pem"}"\ncert = "{pair / "pki/dealer.pem"}"\nkey = "{pair / "pki/dealer.key"}"\n')
-    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--tls-config", str(config)], "dealer")
-    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki,
-                              "--output-transform", str(tmp_path / "received.h5"), "--progress-json"], "fixed")
+    dealer, dealer_at = _dealer(pair)
+    fixed, fixed_at = _fixed(pair, dealer_at, "--output-transform", str(tmp_path / "received.h5"), "--progress-json")
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
-                                dealer_at, "--certs", pki, "--levels", "2,1", "--output-transform",
-                                str(tmp_path / "t.h5"), "--output-warped", str(tmp_path / "w.nrrd")],
+                                dealer_at, "--identity", str(pair / "ids/moving"), "--levels", "2,1",
+                                "--output-transform", str(tmp_path / "t.h5"), "--output-warped",
+                                str(tmp_path / "w.nrrd"), "--report", str(tmp_path / "r.json")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert fixed.wait(30) == 0 and dealer.wait(30) == 0
@@ -128,32 +134,36 @@ def test_separate_roles_share_the_transform(pair, tmp_path):
     grid = read_image(pair / "fixed.nrrd").grid
     assert transform_rmse(tmp_path / "t.h5", tmp_path / "received.h5", grid) < 1e-9
     assert read_image(tmp_path / "w.nrrd").grid.size == grid.size
+    parties_cost = json.loads((tmp_path / "r.json").read_text())["parties"]
+    assert set(parties_cost) == {"moving", "fixed", "dealer"}
+    dealer_cost, moving_cost = parties_cost["dealer"], parties_cost["moving"]
+    assert dealer_cost["bytes_sent"] > 0 and dealer_cost["cpu_time_s"] > 0 and dealer_cost["peak_memory_mb"] > 0
+    assert 0 < dealer_cost["wall_time_s"] <= moving_cost["wall_time_s"]
 
 
 def test_dealer_down_fails_clearly_without_outputs(pair, tmp_path):
-    pki = str(pair / "pki")
-    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
-                             "fixed")
+    """The fixed party's own dealer is unreachable: both parties say so, nothing is written."""
+    dealer, dealer_at = _dealer(pair)
+    fixed, fixed_at = _fixed(pair, "127.0.0.1:9")
     start = time.monotonic()
     done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
-                                "127.0.0.1:9", "--certs", pki, "--output-transform", str(tmp_path / "t.h5")],
-                          capture_output=True, text=True, timeout=120)
+                                dealer_at, "--identity", str(pair / "ids/moving"), "--output-transform",
+                                str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3 and "dealer" in done.stderr and "Traceback" not in done.stderr
-    assert fixed.wait(60) != 0
+    assert fixed.wait(60) == 3
     assert "dealer" in fixed.stderr.read()
     assert time.monotonic() - start < 60
     assert not (tmp_path / "t.h5").exists()
+    dealer.kill()
 
 
 def _session_under_way(pair, tmp_path):
     """Dealer, fixed and moving processes, returned once the moving party reports its first iteration."""
-    pki = str(pair / "pki")
-    dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--certs", pki], "dealer")
-    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs", pki],
-                             "fixed")
+    dealer, dealer_at = _dealer(pair)
+    fixed, fixed_at = _fixed(pair, dealer_at)
     moving = subprocess.Popen(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
-                                    dealer_at, "--certs", pki, "--levels", "2,1", "--progress-json",
-                                    "--output-transform", str(tmp_path / "t.h5")],
+                                    dealer_at, "--identity", str(pair / "ids/moving"), "--levels", "2,1",
+                                    "--progress-json", "--output-transform", str(tmp_path / "t.h5")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "iteration" in moving.stdout.readline()
     return dealer, fixed, moving
@@ -168,31 +178,20 @@ def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
     dealer.wait(60)
 
 
-def test_certificate_from_another_pki_is_refused(pair, tmp_path):
-    certs.init(tmp_path / "other", ["moving"], ["127.0.0.1"])
-    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs",
-                              str(pair / "pki")], "fixed")
-    done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at, "--dealer",
-                                "127.0.0.1:9", "--certs", str(tmp_path / "other"), "--ca", str(pair / "pki/ca.pem"),
-                                "--output-transform", str(tmp_path / "t.h5")], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 3 and ("certificate" in done.stderr or "TLS" in done.stderr)
-    assert fixed.wait(60) != 0
-
-
 @pytest.mark.parametrize("hello, reason", [
     ({"version": 99, "protocol": "mpc"}, "version 99"),
-    ({"version": 1, "protocol": "mpc", "fixed_bits": 12, "basis_bits": 12}, "fixed-point bits 12/12"),
-    ({"version": 1, "protocol": "paillier"}, "unknown protocol 'paillier'"),
-    ({"version": 1, "protocol": "fhe", "fhe": {"scheme": "ckks", "poly_degree": 4096}}, "CKKS parameters"),
+    ({"version": 1, "protocol": "mpc"}, "no session id"),
+    ({"version": 1, "session": "s", "protocol": "mpc", "fixed_bits": 12, "basis_bits": 12}, "fixed-point bits 12/12"),
+    ({"version": 1, "session": "s", "protocol": "paillier"}, "unknown protocol 'paillier'"),
+    ({"version": 1, "session": "s", "protocol": "fhe", "fhe": {"scheme": "ckks", "poly_degree": 4096}},
+     "CKKS parameters"),
 ])
 def test_session_mismatch_is_refused_with_a_reason(pair, hello, reason):
-    from ppir.protocols.net.channel import Credentials, connect
+    from ppir.protocols.net.channel import Identity, connect
     from ppir.protocols.net.framing import Message
     from ppir.protocols.runtime import Kind
-    fixed, fixed_at = _start(["fixed", "--image", str(pair / "fixed.nrrd"), "--listen", "127.0.0.1:0", "--certs",
-                              str(pair / "pki")], "fixed")
-    channel = connect(fixed_at, Credentials.from_folder(pair / "pki", "moving"), "fixed")
+    fixed, fixed_at = _fixed(pair, "127.0.0.1:9")
+    channel = connect(fixed_at, Identity.load(pair / "ids/moving"), "fixed")
     channel.send(Message(Kind.HELLO, hello))
     reply = channel.recv()
     channel.close()
@@ -209,3 +208,58 @@ def test_ctrl_c_on_the_moving_party_stops_everyone(pair, tmp_path):
     assert fixed.wait(30) == 3 and "moving party stopped" in fixed.stderr.read()
     assert dealer.wait(30) != 0
     assert not (tmp_path / "t.h5").exists()
+
+
+def test_rogue_dealer_named_by_the_moving_party_gets_nothing(pair, tmp_path):
+    """Issue 13's attack: the moving party runs its own dealer (to learn b, hence J) and names it.
+
+    The fixed party refuses before its WELCOME, with a clear message on both sides, and connects only to
+    its configured dealer: the rogue dealer never hears from it, whatever address the HELLO names.
+    """
+    import shutil
+
+    from ppir.protocols.mpc.protocol import FIXED_BITS
+    from ppir.protocols.mpc.ring import BASIS_BITS
+    from ppir.protocols.net import trust
+    from ppir.protocols.net.channel import Identity, PeerError, connect
+    from ppir.protocols.net.framing import Message
+    from ppir.protocols.runtime import Kind
+    attacker = tmp_path / "attacker"            # the genuine moving party, turned curious
+    shutil.copytree(pair / "ids/moving", attacker)
+    rogue = party(tmp_path / "rogue", "rogue dealer")
+    trust.trust_peer(rogue, attacker / "identity.pem", "moving")
+    trust.trust_peer(rogue, pair / "ids/fixed/identity.pem", "fixed")   # certificates are public
+    trust.trust_peer(attacker, rogue / "identity.pem", "dealer")
+    dealer, dealer_at = _dealer(pair, "--sessions", "0")
+    rogue_dealer, rogue_at = _start(["dealer", "--listen", "127.0.0.1:0", "--identity", str(rogue), "--sessions",
+                                     "0"], "rogue dealer")
+    fixed, fixed_at = _fixed(pair, dealer_at, "--sessions", "0")
+    try:
+        done = subprocess.run(PY + ["moving", "--image", str(pair / "moving.nrrd"), "--connect", fixed_at,
+                                    "--dealer", rogue_at, "--identity", str(attacker), "--output-transform",
+                                    str(tmp_path / "t.h5")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 3 and "works only with its own dealer" in done.stderr
+        assert dealer_at.split(":")[1] in done.stderr and not (tmp_path / "t.h5").exists()
+        # the same attack by hand, also lying about the dealer's identity: the fixed party ignores the address
+        real = Identity.load(pair / "ids/dealer").fingerprint
+        for named, first in (({"address": rogue_at, "fingerprint": Identity.load(rogue).fingerprint}, Kind.ERROR),
+                             ({"address": rogue_at, "fingerprint": real}, Kind.WELCOME)):
+            channel = connect(fixed_at, Identity.load(attacker), "fixed")
+            channel.send(Message(Kind.HELLO, {"version": 1, "session": "attack", "protocol": "mpc", "dealer": named,
+                                              "fixed_bits": FIXED_BITS, "basis_bits": BASIS_BITS, "settings": {}}))
+            received = [channel.recv()]
+            if first == Kind.ERROR:
+                with pytest.raises(PeerError):
+                    received.append(channel.recv())
+            channel.close()
+            assert [m.kind for m in received] == [first]
+            assert first == Kind.WELCOME or "works only with its own dealer" in received[0].meta["reason"]
+            assert set(received[0].arrays) == set()          # no array of any kind, nothing derived from J
+        time.sleep(1.0)
+        assert fixed.poll() is None and dealer.poll() is None
+    finally:
+        for process in (fixed, dealer, rogue_dealer):
+            process.kill()
+    rogue_log = rogue_dealer.communicate()[1]
+    assert "fixed" not in rogue_log and rogue_log.count("connection from") == 1   # the attacker's own, only
+    assert "works only with its own dealer" in fixed.communicate()[1]

@@ -24,7 +24,7 @@ from PPIRLib import loopback  # noqa: E402
 from PPIRLib.package import ppir_environment  # noqa: E402
 from PPIRLib.runner import PPIRProcess  # noqa: E402
 
-from ppir.protocols.net import certs  # noqa: E402
+from identities import parties  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the stand-in launcher is a POSIX script")
 
@@ -44,13 +44,13 @@ def setup(tmp_path_factory) -> dict:
     launcher.write_text(LAUNCHER.format(python=sys.executable))
     launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
     loopback.phantom_pair(folder, size=32)
-    certs.init(folder / "pki", ["fixed", "moving"], ["127.0.0.1"])
+    parties(folder / "ids", ("moving", "fixed"))
     return {"folder": folder, "launcher": str(launcher)}
 
 
 def _listening_fixed_party(setup: dict, port: int = 0) -> tuple[PPIRProcess, int]:
     process = PPIRProcess(["fixed", "--image", str(setup["folder"] / "fixed.nrrd"), "--listen", f"127.0.0.1:{port}",
-                           "--certs", str(setup["folder"] / "pki"), "--progress-json"],
+                           "--identity", str(setup["folder"] / "ids/fixed"), "--progress-json"],
                           python=setup["launcher"], env=ppir_environment())
     process.start()
     end = time.monotonic() + 60
@@ -108,7 +108,7 @@ def test_the_peer_is_told_when_a_party_is_cancelled(setup):
     fixed, port = _listening_fixed_party(setup)
     moving_image = setup["folder"] / "moving.nrrd"
     moving = PPIRProcess(["moving", "--image", str(moving_image), "--connect", f"127.0.0.1:{port}",
-                          "--protocol", "fhe", "--certs", str(setup["folder"] / "pki"), "--levels", "1",
+                          "--protocol", "fhe", "--identity", str(setup["folder"] / "ids/moving"), "--levels", "1",
                           "--sampling", "full", "--max-iterations", "200",
                           "--output-transform", "t.h5", "--progress-json"], python=setup["launcher"],
                          env=ppir_environment())

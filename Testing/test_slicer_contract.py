@@ -16,6 +16,7 @@ from PPIRLib import jobs  # noqa: E402
 
 def _valid_settings(tmp_path: Path):
     """Every RunSettings the module's check accepts, over every choice it offers."""
+    (tmp_path / "identity.pem").write_text("an identity folder's certificate")
     policy = tmp_path / "policy.toml"
     policy.write_text("[disclosure]\nmax_ratio = 0.25\n")
     for role, protocol, transform, sampling, share, policy_file in itertools.product(

@@ -156,15 +156,17 @@ def test_warped_node_has_the_fixed_geometry_and_is_shown_over_it(registered):
 
 
 def test_settings_refuse_what_cannot_work(tmp_path):
+    (tmp_path / "identity.pem").write_text("a certificate")
     good = dict(certificates=str(tmp_path))
-    with pytest.raises(ValueError, match="dealer's address"):
-        jobs.RunSettings(role="moving", protocol="mpc", **good).check()
+    for role in ("moving", "fixed"):
+        with pytest.raises(ValueError, match="dealer's address"):
+            jobs.RunSettings(role=role, protocol="mpc", **good).check()
     jobs.RunSettings(role="moving", protocol="fhe", transform="bspline", **good).check()   # FHE does B-spline too
     with pytest.raises(ValueError, match="HOST:PORT"):
         jobs.RunSettings(role="fixed", address="hospital-b", **good).check()
     with pytest.raises(ValueError, match="local test role"):
         jobs.RunSettings(role="moving", protocol="clear", **good).check()
-    with pytest.raises(ValueError, match="certificate folder"):
+    with pytest.raises(ValueError, match="identity folder"):
         jobs.RunSettings(role="moving", certificates=str(tmp_path / "none")).check()
     with pytest.raises(ValueError, match="select the moving volume"):
         jobs.Job(jobs.RunSettings(role="moving", **good))
@@ -191,8 +193,8 @@ def test_a_party_that_gets_no_result_in_time_is_stopped(tmp_path):
     scene = _scene()
     loopback.phantom_pair(tmp_path)
     fixed = mrml.import_volume(scene, tmp_path / "fixed.nrrd", "fixed")
-    jobs.create_certificates(tmp_path / "pki")
-    job = jobs.Job(jobs.RunSettings(role="fixed", address="127.0.0.1:0", certificates=str(tmp_path / "pki")),
+    ids = jobs.local_identities(tmp_path / "ids", ["moving", "fixed"])
+    job = jobs.Job(jobs.RunSettings(role="fixed", address="127.0.0.1:0", certificates=str(ids["fixed"])),
                    fixed_node=fixed)
     with pytest.raises(RuntimeError, match="fixed party had no result after 3 s"):
         job.wait(timeout=3)
@@ -203,9 +205,9 @@ def test_failed_run_shows_the_commands_message_and_leaves_no_node(tmp_path):
     scene = _scene()
     loopback.phantom_pair(tmp_path)
     moving = mrml.import_volume(scene, tmp_path / "moving.nrrd", "moving")
-    jobs.create_certificates(tmp_path / "pki")
+    ids = jobs.local_identities(tmp_path / "ids", ["moving", "fixed"])
     before = scene.GetNumberOfNodes()
-    job = jobs.Job(jobs.RunSettings(role="moving", address="127.0.0.1:1", certificates=str(tmp_path / "pki")),
+    job = jobs.Job(jobs.RunSettings(role="moving", address="127.0.0.1:1", certificates=str(ids["moving"])),
                    moving_node=moving)
     with pytest.raises(RuntimeError) as failure:
         job.wait(timeout=120)
@@ -219,9 +221,9 @@ def test_temporary_files_go_under_the_given_folder_and_are_kept_on_request(tmp_p
     scene = _scene()
     loopback.phantom_pair(tmp_path, size=16)
     moving = mrml.import_volume(scene, tmp_path / "moving.nrrd", "moving")
-    jobs.create_certificates(tmp_path / "pki")
+    ids = jobs.local_identities(tmp_path / "ids", ["moving", "fixed"])
     (tmp_path / "slicer-temp").mkdir()
-    job = jobs.Job(jobs.RunSettings(role="moving", address="127.0.0.1:1", certificates=str(tmp_path / "pki")),
+    job = jobs.Job(jobs.RunSettings(role="moving", address="127.0.0.1:1", certificates=str(ids["moving"])),
                    moving_node=moving, temp_root=tmp_path / "slicer-temp", keep_files=keep)
     with pytest.raises(RuntimeError):
         job.wait(timeout=120)
@@ -229,3 +231,16 @@ def test_temporary_files_go_under_the_given_folder_and_are_kept_on_request(tmp_p
     assert job.process.workdir.exists() is keep
     if keep:
         assert (job.process.workdir / "moving.nrrd").is_file()   # the volume that would have been used
+
+
+def test_identity_buttons_each_site_makes_its_own_key_and_trusts_by_fingerprint(tmp_path):
+    """The module's identity flow (what its three buttons call): no site ever holds another's key."""
+    text = jobs.create_identity(tmp_path / "a", "Radiology, Hospital A")
+    fingerprint = text.split("SHA-256 ")[1].split(")")[0]
+    jobs.create_identity(tmp_path / "b", "Radiology, Hospital B")
+    assert fingerprint in jobs.show_identity(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="do not trust it"):
+        jobs.trust_certificate(tmp_path / "b", tmp_path / "a/identity.pem", "moving", "AB" * 32)
+    jobs.trust_certificate(tmp_path / "b", tmp_path / "a/identity.pem", "moving", fingerprint)
+    assert "trusts as moving" in jobs.show_identity(tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.key")) == ["identity.key"]

@@ -48,11 +48,11 @@ def test_bad_input_gives_the_commands_message(tmp_path):
 
 def test_cancel_stops_a_waiting_party(slice_2d, tmp_path):
     from ppir.engine.image import write_volume
-    from ppir.protocols.net import certs
+    from identities import parties
     write_volume(slice_2d, tmp_path / "fixed.nrrd")
-    certs.init(tmp_path / "pki", ["fixed"], ["127.0.0.1"])
+    ids = parties(tmp_path / "ids", ("moving", "fixed"))
     process = PPIRProcess(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",
-                           "--certs", str(tmp_path / "pki")])
+                           "--identity", str(ids["fixed"])])
     process.start()
     end = time.monotonic() + 60
     listening = []

@@ -18,7 +18,8 @@ import vtk
 from PPIRLib import dependencies, loopback, mrml
 from PPIRLib.disclosure import disclosure
 from PPIRLib.events import describe, summary_lines
-from PPIRLib.jobs import CONTRACT, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_certificates
+from PPIRLib.jobs import (CONTRACT, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_identity,
+                          show_identity, trust_certificate)
 from PPIRLib.package import check_python
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode
 from slicer.i18n import tr as _
@@ -104,9 +105,13 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
     From Slicer's Python console, party 2 (the fixed-image owner) then party 1::
 
         import PPIR
-        PPIR.PPIRLogic().run("fixed", fixedVolume=getNode("MRHead"), address="0.0.0.0:7000", certificates="/path/pki")
+        PPIR.PPIRLogic().run("fixed", fixedVolume=getNode("MRHead"), address="0.0.0.0:7000",
+                             certificates="/path/my-identity")
         PPIR.PPIRLogic().run("moving", movingVolume=getNode("MRBrainTumor1"), address="hospital-b:7000",
-                             certificates="/path/pki")
+                             certificates="/path/my-identity")
+
+    ``certificates`` is this site's own identity folder (``createIdentity``, then ``trustCertificate``
+    for each other site after checking its fingerprint by phone).
 
     ``run`` blocks (keeping Slicer responsive) and returns a PPIRLib.jobs.JobResult with the new nodes.
     """
@@ -210,9 +215,19 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("PyTorch was not installed"))
 
     @staticmethod
-    def createCertificates(folder: str, hosts: str) -> pathlib.Path:
-        """Trial certificates for every role in ``folder``, valid for ``hosts`` (comma-separated)."""
-        return create_certificates(pathlib.Path(folder), hosts)
+    def createIdentity(folder: str, name: str) -> str:
+        """This site's own key pair and self-signed certificate in ``folder`` (the key never leaves it)."""
+        return create_identity(pathlib.Path(folder), name)
+
+    @staticmethod
+    def showIdentity(folder: str) -> str:
+        """This site's fingerprint and the peers it trusts."""
+        return show_identity(pathlib.Path(folder))
+
+    @staticmethod
+    def trustCertificate(folder: str, certificate: str, role: str, fingerprint: str) -> str:
+        """Trust another site's certificate for ``role`` if it has the ``fingerprint`` read by phone."""
+        return trust_certificate(pathlib.Path(folder), pathlib.Path(certificate), role, fingerprint)
 
     def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None, keepFiles: bool = False) -> Job:
         """Start one party's run in a subprocess (returns at once; poll the job).
@@ -261,7 +276,7 @@ ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with 
 def visibleRows(role: str, mpc: bool) -> dict:
     """Which rows the panel shows for a role."""
     return {"protocolLabel": role in ("moving", "fixed"), "movingVolumeLabel": role in ("moving", "local"),
-            "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role == "moving" and mpc,
+            "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role in ("moving", "fixed") and mpc,
             "shareResultLabel": role == "moving", "disclosurePolicyLabel": role in ("fixed", "local")}
 
 
@@ -294,7 +309,9 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
-        self.ui.createCertificatesButton.connect("clicked(bool)", self.onCreateCertificates)
+        self.ui.createIdentityButton.connect("clicked(bool)", self.onCreateIdentity)
+        self.ui.showFingerprintButton.connect("clicked(bool)", self.onShowFingerprint)
+        self.ui.trustCertificateButton.connect("clicked(bool)", self.onTrustCertificate)
         self.ui.fadeSliderWidget.connect("valueChanged(double)", lambda value: mrml.set_fade(slicer.mrmlScene, value))
         self.initializeParameterNode()
 
@@ -471,24 +488,61 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         PPIRLogic.show(result, background)
         self.ui.fadeSliderWidget.value = 0.5
 
-    def onCreateCertificates(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for trial certificates"))
+    def onCreateIdentity(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("New folder for my identity"))
         if not folder:
             return
-        host = self._parameterNode.address.rpartition(":")[0]
-        hosts = ",".join(dict.fromkeys(h for h in (host, "127.0.0.1", "localhost") if h and h != "0.0.0.0"))
+        name = qt.QInputDialog.getText(slicer.util.mainWindow(), "PPIR", _("Who are you (e.g. Radiology, Hospital A)?"))
+        if not name:
+            return
         try:
             with slicer.util.WaitCursor():
-                self.logic.createCertificates(folder, hosts)
+                text = self.logic.createIdentity(folder, name)
         except (RuntimeError, OSError, subprocess.SubprocessError) as error:   # TimeoutExpired included
-            slicer.util.errorDisplay(_("Could not create certificates: {error}").format(error=error),
+            slicer.util.errorDisplay(_("Could not create the identity: {error}").format(error=error),
                                      windowTitle="PPIR")
             return
         self._parameterNode.certificates = pathlib.Path(folder)
-        slicer.util.infoDisplay(_(
-            "Trial certificates for {hosts} are in {folder}. Give the other site ca.pem and its own certificate and "
-            "key (fixed.pem and fixed.key for party 2); keep the rest. For real use, ask your IT for certificates "
-            "from a PKI both sites trust.").format(hosts=hosts, folder=folder), windowTitle="PPIR")
+        slicer.util.infoDisplay(text + "\n\n" + _(
+            "Send identity.pem (never identity.key) to the other sites and read them the fingerprint by phone; "
+            "then trust theirs with 'Trust the other site's certificate'."), windowTitle="PPIR")
+
+    def _identityFolder(self) -> str | None:
+        folder = str(self._parameterNode.certificates or "")
+        if folder in ("", "."):
+            slicer.util.errorDisplay(_("Choose or create your identity folder first."))
+            return None
+        return folder
+
+    def onShowFingerprint(self) -> None:
+        folder = self._identityFolder()
+        if folder is None:
+            return
+        try:
+            slicer.util.infoDisplay(self.logic.showIdentity(folder), windowTitle="PPIR")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            slicer.util.errorDisplay(str(error), windowTitle="PPIR")
+
+    def onTrustCertificate(self) -> None:
+        folder = self._identityFolder()
+        if folder is None:
+            return
+        certificate = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("The other site's identity.pem"),
+                                                     "", "Certificates (*.pem)")
+        if not certificate:
+            return
+        role = qt.QInputDialog.getItem(slicer.util.mainWindow(), "PPIR", _("That site's role:"),
+                                       ["moving", "fixed", "dealer"], 0, False)
+        fingerprint = qt.QInputDialog.getText(slicer.util.mainWindow(), "PPIR",
+                                              _("The fingerprint that site read to you (SHA-256):"))
+        if not role or not fingerprint:
+            return
+        try:
+            text = self.logic.trustCertificate(folder, certificate, role, fingerprint)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            slicer.util.errorDisplay(_("Not trusted: {error}").format(error=error), windowTitle="PPIR")
+            return
+        slicer.util.infoDisplay(text, windowTitle="PPIR")
 
 
 #

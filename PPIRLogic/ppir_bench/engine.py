@@ -22,8 +22,8 @@ from ppir.app.outputs import Outputs
 from ppir.app.report import versions
 from ppir.app.synth import synthesize
 from ppir.common.files import write_atomically
-from ppir.engine.driver import Level, register
 from ppir.engine.disclosure import DisclosurePolicy
+from ppir.engine.driver import Level, register
 from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Grid, Volume, read_image
 from ppir.engine.joint import ClearBackend

@@ -8,6 +8,7 @@ happens, the temporary folder is removed.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +65,12 @@ class RunSettings:
         host, _, port = self.address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"address must be HOST:PORT, not '{self.address}'")
-        if self.role == "moving" and self.protocol in CONTRACT.DEALER_PROTOCOLS and not self.dealer:
-            raise ValueError(f"{self.protocol.upper()} needs the dealer's address")
+        if self.role in ("moving", "fixed") and self.protocol in CONTRACT.DEALER_PROTOCOLS and not self.dealer:
+            raise ValueError(f"{self.protocol.upper()} needs the dealer's address (the fixed party's own dealer)")
         if self.role == "dealer" and self.protocol not in CONTRACT.DEALER_PROTOCOLS:
             raise ValueError(f"a dealer serves {', '.join(p.upper() for p in CONTRACT.DEALER_PROTOCOLS)} sessions only")
-        if not self.certificates or not Path(self.certificates).is_dir():
-            raise ValueError(f"certificate folder not found: '{self.certificates}'")
+        if not self.certificates or not (Path(self.certificates) / "identity.pem").is_file():
+            raise ValueError(f"identity folder not found: '{self.certificates}' (create your identity first)")
 
 
 def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict[str, Path]) -> list[str]:
@@ -79,7 +80,7 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
                     "--max-iterations", str(settings.max_iterations),
                     "--bspline-spacing", repr(settings.bspline_spacing), "--seed", str(settings.seed)]
     written = [arg for key, path in outputs.items() for arg in (OUTPUT_FLAGS[key], str(path))]
-    tls = ["--certs", settings.certificates]
+    tls = ["--identity", settings.certificates]
     policy = ["--disclosure-policy", settings.disclosure_policy] if settings.disclosure_policy else []
     if settings.role == "local":
         return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]),
@@ -90,7 +91,9 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
                 "--protocol", settings.protocol, "--share-result", settings.share_result,
                 *registration, *written, *tls, "--progress-json"]
     if settings.role == "fixed":
-        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *policy, *written, *tls,
+        dealer = ["--dealer", settings.dealer] if settings.protocol in CONTRACT.DEALER_PROTOCOLS else []
+        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *dealer, *policy, *written,
+                *tls,
                 "--progress-json"]
     return ["dealer", "--listen", settings.address, *tls]
 
@@ -217,14 +220,40 @@ class Job:
         return result
 
 
-def create_certificates(folder: Path, hosts: str = "127.0.0.1,localhost", python: str | None = None) -> Path:
-    """Trial certificates (a local CA and one certificate per role) in ``folder``, via ``ppir certs init``."""
-    process = PPIRProcess(["certs", "init", str(folder), "--hosts", hosts], python=python or python_executable(),
-                          env=ppir_environment())
-    process.start()
-    try:
-        if process.wait(120) != 0:
-            raise RuntimeError(process.error())
-    finally:
-        process.cleanup()
-    return Path(folder)
+def certs_command(args: list[str], python: str | None = None) -> str:
+    """Run ``ppir certs ARGS`` and return what it printed (RuntimeError with its message if it fails)."""
+    done = subprocess.run([python or python_executable(), "-m", "ppir", "certs", *args], capture_output=True,
+                          text=True, env=ppir_environment(), timeout=120)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise RuntimeError(lines[-1].removeprefix("ppir: error: ") if lines else f"exit code {done.returncode}")
+    return done.stdout.strip()
+
+
+def create_identity(folder: Path, name: str, python: str | None = None) -> str:
+    """This site's own key pair and self-signed certificate in ``folder``; returns its description."""
+    return certs_command(["identity", str(folder), "--name", name], python)
+
+
+def show_identity(folder: Path, python: str | None = None) -> str:
+    """This site's certificate fingerprint and the peers it trusts, as ``ppir certs show`` prints them."""
+    return certs_command(["show", str(folder)], python)
+
+
+def trust_certificate(folder: Path, certificate: Path, role: str, fingerprint: str = "",
+                      python: str | None = None) -> str:
+    """Trust the other site's certificate for ``role``, refused if it does not have ``fingerprint`` (when given)."""
+    check = ["--fingerprint", fingerprint] if fingerprint.strip() else []
+    return certs_command(["trust", str(folder), str(certificate), "--role", role, *check], python)
+
+
+def local_identities(folder: Path, roles: list[str], python: str | None = None) -> dict[str, Path]:
+    """Throwaway identities for parties on this machine only (the self-test): each trusts the others."""
+    folders = {role: folder / role for role in roles}
+    for role, path in folders.items():
+        create_identity(path, f"local {role}", python)
+    for role, path in folders.items():
+        for other, other_path in folders.items():
+            if other != role:
+                trust_certificate(path, other_path / "identity.pem", other, python=python)
+    return folders

@@ -1,7 +1,7 @@
 """Both parties in one scene over loopback: the module's self-test, runnable in Slicer and under slicer-core.
 
 A phantom volume (nested ellipsoids) is the fixed image; the moving image is the same phantom under a
-known affine transform. Each party runs as its own ``ppir`` subprocess with trial certificates; the
+known affine transform. Each party runs as its own ``ppir`` subprocess with a throwaway identity of its own; the
 check is how far the imported transform node maps points from where the known transform does.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import mrml
-from .jobs import Job, RunSettings, create_certificates
+from .jobs import Job, RunSettings, local_identities
 
 TRUTH_MATRIX = np.array([[0.98, -0.12, 0.03], [0.11, 1.02, -0.04], [-0.02, 0.05, 0.97]])
 TRUTH_TRANSLATION = np.array([4.0, -3.0, 2.5])
@@ -67,17 +67,23 @@ def run_loopback(scene, protocol: str = "fhe", folder: Path | None = None, pytho
         phantom_pair(scratch)
         fixed_node = mrml.import_volume(scene, scratch / "fixed.nrrd", "PPIR test fixed")
         moving_node = mrml.import_volume(scene, scratch / "moving.nrrd", "PPIR test moving")
-        certificates = str(create_certificates(scratch / "pki", python=python))
-        common = {"protocol": protocol, "certificates": certificates, "transform": "affine", "sampling": "urs",
-                  "sample_fraction": 0.2, "levels": "2,1"}
-        servers = {"fixed": Job(RunSettings(role="fixed", address="127.0.0.1:0", **common), fixed_node=fixed_node,
-                                python=python)}
-        if protocol == "mpc":
-            servers["dealer"] = Job(RunSettings(role="dealer", address="127.0.0.1:0", **common), python=python)
+        roles = ["moving", "fixed", "dealer"] if protocol == "mpc" else ["moving", "fixed"]
+        identities = {role: str(path) for role, path in local_identities(scratch / "ids", roles, python).items()}
+        common = {"protocol": protocol, "transform": "affine", "sampling": "urs", "sample_fraction": 0.2,
+                  "levels": "2,1"}
+        servers, addresses = {}, {}
         try:
-            addresses = {role: _listening_address(job) for role, job in servers.items()}
+            if protocol == "mpc":
+                servers["dealer"] = Job(RunSettings(role="dealer", address="127.0.0.1:0",
+                                                    certificates=identities["dealer"], **common), python=python)
+                addresses["dealer"] = _listening_address(servers["dealer"])
+            servers["fixed"] = Job(RunSettings(role="fixed", address="127.0.0.1:0", dealer=addresses.get("dealer", ""),
+                                               certificates=identities["fixed"], **common), fixed_node=fixed_node,
+                                   python=python)
+            addresses["fixed"] = _listening_address(servers["fixed"])
             moving = Job(RunSettings(role="moving", address=addresses["fixed"], dealer=addresses.get("dealer", ""),
-                                     **common), moving_node=moving_node, python=python)
+                                     certificates=identities["moving"], **common), moving_node=moving_node,
+                         python=python)
             moving_result = moving.wait(timeout=600, idle=idle)
             fixed_result = servers["fixed"].wait(timeout=60, idle=idle)
             if "dealer" in servers:

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ppir.app.contract import DEFAULTS, INITIALIZATIONS, METRICS, PRIVATE_PROTOCOLS, PROTOCOLS, SAMPLINGS, SHARES, TRANSFORMS
+from ppir.app.contract import (
+    DEFAULTS,
+    INITIALIZATIONS,
+    METRICS,
+    PRIVATE_PROTOCOLS,
+    PROTOCOLS,
+    SAMPLINGS,
+    SHARES,
+    TRANSFORMS,
+)
 from ppir.app.job import register_files
 from ppir.app.outputs import Outputs
 from ppir.app.progress import JsonLines, TerminalBar
@@ -112,47 +121,15 @@ def _print_summary(report: dict, as_json: bool) -> None:
         print(f"  {name}: {path}")
 
 
-def _add_tls_options(p: argparse.ArgumentParser, role: str) -> None:
-    g = p.add_argument_group("TLS (mutual authentication, always on)")
-    g.add_argument("--certs", metavar="DIR",
-                   help=f"folder with ca.pem, {role}.pem and {role}.key (as `ppir certs init` writes them)")
-    g.add_argument("--tls-config", metavar="FILE.toml",
-                   help="a TOML file with ca = ..., cert = ..., key = ... (paths relative to the file)")
-    g.add_argument("--ca", help="CA certificate to trust (overrides DIR/ca.pem)")
-    g.add_argument("--cert", help=f"this party's certificate (overrides DIR/{role}.pem)")
-    g.add_argument("--key", help=f"this party's private key (overrides DIR/{role}.key)")
-    p.set_defaults(role=role)
+def _add_identity_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--identity", required=True, metavar="DIR",
+                   help="this party's identity folder: its key, its certificate and the peers it trusts "
+                        "(`ppir certs identity`, `ppir certs trust`)")
 
 
-def _credentials(args: argparse.Namespace):
-    """TLS files from --certs DIR, --tls-config FILE and --ca/--cert/--key (later ones override)."""
-    from ppir.protocols.net.channel import Credentials
-    files = {}
-    if args.certs:
-        base = Credentials.from_folder(args.certs, args.role)
-        files = {"ca": base.ca, "cert": base.cert, "key": base.key}
-    if args.tls_config:
-        files.update(_read_tls_config(Path(args.tls_config)))
-    files.update({k: Path(v) for k, v in (("ca", args.ca), ("cert", args.cert), ("key", args.key)) if v})
-    missing = [k for k in ("ca", "cert", "key") if k not in files]
-    if missing:
-        raise PPIRError(f"TLS: no {', '.join(missing)} given (use --certs DIR, --tls-config FILE or --ca/--cert/--key)")
-    return Credentials(files["ca"], files["cert"], files["key"], args.role)
-
-
-def _read_tls_config(path: Path) -> dict[str, Path]:
-    import tomllib
-    try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise PPIRError(f"TLS config '{path}': no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise PPIRError(f"TLS config '{path}': not valid TOML ({err})") from None
-    unknown = sorted(set(table) - {"ca", "cert", "key"})
-    if unknown or not all(isinstance(v, str) for v in table.values()):
-        raise PPIRError(f"TLS config '{path}': expected only ca, cert and key as strings"
-                        + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-    return {k: (path.parent / v) for k, v in table.items()}
+def _identity(args: argparse.Namespace):
+    from ppir.protocols.net.channel import Identity
+    return Identity.load(args.identity)
 
 
 def _policy(args: argparse.Namespace):
@@ -176,8 +153,9 @@ def _cmd_fixed(args: argparse.Namespace) -> int:
     from ppir.app.roles import run_fixed
     progress = JsonEvents() if args.progress_json else (FixedPartyBar() if sys.stderr.isatty() else None)
     try:
-        run_fixed(args.image, args.listen, _credentials(args), args.sessions, args.output_transform,
-                  args.output_warped, _log, progress, _policy(args))
+        run_fixed(args.image, args.listen, _identity(args), args.sessions, args.output_transform,
+                  args.output_warped, _log, progress, args.dealer, args.max_sessions,
+                  _policy(args))
     finally:
         if progress:
             progress.close()
@@ -186,7 +164,7 @@ def _cmd_fixed(args: argparse.Namespace) -> int:
 
 def _cmd_dealer(args: argparse.Namespace) -> int:
     from ppir.app.roles import run_dealer
-    run_dealer(args.listen, _credentials(args), args.sessions, _log)
+    run_dealer(args.listen, _identity(args), args.sessions, _log, args.max_sessions)
     return 0
 
 
@@ -198,7 +176,7 @@ def _cmd_moving(args: argparse.Namespace) -> int:
     try:
         protocol = args.protocol or next(name for name in PRIVATE_PROTOCOLS
                                          if registry.PROTOCOLS[name].needs_dealer == bool(args.dealer))
-        report = run_moving(args.image, args.connect, args.dealer, _credentials(args), _settings(args), outputs,
+        report = run_moving(args.image, args.connect, args.dealer, _identity(args), _settings(args), outputs,
                             args.share_result, progress, protocol=protocol)
     finally:
         if progress:
@@ -262,18 +240,66 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(suite_markdown(run_suite(args.suite, args.out, log)))
     elif args.suite == "engine":
         print(markdown(run_engine_suite(args.out, log)))
+    elif args.suite == "serve":
+        from ppir_bench.serve import markdown as serve_markdown
+        from ppir_bench.serve import run_serve_suite
+        print(serve_markdown(run_serve_suite(args.out, log)))
     else:
         print(mpc_markdown(run_mpc_suite(args.out, log)))
     return 0
 
 
-def _cmd_certs_init(args: argparse.Namespace) -> int:
-    from ppir.protocols.net.certs import init
-    roles = [r.strip() for r in args.parties.split(",") if r.strip()]
+def _cmd_certs_identity(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.certs import CSR, create_identity, describe
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
-    written = init(Path(args.dir), roles, hosts, args.days)
-    for role, path in written.items():
-        print(f"{role}: {path}")
+    cert = create_identity(Path(args.dir), args.name, args.organization, hosts, args.days, args.request)
+    print(f"identity: {describe(cert)}")
+    print(f"give {Path(args.dir) / 'identity.pem'} to the other parties and read them this fingerprint by phone")
+    if args.request:
+        print(f"certificate signing request for your CA: {Path(args.dir) / CSR}")
+    return 0
+
+
+def _cmd_certs_show(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.certs import CERT, describe, read_certificate
+    from ppir.protocols.net.trust import Trust
+    path = Path(args.path)
+    print(describe(read_certificate(path / CERT if path.is_dir() else path)))
+    if path.is_dir():
+        table = Trust.load(path)
+        for role, fp, cert in table.peers:
+            print(f"  trusts as {role}: {cert.subject.rfc4514_string()} (SHA-256 {fp})")
+        for role, ca, subject in table.authorities:
+            print(f"  trusts as {role}: {subject}, issued by {ca.subject.rfc4514_string()}")
+    return 0
+
+
+def _cmd_certs_trust(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.trust import trust_authority, trust_peer
+    if args.subject:
+        fp = trust_authority(Path(args.dir), Path(args.certificate), args.role, args.subject)
+        print(f"trusted as {args.role}: {args.subject}, when issued by the CA with SHA-256 {fp}")
+    else:
+        fp = trust_peer(Path(args.dir), Path(args.certificate), args.role, args.fingerprint)
+        print(f"trusted as {args.role}: SHA-256 {fp}")
+    return 0
+
+
+def _cmd_certs_ca(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.certs import create_ca, describe
+    print(f"certificate authority: {describe(create_ca(Path(args.dir), args.name, args.days))}")
+    return 0
+
+
+def _cmd_certs_sign(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.certs import describe, sign
+    print(f"signed: {describe(sign(Path(args.ca), Path(args.request), Path(args.out), args.days))}")
+    return 0
+
+
+def _cmd_certs_install(args: argparse.Namespace) -> int:
+    from ppir.protocols.net.certs import describe, install_certificate
+    print(f"identity: {describe(install_certificate(Path(args.dir), Path(args.certificate)))}")
     return 0
 
 
@@ -322,7 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     fixed.add_argument("--progress-json", action="store_true",
                        help="print JSON lines on stdout: listening, one per level and per product answered, "
                             "and a 'done' line per session with its cost and what was shared")
-    _add_tls_options(fixed, "fixed")
+    fixed.add_argument("--dealer", metavar="HOST:PORT",
+                       help="the one dealer this party uses for MPC sessions (its certificate trusted with "
+                            "`ppir certs trust --role dealer`); a moving party naming another dealer is refused. "
+                            "Without it: FHE sessions only")
+    fixed.add_argument("--max-sessions", type=int, default=8, metavar="N",
+                       help="sessions served at once; the next one is refused with a message (default: 8)")
+    _add_identity_option(fixed)
+
     fixed.set_defaults(run=_cmd_fixed)
 
     dealer = sub.add_parser("dealer", help="the MPC dealer: correlated randomness, on a third, non-colluding machine",
@@ -331,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "either party can unmask the other's image (docs/security.md).")
     dealer.add_argument("--listen", required=True, metavar="HOST:PORT")
     dealer.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
-    _add_tls_options(dealer, "dealer")
+    dealer.add_argument("--max-sessions", type=int, default=8, metavar="N",
+                        help="sessions served at once; the next one is refused with a message (default: 8)")
+    _add_identity_option(dealer)
+
     dealer.set_defaults(run=_cmd_dealer)
 
     mov = sub.add_parser("moving", help="party 1: register the moving image to a remote fixed image (MPC or FHE)",
@@ -347,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the fixed party receives at the end (default: transform)")
     _add_registration_options(mov)
     _add_outputs(mov)
-    _add_tls_options(mov, "moving")
+    _add_identity_option(mov)
     mov.set_defaults(run=_cmd_moving)
     return _add_other_commands(parser, sub)
 
@@ -404,29 +440,64 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     ev.add_argument("--mask", help="evaluate only where this image (on the fixed grid) is non-zero")
     ev.set_defaults(run=_cmd_evaluate)
 
-    certs = sub.add_parser("certs", help="trial certificates for the parties' TLS connections")
+    certs = sub.add_parser("certs", help="this party's identity and the peers it trusts",
+                           description="Each party makes its own key pair on its own machine; the key never "
+                                       "leaves it. Parties exchange certificates (or have an institutional CA "
+                                       "sign them) and check fingerprints with each other by phone.")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
-    init = certs_sub.add_parser("init", help="create a local CA and one certificate per role (for trials and tests)",
-                                description="Writes DIR/ca.pem and DIR/ROLE.pem, DIR/ROLE.key per role. Between "
-                                            "hospitals, use certificates from a PKI both trust instead.")
-    init.add_argument("dir", help="output folder (created)")
-    init.add_argument("--parties", default="moving,fixed,dealer", help="roles (default: moving,fixed,dealer)")
-    init.add_argument("--hosts", default="127.0.0.1,localhost",
-                      help="host names / IP addresses the certificates are valid for (default: 127.0.0.1,localhost)")
-    init.add_argument("--days", type=int, default=30, help="validity in days (default: 30)")
-    init.set_defaults(run=_cmd_certs_init)
+    ident = certs_sub.add_parser("identity", help="create my key pair (DIR/identity.key, mode 0600) and a "
+                                                  "self-signed certificate (DIR/identity.pem)")
+    ident.add_argument("dir", help="identity folder (created; an existing key is never overwritten)")
+    ident.add_argument("--name", required=True, help="who you are, e.g. 'Radiology, Hospital A'")
+    ident.add_argument("--organization", help="organization name in the certificate")
+    ident.add_argument("--hosts", default="", help="host names / IP addresses this party serves on (optional)")
+    ident.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    ident.add_argument("--request", action="store_true",
+                       help="also write DIR/identity.csr for an institutional CA (`ppir certs sign`)")
+    ident.set_defaults(run=_cmd_certs_identity)
+    show = certs_sub.add_parser("show", help="subject and SHA-256 fingerprint of an identity folder or a "
+                                             "certificate, and whom the folder trusts")
+    show.add_argument("path", help="identity folder or certificate (.pem)")
+    show.set_defaults(run=_cmd_certs_show)
+    trust_cmd = certs_sub.add_parser("trust", help="accept a peer's certificate for a role (pinned by its "
+                                                   "fingerprint), or with --subject what a CA issued for that subject")
+    trust_cmd.add_argument("dir", help="my identity folder")
+    trust_cmd.add_argument("certificate", help="the peer's certificate (or, with --subject, its CA's)")
+    trust_cmd.add_argument("--role", required=True, choices=("moving", "fixed", "dealer"),
+                           help="the role that peer plays for me")
+    trust_cmd.add_argument("--fingerprint", help="the SHA-256 fingerprint the peer read to you: refuse the "
+                                                 "certificate if it differs")
+    trust_cmd.add_argument("--subject", help="accept any certificate this CA issued for exactly this subject "
+                                             "(RFC 4514, e.g. 'CN=Radiology,O=Hospital A')")
+    trust_cmd.set_defaults(run=_cmd_certs_trust)
+    ca = certs_sub.add_parser("ca", help="create an institution's certificate authority (DIR/ca.key, DIR/ca.pem)")
+    ca.add_argument("dir", help="CA folder (created)")
+    ca.add_argument("--name", required=True, help="CA name, e.g. 'Hospital A PPIR CA'")
+    ca.add_argument("--days", type=int, default=3650, help="validity in days (default: 3650)")
+    ca.set_defaults(run=_cmd_certs_ca)
+    sign_cmd = certs_sub.add_parser("sign", help="the CA operator signs a party's identity.csr")
+    sign_cmd.add_argument("request", help="the party's identity.csr")
+    sign_cmd.add_argument("--ca", required=True, help="CA folder")
+    sign_cmd.add_argument("--out", required=True, help="signed certificate to hand back to the party")
+    sign_cmd.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    sign_cmd.set_defaults(run=_cmd_certs_sign)
+    install = certs_sub.add_parser("install", help="make the certificate my CA signed my identity")
+    install.add_argument("dir", help="my identity folder")
+    install.add_argument("certificate", help="the signed certificate")
+    install.set_defaults(run=_cmd_certs_install)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures: accuracy, time, traffic, memory",
                            description="Runs synthetic registrations with known truth on the sample images and "
                                        "prints markdown tables (progress on stderr).")
-    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc"), default="quick",
+    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc", "serve"), default="quick",
                        help="quick (minutes) / full (under an hour): clear, MPC and FHE with full, URS and GMS "
                             "sampling, affine and B-spline, 2D and 3D, SimpleITK and elastix peers, scaling with "
                             "image size, the paper's tables; engine: PPIR (clear) vs SimpleITK; mpc: per-product "
-                            "cost on a 1260x1090 2D pair (default: quick)")
+                            "cost on a 1260x1090 2D pair; serve: one fixed party serving 1, 4 and 8 concurrent "
+                            "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes) (default: quick)")
     bench.add_argument("--out", type=Path, default=None,
                        help="folder for the results: results.json, results.md, matrix.png, scaling.png "
-                            "(engine.* / mpc.* for those suites)")
+                            "(engine.* / mpc.* / serve.json for those suites)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

@@ -1,8 +1,8 @@
 """All the roles on one machine: what ``ppir register --protocol mpc|fhe`` does.
 
-``run_local`` makes trial certificates in a temporary folder, starts the fixed party (and, for MPC,
-the dealer) as separate processes listening on loopback, and runs the moving party in this process:
-the same code paths as across hospitals.
+``run_local`` makes a throwaway identity per local process in a temporary folder (each trusting the
+others), starts the fixed party (and, for MPC, the dealer) as separate processes listening on
+loopback, and runs the moving party in this process: the same code paths as across hospitals.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from ppir.engine.driver import Progress
 from ppir.engine.image import read_image
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
-from ppir.protocols.net import certs
-from ppir.protocols.net.channel import Credentials, PeerError
+from ppir.protocols.net import certs, trust
+from ppir.protocols.net.channel import Identity, PeerError
 
 
 class _Role:
@@ -67,20 +67,23 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
     outputs.check(settings)
     fixed = read_image(fixed_path, "fixed image")
     evaluation = (fixed, ground_truth) if ground_truth is not None else None
-    with tempfile.TemporaryDirectory(prefix="ppir-pki-") as pki:
-        certs.init(Path(pki), list(certs.ROLES), ["127.0.0.1"], days=1)
+    needs_dealer = registry.get(protocol).needs_dealer
+    with tempfile.TemporaryDirectory(prefix="ppir-identities-") as scratch:
+        folders = local_identities(Path(scratch), ["moving", "fixed", *(["dealer"] if needs_dealer else [])])
         roles: list[_Role] = []
         try:
-            if registry.get(protocol).needs_dealer:
-                roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--certs", pki, "--sessions", "1"],
-                                   "dealer"))
-            policy_file = Path(pki) / "disclosure.toml"
+            dealer = None
+            if needs_dealer:
+                roles.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--identity", str(folders["dealer"]),
+                                    "--sessions", "1"], "dealer"))
+                dealer = roles[0].address
+            policy_file = folders["fixed"] / "disclosure.toml"
             (policy or DisclosurePolicy()).write(policy_file)
-            fixed_role = _Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--certs", pki,
-                                "--sessions", "1", "--disclosure-policy", str(policy_file)], "fixed")
+            fixed_role = _Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--identity",
+                                str(folders["fixed"]), "--sessions", "1", *(["--dealer", dealer] if dealer else []),
+                                "--disclosure-policy", str(policy_file)], "fixed")
             roles.append(fixed_role)
-            dealer = roles[0].address if registry.get(protocol).needs_dealer else None
-            return run_moving(moving_path, fixed_role.address, dealer, Credentials.from_folder(pki, "moving"),
+            return run_moving(moving_path, fixed_role.address, dealer, Identity.load(folders["moving"]),
                               settings, outputs, "none", progress, evaluation, protocol)
         except PeerError as err:
             details = "; ".join(f"{r.name}: {r.failure()}" for r in roles if r.failure())
@@ -88,3 +91,15 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
         finally:
             for role in roles:
                 role.finish(30)
+
+
+def local_identities(folder: Path, roles: list[str]) -> dict[str, Path]:
+    """Throwaway identities for processes on this machine, one per role, each trusting the others' roles."""
+    folders = {role: folder / role for role in roles}
+    for role, path in folders.items():
+        certs.create_identity(path, f"local {role}", hosts=["127.0.0.1"], days=1)
+    for role, path in folders.items():
+        for other, other_path in folders.items():
+            if other != role:
+                trust.trust_peer(path, other_path / certs.CERT, other)
+    return folders

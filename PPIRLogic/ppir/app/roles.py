@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from ppir.engine.evaluate import tre
 from ppir.engine.image import Grid, Volume, read_image, resample_into, write_volume
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
-from ppir.protocols.net.channel import Credentials, Listener, PeerError
+from ppir.protocols.net.channel import Identity, Listener, PeerError, parse_address
+from ppir.protocols.net.server import Server
 from ppir.protocols.runtime import serve_fixed_session, tell_error
 
 
@@ -30,35 +32,49 @@ def announce(listener: Listener) -> None:
     print(json.dumps({"event": "listening", "host": listener.address[0], "port": listener.address[1]}), flush=True)
 
 
-def run_fixed(image: str, listen: str, credentials: Credentials, sessions: int, output_transform: Path | None,
-              output_warped: Path | None, log, progress=None, policy: DisclosurePolicy | None = None) -> None:
-    """Party 2: answer ``sessions`` registration sessions (0: until stopped) about the fixed image,
-    revealing no more than its disclosure ``policy`` allows (default: the default policy)."""
+def run_fixed(image: str, listen: str, identity: Identity, sessions: int, output_transform: Path | None,
+              output_warped: Path | None, log, progress=None, dealer: str | None = None, max_sessions: int = 8,
+              policy: DisclosurePolicy | None = None) -> None:
+    """Party 2: answer registration sessions about the fixed image, up to ``max_sessions`` at once,
+    revealing no more than its disclosure ``policy`` allows (default: the default policy).
+
+    ``sessions``: how many to serve before exiting (0: until stopped). ``dealer``: HOST:PORT of the
+    one dealer this party uses (its identity pinned as a dealer); without it, no protocol that needs one.
+    """
     for path in (output_transform, output_warped):
         if path is not None:
             check_output_path(path)
+    if dealer is not None:
+        parse_address(dealer)
+        if not identity.trust.knows("dealer"):
+            raise PPIRError(f"--dealer {dealer}: identity '{identity.folder}' trusts no dealer yet; add the "
+                            "dealer's certificate with `ppir certs trust ... --role dealer`")
     fixed = read_image(image, "fixed image")
-    listener = Listener(listen, credentials)
-    announce(listener)
-    served = 0
-    try:
-        while sessions == 0 or served < sessions:
-            channel = listener.accept("moving")
-            log("moving party connected")
+    for name in registry.names(private=True):
+        if dealer is not None or not registry.PROTOCOLS[name].needs_dealer:
             try:
-                stats = serve_fixed_session(channel, fixed, credentials,
-                                            lambda bye: _write_shared(bye, fixed, output_transform, output_warped, log),
-                                            log, progress, policy)
-                log(f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
-                    f"{stats.wall_time_s:.1f} s")
-            except (PeerError, PPIRError) as err:
-                tell_error(channel, str(err))
-                raise
-            finally:
-                channel.close()
-            served += 1
-    finally:
-        listener.close()
+                registry.load(name)      # import its libraries now, not within the first session's time
+            except PPIRError:
+                pass                     # a session asking for it is refused with the reason
+    listener = Listener(listen, identity, ("moving",))
+    announce(listener)
+    lock = threading.Lock()
+
+    def shared(bye):
+        with lock:
+            return _write_shared(bye, fixed, output_transform, output_warped, log)
+
+    def session(channel) -> str:
+        stats, disclosure = serve_fixed_session(channel, fixed, identity, dealer, shared, progress, policy)
+        epsilon = "unbounded (no noise)" if disclosure["epsilon"] is None else f"{disclosure['epsilon']:.3g}"
+        revealed = ", ".join(f"level {lv['factor']}: {lv['revealed']} values for {lv['unknowns']} voxels"
+                             for lv in disclosure["levels"])
+        return (f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
+                f"{stats.wall_time_s:.1f} s; disclosed {revealed}; epsilon {epsilon} at delta {disclosure['delta']:g}")
+
+    failed = Server(listener, session, tell_error, log, "fixed", max_sessions, sessions).serve()
+    if failed:
+        raise PeerError(f"{failed} session(s) failed (see above)")
 
 
 def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warped: Path | None, log) -> str:
@@ -77,20 +93,17 @@ def _write_shared(bye, fixed: Volume, output_transform: Path | None, output_warp
     return shared
 
 
-def run_dealer(listen: str, credentials: Credentials, sessions: int, log) -> None:
-    """The correlated-randomness provider: serve ``sessions`` sessions (0: until stopped)."""
-    listener = Listener(listen, credentials)
+def run_dealer(listen: str, identity: Identity, sessions: int, log, max_sessions: int = 8) -> None:
+    """The correlated-randomness provider: serve sessions between trusted moving and fixed parties."""
+    hub = registry.load(registry.dealer_protocol()).DealerHub()
+    listener = Listener(listen, identity, ("moving", "fixed"))
     announce(listener)
-    served = 0
-    try:
-        while sessions == 0 or served < sessions:
-            registry.load(registry.dealer_protocol()).serve_dealer_session(listener, log)
-            served += 1
-    finally:
-        listener.close()
+    failed = Server(listener, hub.handle, tell_error, log, "dealer", max_sessions, sessions, 2).serve()
+    if failed:
+        raise PeerError(f"{failed} session(s) failed (see above)")
 
 
-def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None, credentials: Credentials,
+def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None, identity: Identity,
                settings: Settings, outputs: Outputs, share: str = "transform",
                progress: Progress | None = None, evaluation: tuple[Volume, sitk.Transform] | None = None,
                protocol: str = "mpc") -> dict:
@@ -106,7 +119,7 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None,
     outputs.check(settings)
     moving = read_image(moving_path, "moving image")
     start = time.perf_counter()
-    backend = registry.load(protocol).moving_backend(fixed_address, dealer_address, credentials, settings.to_dict())
+    backend = registry.load(protocol).moving_backend(fixed_address, dealer_address, identity, settings.to_dict())
     try:
         result = register(moving, backend, settings, progress)
         fixed_grid = backend.fixed_grid

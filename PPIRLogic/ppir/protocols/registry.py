@@ -3,9 +3,10 @@
 Adding a protocol means one entry here and its own package under ``ppir.protocols``. A private
 protocol's package provides a session module with:
 
-- ``moving_backend(fixed, dealer, credentials, settings) -> JointBackend``: the moving party's end;
-- ``FixedHandler(meta, channel, credentials)``: the fixed party's end of one session;
-- ``serve_dealer_session(listener, log)`` if it needs a dealer.
+- ``moving_backend(fixed, dealer, identity, settings) -> JointBackend``: the moving party's end;
+- ``FixedHandler(meta, channel, identity, dealer)``: the fixed party's end of one session (``dealer``:
+  the address the fixed party was configured with, or None);
+- ``DealerHub()`` if it needs a dealer: ``handle(channel)`` serves each authenticated connection.
 
 Standard library only (the session modules are imported on first use, with their libraries), so
 that the Slicer module can list the protocols without installing any of them.

@@ -1,10 +1,11 @@
 """The two-party runtime shared by the protocols: messages, the moving party's remote backend, the fixed server.
 
-Every message crosses a mutually authenticated TLS channel (``ppir.net``). The moving party drives:
-it opens the session with the fixed party and names the protocol; the fixed party answers with that
-protocol's handler (``ppir.mpc.backend``: secret sharing with a dealer; ``ppir.fhe.backend``: CKKS,
-no dealer). Message kinds are listed in ``Kind``. Each protocol's libraries are imported only when
-that protocol is used.
+Every message crosses a mutually authenticated TLS channel between pinned identities
+(``ppir.protocols.net``). The moving party drives: it opens the session with the fixed party and
+names the protocol; the fixed party answers with that protocol's handler (``ppir.protocols.mpc``:
+secret sharing with the fixed party's own dealer; ``ppir.protocols.fhe``: CKKS, no dealer). Message
+kinds are listed in ``Kind``, each with its body limit in ``LIMITS``. Each protocol's libraries are
+imported only when that protocol is used.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ppir.engine.joint import FixedParty, JointBackend, PartyStats
 from ppir.engine.pyramid import LevelSpec
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
-from ppir.protocols.net.channel import Channel, Credentials, PeerError, connect
+from ppir.protocols.net.channel import DEFAULT_MAX_MESSAGE, Channel, Identity, PeerError, connect
 from ppir.protocols.net.framing import Message
 from ppir.protocols.terms import SessionTerms
 
@@ -52,6 +53,22 @@ class Kind(IntEnum):
     DEALER_TRIPLE = 24
     DEALER_SEEDS = 25
     DEALER_SHARE = 26
+    DEALER_FAREWELL = 27
+
+
+CONTROL = 1 << 16
+"""The largest body of each kind a party accepts: control messages carry no arrays to speak of."""
+LIMITS = {kind: CONTROL for kind in Kind} | {
+    kind: DEFAULT_MAX_MESSAGE for kind in (Kind.WELCOME, Kind.SAMPLES, Kind.FIXED_MASKED, Kind.PRODUCT, Kind.SHARE,
+                                           Kind.BYE, Kind.FHE_COLUMNS, Kind.FHE_VALUES, Kind.DEALER_SHARE)}
+
+
+def field(message: Message, name: str, kind: type | tuple[type, ...]):
+    """``message.meta[name]``, which must be a ``kind`` (and not a bool), else a PeerError naming it."""
+    value = message.meta.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise PeerError(f"message {Kind(message.kind).name}: field {name!r} missing or of the wrong type")
+    return value
 
 
 def expect(channel: Channel, kind: Kind) -> Message:
@@ -73,6 +90,13 @@ def tell_error(channel: Channel | None, reason: str) -> None:
             pass
 
 
+def open_channel(address: str, identity: Identity, role: str, timeout: float, retry_for: float) -> Channel:
+    """A session channel to the trusted party of ``role`` at ``address``."""
+    channel = connect(address, identity, role, timeout, retry_for)
+    channel.limits = LIMITS
+    return channel
+
+
 def _grid_from(meta: dict) -> Grid:
     d = len(meta["size"])
     return Grid(tuple(meta["size"][::-1]), np.array(meta["spacing"]), np.array(meta["origin"]),
@@ -87,10 +111,17 @@ def basis_spec(basis) -> dict:
 
 
 def rebuild_basis(spec: dict, points: np.ndarray):
-    if spec.get("kind") == "affine":
-        return AffineBasis(points, np.array(spec["center"], dtype=np.float64))
-    if spec.get("kind") == "bspline":
-        return BSplineBasis(points, ControlGrid(_grid_from(spec["control"])))
+    """The public basis the moving party describes (a PeerError if the description is malformed)."""
+    try:
+        if spec.get("kind") == "affine":
+            center = np.array(spec["center"], dtype=np.float64)
+            if center.shape != (points.shape[1],):
+                raise ValueError("centre of the wrong dimension")
+            return AffineBasis(points, center)
+        if spec.get("kind") == "bspline":
+            return BSplineBasis(points, ControlGrid(_grid_from(spec["control"])))
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise PeerError(f"malformed basis from the moving party ({err})") from None
     raise PeerError(f"unknown basis {spec.get('kind')!r}")
 
 
@@ -119,6 +150,15 @@ def totals(channels: list[Channel | None]) -> tuple[int, int]:
     return (sum(c.traffic.bytes_sent for c in channels if c), sum(c.traffic.bytes_received for c in channels if c))
 
 
+def stats_from(meta: dict, party: str) -> PartyStats:
+    """A party's cost as it reported it at the end of a session."""
+    try:
+        return PartyStats(**{k: float(v) if k.endswith(("_s", "_mb")) else int(v)
+                             for k, v in meta["stats"].items()})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise PeerError(f"the {party} party's final report is malformed") from None
+
+
 class _Clock:
     """Wall and CPU time of one party, and its process's peak memory."""
 
@@ -133,9 +173,9 @@ class _Clock:
 class RemoteBackend(JointBackend):
     """The moving party's end of a session with a remote fixed party: levels, accounting, ending."""
 
-    def __init__(self, fixed: str, credentials: Credentials, hello: dict, timeout: float, retry_for: float):
+    def __init__(self, fixed: str, identity: Identity, hello: dict, timeout: float, retry_for: float):
         self._clock = _Clock()
-        self._fixed = connect(fixed, credentials, "fixed", timeout, retry_for)
+        self._fixed = open_channel(fixed, identity, "fixed", timeout, retry_for)
         self.session_id = secrets.token_hex(8)
         try:
             self._fixed.send(Message(Kind.HELLO, {"version": SESSION_VERSION, "session": self.session_id, **hello}))
@@ -174,7 +214,7 @@ class RemoteBackend(JointBackend):
         self._marks.append(totals(self.channels))
         self._fixed.send(Message(Kind.BYE, shared, arrays))
         farewell = expect(self._fixed, Kind.FAREWELL).meta
-        self._fixed_stats = PartyStats(**farewell["stats"])
+        self._fixed_stats = stats_from(farewell, "fixed")
         self._disclosure = farewell.get("disclosure", {})
         self.level_traffic = {"moving": per_level(self._marks), "fixed": farewell["levels"]}
 
@@ -198,37 +238,42 @@ class RemoteBackend(JointBackend):
                 channel.close()
 
 
-def _fixed_handler(meta: dict, channel: Channel, credentials: Credentials):
+def _fixed_handler(meta: dict, channel: Channel, identity: Identity, dealer: str | None):
     """The fixed party's handler for the private protocol the moving party asks for."""
     try:
-        return registry.load(str(meta.get("protocol"))).FixedHandler(meta, channel, credentials)
+        return registry.load(str(meta.get("protocol"))).FixedHandler(meta, channel, identity, dealer)
     except PPIRError as err:
         raise PeerError(f"unsupported session: {err}") from None
 
 
-def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credentials, on_result, log,
-                        progress=None, policy: DisclosurePolicy | None = None) -> PartyStats:
-    """Answer one registration session for the fixed party; returns its cost.
+def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dealer: str | None, on_result,
+                        progress=None, policy: DisclosurePolicy | None = None) -> tuple[PartyStats, dict]:
+    """Answer one registration session for the fixed party under its disclosure ``policy`` (default: the
+    default policy); returns its cost and its account of what it revealed.
 
+    ``dealer``: the only dealer address this party uses (MPC), whatever the moving party names.
     ``on_result(bye)`` keeps what the moving party shares and returns what that was; ``progress``
     receives {"event": "level" | "product" | "done", ...} as the session goes.
     """
+    channel.limits = LIMITS
     clock = _Clock()
     meta = expect(channel, Kind.HELLO).meta
     if meta.get("version") != SESSION_VERSION:
         raise PeerError(f"the moving party speaks session version {meta.get('version')}, this side {SESSION_VERSION}")
-    handler = _fixed_handler(meta, channel, credentials)
-    party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy)
-    terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid)
+    if not isinstance(meta.get("session"), str):
+        raise PeerError("the moving party's HELLO has no session id")
+    handler = _fixed_handler(meta, channel, identity, dealer)
     try:
-        party.open(terms.settings)
-    except PPIRError as err:
-        raise PeerError(str(err)) from None
-    extra, arrays = handler.welcome()
-    channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), "policy": party.policy.to_dict(), **extra},
-                         arrays))
-    try:
+        party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy)
+        terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid)
+        try:
+            party.open(terms.settings)
+        except PPIRError as err:
+            raise PeerError(str(err)) from None
         handler.open()
+        extra, arrays = handler.welcome()
+        channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), "policy": party.policy.to_dict(), **extra},
+                             arrays))
         grid = None
         marks: list[tuple[int, int]] = []
         products = 0
@@ -269,13 +314,9 @@ def serve_fixed_session(channel: Channel, fixed: Volume, credentials: Credential
                 disclosure = party.ledger.report()
                 channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks),
                                                      "disclosure": disclosure}))
-                epsilon = "unbounded (no noise)" if disclosure["epsilon"] is None else f"{disclosure['epsilon']:.3g}"
-                log(f"disclosed: epsilon {epsilon} at delta {disclosure['delta']:g}; "
-                    + ", ".join(f"level {lv['factor']}: {lv['revealed']} values for {lv['unknowns']} voxels"
-                                for lv in disclosure["levels"]))
                 if progress:
                     progress({"event": "done", "shared": shared, "epsilon": disclosure["epsilon"], **stats.to_dict()})
-                return stats
+                return stats, disclosure
             elif message.kind == Kind.ERROR:
                 raise PeerError(f"the moving party stopped: {message.meta.get('reason', 'unknown error')}")
             else:

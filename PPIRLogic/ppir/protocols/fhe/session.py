@@ -1,4 +1,4 @@
-"""The FHE protocol between two parties (no dealer), on the session runtime of ``ppir.session``.
+"""The FHE protocol between two parties (no dealer), on the session runtime of ``ppir.protocols.runtime``.
 
     fixed  -> moving  public context: CKKS parameters + Galois keys of the rotations (once)
     fixed  -> moving  Enc(C_a), C_a = J * Phi_a / s_a for each basis column a (once per sample set)
@@ -27,7 +27,7 @@ from ppir.protocols.fhe import params
 from ppir.protocols.fhe.evaluator import MovingEvaluator
 from ppir.protocols.fhe.keys import FixedKeys
 from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
-from ppir.protocols.net.channel import Channel, Credentials, PeerError
+from ppir.protocols.net.channel import Channel, Identity, PeerError
 from ppir.protocols.net.framing import Message
 from ppir.protocols.runtime import Kind, RemoteBackend, expect, fixed_sums
 
@@ -55,7 +55,7 @@ def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
 class FixedHandler:
     """The fixed party's side: owns the keys, encrypts its columns, releases flooded values."""
 
-    def __init__(self, meta: dict, channel: Channel, credentials: Credentials):
+    def __init__(self, meta: dict, channel: Channel, identity: Identity, dealer: str | None):
         if meta.get("fhe") != params.describe():
             raise PeerError(f"unsupported session parameters: CKKS parameters {meta.get('fhe')}, "
                             f"this side {params.describe()}")
@@ -142,9 +142,9 @@ class FHEBackend(RemoteBackend):
 
     name = "fhe"
 
-    def __init__(self, fixed: str, credentials: Credentials, session: dict, timeout: float = 60.0,
+    def __init__(self, fixed: str, identity: Identity, session: dict, timeout: float = 60.0,
                  retry_for: float = 10.0):
-        super().__init__(fixed, credentials, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
+        super().__init__(fixed, identity, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
                          timeout, retry_for)
         bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
         self._evaluator = MovingEvaluator(bundle)
@@ -223,6 +223,6 @@ class FHEBackend(RemoteBackend):
         return JointResult(r, float(slots[-1][0]) * warped_norm * scale, *self._sums)
 
 
-def moving_backend(fixed: str, dealer: str | None, credentials: Credentials, settings: dict) -> FHEBackend:
+def moving_backend(fixed: str, dealer: str | None, identity: Identity, settings: dict) -> FHEBackend:
     """The moving party's end of an FHE session (registry entry point; no dealer)."""
-    return FHEBackend(fixed, credentials, settings)
+    return FHEBackend(fixed, identity, settings)

@@ -1,13 +1,16 @@
 """The MPC protocol's session ends: the moving party's backend, the fixed party's handler, the dealer.
 
-The arithmetic is in ``ppir.mpc.protocol``; the messages and the shared runtime in ``ppir.session``.
+The arithmetic is in ``ppir.protocols.mpc.protocol``; the messages and the shared runtime in
+``ppir.protocols.runtime``; the connections in ``ppir.protocols.net``.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
 
-from ppir.engine.joint import FixedParty, JointResult
+from ppir.engine.joint import FixedParty, JointResult, PartyStats
 from ppir.protocols.mpc.protocol import (
     FIXED_BITS,
     MAX_CHANNEL_BITS,
@@ -17,24 +20,50 @@ from ppir.protocols.mpc.protocol import (
     dealer_share,
 )
 from ppir.protocols.mpc.ring import BASIS_BITS, RingBasis, encode, new_seed, random_ring
-from ppir.protocols.net.channel import Channel, Credentials, Listener, PeerError, connect
+from ppir.protocols.net.channel import Channel, Identity, PeerError
 from ppir.protocols.net.framing import Message
-from ppir.protocols.runtime import IDLE_SECONDS, SESSION_VERSION, Kind, RemoteBackend, expect, fixed_sums, tell_error
+from ppir.protocols.runtime import (
+    IDLE_SECONDS,
+    LIMITS,
+    SESSION_VERSION,
+    Kind,
+    RemoteBackend,
+    _Clock,
+    expect,
+    field,
+    fixed_sums,
+    open_channel,
+    stats_from,
+    tell_error,
+)
+
+PAIR_SECONDS = 60.0   # how long the dealer waits for the second party of a session
 
 
 class MPCBackend(RemoteBackend):
-    """The moving party's end of the MPC protocol (see ``ppir.mpc.protocol``)."""
+    """The moving party's end of the MPC protocol (see ``ppir.mpc.protocol``).
+
+    It opens its own channel to the dealer first and names that dealer (address and certificate
+    fingerprint) in its HELLO; the fixed party goes on only if that is the dealer it was configured with.
+    """
 
     name = "mpc"
 
-    def __init__(self, fixed: str, dealer: str, credentials: Credentials, session: dict, timeout: float = 60.0,
+    def __init__(self, fixed: str, dealer: str, identity: Identity, session: dict, timeout: float = 60.0,
                  retry_for: float = 10.0):
-        self._dealer: Channel | None = None
-        super().__init__(fixed, credentials, {"protocol": "mpc", "dealer": dealer, "fixed_bits": FIXED_BITS,
-                                              "basis_bits": BASIS_BITS, "settings": session}, timeout, retry_for)
+        self._dealer: Channel | None = open_channel(dealer, identity, "dealer", timeout, retry_for)
+        self._dealer_stats = PartyStats()
+        hello = {"protocol": "mpc", "dealer": {"address": dealer, "fingerprint": self._dealer.peer.fingerprint},
+                 "fixed_bits": FIXED_BITS, "basis_bits": BASIS_BITS, "settings": session}
         try:
-            self._dealer = connect(dealer, credentials, "dealer", timeout, retry_for)
-            self._dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self.session_id}))
+            super().__init__(fixed, identity, hello, timeout, retry_for)
+        except BaseException:
+            tell_error(self._dealer, "the moving party could not open the session")
+            self._dealer.close()
+            raise
+        try:
+            self._dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self.session_id,
+                                                          "role": "moving", "peer": self._fixed.peer.fingerprint}))
             expect(self._dealer, Kind.DEALER_READY)
         except BaseException:
             self.abort("the moving party could not open the session")
@@ -70,21 +99,30 @@ class MPCBackend(RemoteBackend):
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
         super().finish(shared, arrays)
         self._dealer.send(Message(Kind.BYE, {}))
+        self._dealer_stats = stats_from(expect(self._dealer, Kind.DEALER_FAREWELL).meta, "dealer")
+
+    def party_stats(self) -> dict[str, PartyStats]:
+        return {**super().party_stats(), "dealer": self._dealer_stats}
 
 
-def moving_backend(fixed: str, dealer: str, credentials: Credentials, settings: dict) -> MPCBackend:
+def moving_backend(fixed: str, dealer: str, identity: Identity, settings: dict) -> MPCBackend:
     """The moving party's end of an MPC session (registry entry point)."""
-    return MPCBackend(fixed, dealer, credentials, settings)
+    return MPCBackend(fixed, dealer, identity, settings)
 
 
 class FixedHandler:
-    """The fixed party's side of the MPC protocol (its dealer connection included)."""
+    """The fixed party's side of the MPC protocol, with the one dealer this party was configured with."""
 
-    def __init__(self, meta: dict, channel: Channel, credentials: Credentials):
+    def __init__(self, meta: dict, channel: Channel, identity: Identity, dealer: str | None):
         if meta.get("fixed_bits") != FIXED_BITS or meta.get("basis_bits") != BASIS_BITS:
             raise PeerError(f"unsupported session parameters: fixed-point bits {meta.get('fixed_bits')}/"
                             f"{meta.get('basis_bits')}, this side {FIXED_BITS}/{BASIS_BITS}")
-        self._meta, self._channel, self._credentials = meta, channel, credentials
+        if dealer is None:
+            raise PeerError("this fixed party has no dealer configured (ppir fixed --dealer HOST:PORT), so it "
+                            "serves FHE sessions only")
+        named = meta.get("dealer")
+        self._named = named if isinstance(named, dict) else {}
+        self._meta, self._channel, self._identity, self._address = meta, channel, identity, dealer
         self.dealer: Channel | None = None
         self._level: FixedLevel | None = None
 
@@ -92,8 +130,15 @@ class FixedHandler:
         return {}, {}
 
     def open(self) -> None:
-        self.dealer = connect(self._meta["dealer"], self._credentials, "dealer", self._channel.timeout, retry_for=10.0)
-        self.dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self._meta["session"]}))
+        """Connect to the configured dealer (never to an address from the moving party); it must be the named one."""
+        self.dealer = open_channel(self._address, self._identity, "dealer", self._channel.timeout, retry_for=10.0)
+        own = self.dealer.peer.fingerprint
+        if self._named.get("fingerprint") != own:
+            raise PeerError(f"this fixed party works only with its own dealer at {self._address} (SHA-256 {own}); "
+                            f"the moving party named the dealer at {self._named.get('address')!r} "
+                            f"(SHA-256 {self._named.get('fingerprint')})")
+        self.dealer.send(Message(Kind.DEALER_HELLO, {"version": SESSION_VERSION, "session": self._meta["session"],
+                                                     "role": "fixed", "peer": self._channel.peer.fingerprint}))
 
     @property
     def channels(self) -> list[Channel | None]:
@@ -134,40 +179,94 @@ class FixedHandler:
             self.dealer.close()
 
 
-def serve_dealer_session(listener: Listener, log, wait: float | None = None) -> None:
-    """Pair one moving and one fixed party by session id and serve their correlated randomness."""
-    first = listener.accept(("moving", "fixed"), wait=wait)
-    second = listener.accept(("fixed",) if first.peer_role == "moving" else ("moving",), wait=60.0)
-    moving, fixed = (first, second) if first.peer_role == "moving" else (second, first)
-    try:
-        hellos = [expect(moving, Kind.DEALER_HELLO).meta, expect(fixed, Kind.DEALER_HELLO).meta]
-        if hellos[0].get("session") != hellos[1].get("session"):
-            raise PeerError("the moving and fixed parties belong to different sessions")
-        moving.send(Message(Kind.DEALER_READY, {}))
-        b = None
-        while True:
-            message = moving.recv(idle=IDLE_SECONDS)
-            if message.kind == Kind.DEALER_LEVEL:
-                seed_b = new_seed()
-                b = random_ring(seed_b, (int(message.meta["samples"]),))
-                fixed.send(Message(Kind.DEALER_SEED_B, {}, {"b": np.frombuffer(seed_b, np.uint8)}))
-            elif message.kind == Kind.DEALER_TRIPLE:
-                if b is None:
-                    raise PeerError("triple requested before any sample set")
-                seed_a, seed_r0 = new_seed(), new_seed()
-                # seeds first: the moving party prepares its product while the dealer computes r1
-                moving.send(Message(Kind.DEALER_SEEDS, {}, {"a": np.frombuffer(seed_a, np.uint8),
-                                                            "r0": np.frombuffer(seed_r0, np.uint8)}))
-                r1 = dealer_share(seed_a, seed_r0, b, int(message.meta["channels"]))
-                fixed.send(Message(Kind.DEALER_SHARE, {}, {"r1": r1.numpy()}))
-            elif message.kind == Kind.BYE:
-                log("session done")
-                return
-            elif message.kind == Kind.ERROR:
-                tell_error(fixed, message.meta.get("reason", "the moving party stopped"))
-                raise PeerError(f"the moving party stopped: {message.meta.get('reason')}")
+class DealerHub:
+    """The dealer: pairs one moving and one fixed party by session id and serves their correlated randomness.
+
+    Each party's connection arrives in its own thread (``ppir.net.server``); the second one of a pair
+    runs the session, the first waits for it to end. Each party names the other by certificate
+    fingerprint, and both must match the channels the dealer actually holds.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[str, Channel, dict, threading.Event]] = {}
+
+    def handle(self, channel: Channel) -> str | None:
+        channel.limits = LIMITS
+        hello = expect(channel, Kind.DEALER_HELLO)
+        session, role = field(hello, "session", str), field(hello, "role", str)
+        field(hello, "peer", str)
+        if hello.meta.get("version") != SESSION_VERSION:
+            raise PeerError(f"session version {hello.meta.get('version')}, this side {SESSION_VERSION}")
+        if role not in channel.peer.roles:
+            raise PeerError(f"the peer {channel.peer.subject} claims the {role} role, which this dealer does not "
+                            f"trust it with (trusted as: {', '.join(channel.peer.roles)})")
+        with self._lock:
+            first = self._waiting.get(session)
+            if first is None:
+                done = threading.Event()
+                self._waiting[session] = (role, channel, hello.meta, done)
+            elif first[0] == role:
+                raise PeerError(f"a second {role} party for session {session}")
             else:
-                raise PeerError(f"unexpected message {message.kind} from the moving party")
-    finally:
-        moving.close()
-        fixed.close()
+                del self._waiting[session]
+        if first is None:
+            return self._wait(session, done)
+        try:
+            moving, fixed = (channel, first[1]) if role == "moving" else (first[1], channel)
+            claims = {"moving": hello.meta if role == "moving" else first[2],
+                      "fixed": hello.meta if role == "fixed" else first[2]}
+            if claims["moving"]["peer"] != fixed.peer.fingerprint or claims["fixed"]["peer"] != moving.peer.fingerprint:
+                tell_error(moving, "the dealer's two parties do not name each other")
+                tell_error(fixed, "the dealer's two parties do not name each other")
+                raise PeerError(f"session {session}: the moving and fixed parties do not name each other")
+            return serve_dealer_session(moving, fixed)
+        finally:
+            first[3].set()
+
+    def _wait(self, session: str, done: threading.Event) -> None:
+        """The first party of a pair: wait for the second, then for the session to end."""
+        if not done.wait(PAIR_SECONDS):
+            with self._lock:
+                unpaired = self._waiting.pop(session, None) is not None
+            if unpaired:
+                raise PeerError(f"session {session}: the other party did not reach the dealer within "
+                                f"{PAIR_SECONDS:g} s")
+            done.wait()
+        return None
+
+
+def serve_dealer_session(moving: Channel, fixed: Channel) -> str:
+    """Serve one session's correlated randomness; the dealer's cost goes to the moving party at the end."""
+    clock = _Clock()
+    moving.send(Message(Kind.DEALER_READY, {}))
+    b = None
+    while True:
+        message = moving.recv(idle=IDLE_SECONDS)
+        if message.kind == Kind.DEALER_LEVEL:
+            samples = field(message, "samples", int)
+            if not 0 < samples <= 1 << 25:
+                raise PeerError(f"sample count {samples} out of range")
+            seed_b = new_seed()
+            b = random_ring(seed_b, (samples,))
+            fixed.send(Message(Kind.DEALER_SEED_B, {}, {"b": np.frombuffer(seed_b, np.uint8)}))
+        elif message.kind == Kind.DEALER_TRIPLE:
+            channels = field(message, "channels", int)
+            if b is None or not 1 < channels <= 16:
+                raise PeerError("triple requested before any sample set or with a bad channel count")
+            seed_a, seed_r0 = new_seed(), new_seed()
+            # seeds first: the moving party prepares its product while the dealer computes r1
+            moving.send(Message(Kind.DEALER_SEEDS, {}, {"a": np.frombuffer(seed_a, np.uint8),
+                                                        "r0": np.frombuffer(seed_r0, np.uint8)}))
+            r1 = dealer_share(seed_a, seed_r0, b, channels)
+            fixed.send(Message(Kind.DEALER_SHARE, {}, {"r1": r1.numpy()}))
+        elif message.kind == Kind.BYE:
+            stats = clock.stats([moving, fixed])
+            moving.send(Message(Kind.DEALER_FAREWELL, {"stats": stats.to_dict()}))
+            return (f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
+                    f"{stats.wall_time_s:.1f} s")
+        elif message.kind == Kind.ERROR:
+            tell_error(fixed, message.meta.get("reason", "the moving party stopped"))
+            raise PeerError(f"the moving party stopped: {message.meta.get('reason')}")
+        else:
+            raise PeerError(f"unexpected message {message.kind} from the moving party")

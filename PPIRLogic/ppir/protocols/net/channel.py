@@ -1,20 +1,27 @@
-"""TLS 1.3 channels with mutual authentication between named roles, counting bytes on the wire.
+"""TLS 1.3 channels with mutual authentication between pinned identities, counting bytes on the wire.
 
 TLS runs over memory BIOs on a plain TCP socket, so every byte that crosses the network (handshake
 and records included) passes through ``_send_raw``/``_recv_raw`` and is counted there. There is no
-plaintext mode. Each side checks that the peer's certificate chains to the pinned CA and that its
-common name is the role it expects.
+plaintext mode. A serving party's TLS layer accepts only certificates anchored in its trust list; a
+connecting party checks the server's certificate after the handshake (TLS has proved the key), so
+that an unknown server can be named by its fingerprint. Either way ``authenticate`` then decides,
+from the trust list, which role the peer may play.
 """
 from __future__ import annotations
 
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from ppir.common.errors import PPIRError
+from ppir.protocols.net import certs
 from ppir.protocols.net.framing import PREFIX, FramingError, Message, decode, encode, parse_prefix
+from ppir.protocols.net.trust import Peer, Trust, UntrustedPeer
 
 DEFAULT_MAX_MESSAGE = 4 << 30
 READ_SIZE = 1 << 20
@@ -27,33 +34,51 @@ class PeerError(PPIRError):
     exit_code = 3
 
 
-@dataclass(frozen=True)
-class Credentials:
-    """A party's TLS identity: the pinned CA, its certificate and key, and its role name."""
+class Refused(PeerError):
+    """The peer authenticated but is not trusted for the role asked (the message names its fingerprint)."""
 
-    ca: Path
-    cert: Path
-    key: Path
-    role: str
+
+@dataclass(frozen=True)
+class Identity:
+    """A party's identity folder: its key, its certificate and the peers it trusts."""
+
+    folder: Path
+    certificate: x509.Certificate
+    trust: Trust
 
     @classmethod
-    def from_folder(cls, folder: str | Path, role: str) -> "Credentials":
+    def load(cls, folder: str | Path) -> "Identity":
         folder = Path(folder)
-        return cls(folder / "ca.pem", folder / f"{role}.pem", folder / f"{role}.key", role)
+        for name in (certs.KEY, certs.CERT):
+            if not (folder / name).is_file():
+                raise PPIRError(f"identity folder '{folder}': no {name} (create one with `ppir certs identity`)")
+        return cls(folder, certs.read_certificate(folder / certs.CERT), Trust.load(folder))
 
-    def context(self, server: bool) -> ssl.SSLContext:
-        for label, path in (("CA certificate", self.ca), ("certificate", self.cert), ("key", self.key)):
-            if not Path(path).is_file():
-                raise PPIRError(f"{label} '{path}': no such file")
+    @property
+    def fingerprint(self) -> str:
+        return certs.fingerprint(self.certificate)
+
+    def describe(self) -> str:
+        return certs.describe(self.certificate)
+
+    def context(self, server: bool, roles: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """TLS 1.3 with this identity; a server requires a client certificate anchored in the trust list."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         try:
-            ctx.load_cert_chain(self.cert, self.key)
-            ctx.load_verify_locations(cafile=str(self.ca))
+            ctx.load_cert_chain(self.folder / certs.CERT, self.folder / certs.KEY)
         except (ssl.SSLError, ValueError) as err:
-            raise PPIRError(f"certificate '{self.cert}' / key '{self.key}' / CA '{self.ca}': "
-                            f"cannot be used ({err})") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
+            raise PPIRError(f"identity '{self.folder}': certificate and key cannot be used ({err})") from None
+        if server:
+            anchors = self.trust.anchors(roles)
+            if not anchors:
+                raise PPIRError(f"identity '{self.folder}' trusts no {' or '.join(roles)} party yet: add their "
+                                "certificates with `ppir certs trust`")
+            ctx.load_verify_locations(cadata=anchors)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE   # checked against the trust list in ``authenticate``
         return ctx
 
 
@@ -68,18 +93,43 @@ def _describe(err: Exception) -> str:
     return str(text).replace("_", " ").lower()
 
 
-class Channel:
-    """One authenticated connection. ``send``/``recv`` move whole messages."""
+def _refused_us(err: ssl.SSLError) -> bool:
+    """Whether a TLS alert says the peer did not accept this side's certificate."""
+    reason = str(getattr(err, "reason", "") or "")
+    return "ALERT" in reason and any(w in reason for w in ("CERTIFICATE", "UNKNOWN_CA", "ACCESS_DENIED"))
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server: bool, expect_role: str | tuple[str, ...],
-                 server_hostname: str | None, timeout: float, max_message: int = DEFAULT_MAX_MESSAGE):
+
+class Channel:
+    """One TLS connection. ``authenticate`` names the peer; ``send``/``recv`` move whole messages."""
+
+    def __init__(self, sock: socket.socket, identity: Identity, context: ssl.SSLContext, server: bool,
+                 peer_label: str, timeout: float, limits: int | Mapping[int, int] = DEFAULT_MAX_MESSAGE):
         self.traffic = Traffic()
+        self.identity = identity
+        self.peer_role = peer_label
+        self.peer: Peer | None = None
+        self.limits = limits
         self._sock = sock
         self._sock.settimeout(timeout)
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._in, self._out, server_side=server, server_hostname=server_hostname)
-        self.max_message = max_message
-        self._handshake(expect_role)
+        self._tls = context.wrap_bio(self._in, self._out, server_side=server)
+        self._tls_call(self._tls.do_handshake)
+
+    def authenticate(self, roles: tuple[str, ...]) -> Peer:
+        """The peer's identity if the trust list accepts it for one of ``roles``; else Refused."""
+        try:
+            self.peer = self.identity.trust.identify(self._tls.getpeercert(binary_form=True), roles)
+        except UntrustedPeer as err:
+            raise Refused(str(err)) from None
+        self.peer_role = " or ".join(self.peer.roles)
+        return self.peer
+
+    @property
+    def peer_address(self) -> str:
+        try:
+            return "{}:{}".format(*self._sock.getpeername()[:2])
+        except OSError:
+            return "?"
 
     def _send_raw(self) -> None:
         data = self._out.read()
@@ -115,23 +165,15 @@ class Channel:
                 self._recv_raw()
             except ssl.SSLCertVerificationError as err:
                 self._send_raw()
-                raise PeerError(f"the {self.peer_role} party's certificate was rejected: {_describe(err)}") from None
+                raise PeerError(f"the {self.peer_role} party's certificate is not trusted here "
+                                f"({_describe(err)})") from None
             except ssl.SSLError as err:
                 self._send_raw()
-                raise PeerError(f"TLS with the {self.peer_role} party failed: {_describe(err)} "
-                                "(check that both sides use certificates from the same CA and that "
-                                "they have not expired)") from None
-
-    def _handshake(self, expect_role: str | tuple[str, ...]) -> None:
-        roles = (expect_role,) if isinstance(expect_role, str) else expect_role
-        self.peer_role = " or ".join(roles)
-        self._tls_call(self._tls.do_handshake)
-        subject = dict(item for rdn in self._tls.getpeercert().get("subject", ()) for item in rdn)
-        role = subject.get("commonName")
-        if role not in roles:
-            self.close()
-            raise PeerError(f"expected the {self.peer_role} party but the peer's certificate names {role!r}")
-        self.peer_role = role
+                if _refused_us(err):
+                    raise Refused(f"the {self.peer_role} party does not trust this party's identity "
+                                  f"{self.identity.describe()}: send it your certificate (identity.pem) and have "
+                                  "its operator check that fingerprint with you and run `ppir certs trust`") from None
+                raise PeerError(f"TLS with the {self.peer_role} party failed: {_describe(err)}") from None
 
     @property
     def timeout(self) -> float:
@@ -144,14 +186,14 @@ class Channel:
         for start in range(0, len(data), WRITE_SIZE):
             self._tls_call(self._tls.write, data[start:start + WRITE_SIZE])
 
-    def _read_exact(self, n: int) -> bytearray:
-        buffer = bytearray(n)
-        view, filled = memoryview(buffer), 0
-        while filled < n:
-            got = self._tls_call(self._tls.read, min(n - filled, READ_SIZE), view[filled:])
-            if not got:
+    def _read(self, n: int) -> bytearray:
+        """Exactly ``n`` bytes, grown as they arrive (an announced length allocates nothing by itself)."""
+        buffer = bytearray()
+        while len(buffer) < n:
+            chunk = self._tls_call(self._tls.read, min(n - len(buffer), READ_SIZE))
+            if not chunk:
                 raise PeerError(f"the {self.peer_role} party closed the connection")
-            filled += got
+            buffer += chunk
         return buffer
 
     def recv(self, idle: float | None = None) -> Message:
@@ -164,20 +206,27 @@ class Channel:
         try:
             if idle is not None:
                 self._sock.settimeout(idle)
-            prefix = self._read_exact(PREFIX.size)
+            prefix = self._read(PREFIX.size)
         finally:
             self._sock.settimeout(timeout)
         try:
-            kind, header_len, body_len = parse_prefix(prefix, self.max_message)
-            return decode(kind, self._read_exact(header_len), self._read_exact(body_len))
+            kind, header_len, body_len = parse_prefix(bytes(prefix), self.limits)
+            return decode(kind, self._read(header_len), self._read(body_len))
         except FramingError as err:
             raise PeerError(f"bad message from the {self.peer_role} party: {err}") from None
+
+    def shutdown(self) -> None:
+        """Break the connection from another thread: a blocked send or receive fails at once."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         try:
             self._tls.unwrap()
             self._send_raw()
-        except (ssl.SSLError, PeerError, OSError):
+        except (ssl.SSLError, PeerError, OSError, ValueError):
             pass
         self._sock.close()
 
@@ -189,11 +238,16 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def connect(address: str, credentials: Credentials, expect_role: str, timeout: float = 30.0,
-            retry_for: float = 0.0) -> Channel:
-    """Open a channel to the party listening at HOST:PORT (retrying refused connections for ``retry_for`` s)."""
+def connect(address: str, identity: Identity, role: str, timeout: float = 30.0, retry_for: float = 0.0) -> Channel:
+    """A channel to the party of ``role`` listening at HOST:PORT, refused unless the trust list accepts it.
+
+    Refused connections are retried for ``retry_for`` s.
+    """
     host, port = parse_address(address)
-    context = credentials.context(server=False)
+    if not identity.trust.knows(role):
+        raise PPIRError(f"identity '{identity.folder}' trusts no {role} party: add its certificate with "
+                        f"`ppir certs trust {identity.folder} CERT.pem --role {role}`")
+    context = identity.context(server=False)
     deadline = time.monotonic() + retry_for
     while True:
         try:
@@ -201,35 +255,49 @@ def connect(address: str, credentials: Credentials, expect_role: str, timeout: f
             break
         except ConnectionRefusedError:
             if time.monotonic() >= deadline:
-                raise PeerError(f"no {expect_role} party is listening at {host}:{port}") from None
+                raise PeerError(f"no {role} party is listening at {host}:{port}") from None
             time.sleep(0.1)
         except OSError as err:
-            raise PeerError(f"cannot reach the {expect_role} party at {host}:{port} ({err})") from None
-    return Channel(sock, context, False, expect_role, host, timeout)
+            raise PeerError(f"cannot reach the {role} party at {host}:{port} ({err})") from None
+    try:
+        channel = Channel(sock, identity, context, False, role, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        channel.authenticate((role,))
+    except Refused as err:
+        channel.close()
+        raise Refused(f"{host}:{port}: {err}") from None
+    return channel
 
 
 class Listener:
-    """A listening socket that accepts authenticated channels from one expected role."""
+    """A listening socket; ``handshake`` turns an accepted connection into a TLS channel."""
 
-    def __init__(self, address: str, credentials: Credentials, timeout: float = 30.0):
+    def __init__(self, address: str, identity: Identity, roles: tuple[str, ...], timeout: float = 30.0):
         host, port = parse_address(address)
-        self._context = credentials.context(server=True)
-        self.timeout = timeout
+        self.identity, self.roles, self.timeout = identity, roles, timeout
+        self._context = identity.context(server=True, roles=roles)
         try:
             self._sock = socket.create_server((host, port), reuse_port=False)
         except OSError as err:
             raise PPIRError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
         self.address = self._sock.getsockname()[:2]
 
-    def accept(self, expect_role: str | tuple[str, ...], wait: float | None = None) -> Channel:
-        """The next authenticated channel from a party of (one of) the expected role(s)."""
-        roles = (expect_role,) if isinstance(expect_role, str) else expect_role
+    def accept_socket(self, wait: float | None) -> socket.socket | None:
+        """The next TCP connection, or None after ``wait`` s."""
         self._sock.settimeout(wait)
         try:
-            sock, _ = self._sock.accept()
+            return self._sock.accept()[0]
         except socket.timeout:
-            raise PeerError(f"no {' or '.join(roles)} party connected within {wait:g} s") from None
-        return Channel(sock, self._context, True, roles, None, self.timeout)
+            return None
+
+    def handshake(self, sock: socket.socket, timeout: float) -> Channel:
+        """TLS on an accepted socket, within ``timeout`` s; the peer is not yet authenticated for a role."""
+        channel = Channel(sock, self.identity, self._context, True, " or ".join(self.roles), timeout)
+        channel._sock.settimeout(self.timeout)
+        return channel
 
     def close(self) -> None:
         self._sock.close()

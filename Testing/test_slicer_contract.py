@@ -19,9 +19,9 @@ def _valid_settings(tmp_path: Path):
     (tmp_path / "identity.pem").write_text("an identity folder's certificate")
     policy = tmp_path / "policy.toml"
     policy.write_text("[disclosure]\nmax_ratio = 0.25\n")
-    for role, protocol, transform, sampling, share, policy_file in itertools.product(
-            jobs.ROLES, jobs.PROTOCOLS, jobs.TRANSFORMS, jobs.SAMPLINGS, jobs.SHARES, ("", str(policy))):
-        settings = jobs.RunSettings(role=role, protocol=protocol, transform=transform, sampling=sampling,
+    for role, protocol, transform, metric, sampling, share, policy_file in itertools.product(
+            jobs.ROLES, jobs.PROTOCOLS, jobs.TRANSFORMS, jobs.METRICS, jobs.SAMPLINGS, jobs.SHARES, ("", str(policy))):
+        settings = jobs.RunSettings(role=role, protocol=protocol, transform=transform, metric=metric, sampling=sampling,
                                     share_result=share, dealer="127.0.0.1:7001", certificates=str(tmp_path),
                                     disclosure_policy=policy_file)
         try:
@@ -34,6 +34,7 @@ def _valid_settings(tmp_path: Path):
 def test_the_module_offers_exactly_the_contracts_choices():
     assert jobs.PROTOCOLS == contract.PROTOCOLS
     assert jobs.TRANSFORMS == contract.TRANSFORMS and jobs.SAMPLINGS == contract.SAMPLINGS
+    assert jobs.METRICS == contract.METRICS
     assert jobs.SHARES == contract.SHARES
 
 
@@ -48,7 +49,8 @@ def test_every_command_line_the_module_builds_is_one_ppir_accepts(tmp_path):
         assert args.command == {"local": "register"}.get(settings.role, settings.role)
         if hasattr(args, "transform"):
             chosen = _settings(args)                      # the engine's own checks
-            assert (chosen.transform, chosen.sampling) == (settings.transform, settings.sampling)
+            assert (chosen.transform, chosen.metric, chosen.sampling) == (settings.transform, settings.metric,
+                                                                          settings.sampling)
             assert chosen.levels == [int(f) for f in settings.levels.split(",")]
         if settings.disclosure_policy and settings.role in ("fixed", "local"):
             assert args.disclosure_policy == settings.disclosure_policy

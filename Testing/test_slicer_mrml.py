@@ -184,6 +184,8 @@ def test_loopback_parties_align_the_phantom_and_share_the_transform(protocol):
     assert fixed.summary["shared"] == "transform" and fixed.summary["bytes_received"] > 0
     assert fixed.transform_node is not None and fixed.warped_node is None
     assert "Shared by the moving party: transform" in summary_lines(fixed.summary)
+    assert any(line.startswith("Level ") and "sampled voxels" in line for line in summary_lines(fixed.summary))
+    assert any(line.startswith("Privacy loss:") for line in summary_lines(moving.summary))
     assert any(line.startswith("Fixed party: sent") for line in summary_lines(moving.summary))
     assert loopback.transform_error_mm(fixed.transform_node, outcome["fixed_node"]) == pytest.approx(
         outcome["error_mm"], abs=1e-9)

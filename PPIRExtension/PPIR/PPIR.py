@@ -82,6 +82,7 @@ class PPIRParameterNode:
     shareResult: Annotated[str, Choice(list(SHARES))] = "transform"
     disclosurePolicy: pathlib.Path
     transform: Annotated[str, Choice(list(TRANSFORMS))] = "affine"
+    metric: Annotated[str, Choice(list(METRICS))] = "ssd"
     sampling: Annotated[str, Choice(list(SAMPLINGS))] = "urs"
     sampleFraction: Annotated[float, WithinRange(0.001, 1.0)] = 0.1
     levels: str = "4,2,1"
@@ -129,7 +130,8 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         policy = "" if policy == "." else policy
         return RunSettings(role=role, protocol=protocol, address=parameterNode.address.strip(),
                            dealer=parameterNode.dealer.strip(), certificates=certificates,
-                           transform=parameterNode.transform, sampling=parameterNode.sampling,
+                           transform=parameterNode.transform, metric=parameterNode.metric,
+                           sampling=parameterNode.sampling,
                            sample_fraction=parameterNode.sampleFraction, levels=parameterNode.levels.strip(),
                            max_iterations=parameterNode.maxIterations, bspline_spacing=parameterNode.bsplineSpacing,
                            share_result=parameterNode.shareResult, seed=parameterNode.seed,

@@ -42,7 +42,19 @@ def summary_lines(summary: dict | None) -> list[str]:
                              f"received {_megabytes(stats['bytes_received'])}")
         if summary.get("tre_mm"):
             lines.append(f"Target registration error: {summary['tre_mm']['mean']:.2f} mm (mean)")
-        return lines
+        return lines + disclosure_lines(summary.get("disclosure"))
     return [f"Session time: {summary['wall_time_s']:.1f} s",
             f"Sent {_megabytes(summary['bytes_sent'])}, received {_megabytes(summary['bytes_received'])}",
+            *disclosure_lines(summary.get("disclosure")),
             f"Shared by the moving party: {summary['shared']}"]
+
+
+def disclosure_lines(disclosure: dict | None) -> list[str]:
+    """What the fixed image revealed in a session, per level, and the session's epsilon."""
+    if not disclosure:
+        return []
+    lines = [f"Level {level['factor']}: revealed {level['revealed']} values for {level['unknowns']} sampled voxels"
+             for level in disclosure["levels"]]
+    epsilon = disclosure["epsilon"]
+    return lines + [f"Privacy loss: epsilon {epsilon:.3g} at delta {disclosure['delta']:g}" if epsilon is not None
+                    else "Privacy loss: no noise added, so no epsilon bound (the value counts above still hold)"]

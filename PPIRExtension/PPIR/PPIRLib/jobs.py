@@ -21,6 +21,7 @@ CONTRACT = settings_contract()
 ROLES = ("moving", *CONTRACT.SERVING_ROLES, "local")
 PROTOCOLS = CONTRACT.PROTOCOLS
 TRANSFORMS = CONTRACT.TRANSFORMS
+METRICS = CONTRACT.METRICS
 SAMPLINGS = CONTRACT.SAMPLINGS
 SHARES = CONTRACT.SHARES
 DEFAULTS = CONTRACT.DEFAULTS
@@ -37,6 +38,7 @@ class RunSettings:
     dealer: str = ""
     certificates: str = ""
     transform: str = DEFAULTS.transform
+    metric: str = DEFAULTS.metric
     sampling: str = "urs"      # the panel's default for private runs: URS indices say nothing of either image
     sample_fraction: float = DEFAULTS.sample_fraction
     levels: str = ",".join(map(str, DEFAULTS.levels))
@@ -51,7 +53,7 @@ class RunSettings:
         if self.disclosure_policy and not Path(self.disclosure_policy).is_file():
             raise ValueError(f"disclosure policy file not found: '{self.disclosure_policy}'")
         for name, value, allowed in (("role", self.role, ROLES), ("protocol", self.protocol, PROTOCOLS),
-                                     ("transform", self.transform, TRANSFORMS),
+                                     ("transform", self.transform, TRANSFORMS), ("metric", self.metric, METRICS),
                                      ("sampling", self.sampling, SAMPLINGS),
                                      ("share result", self.share_result, SHARES)):
             if value not in allowed:
@@ -75,7 +77,7 @@ class RunSettings:
 
 def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict[str, Path]) -> list[str]:
     """The ``ppir`` command line for ``settings.role``; ``inputs``: image paths, ``outputs``: files to write."""
-    registration = ["--transform", settings.transform, "--sampling", settings.sampling,
+    registration = ["--transform", settings.transform, "--metric", settings.metric, "--sampling", settings.sampling,
                     "--sample-fraction", repr(settings.sample_fraction), "--levels", settings.levels,
                     "--max-iterations", str(settings.max_iterations),
                     "--bspline-spacing", repr(settings.bspline_spacing), "--seed", str(settings.seed)]

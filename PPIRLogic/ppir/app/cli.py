@@ -103,7 +103,7 @@ def _print_summary(report: dict, as_json: bool) -> None:
                "tre_mm": report.get("tre_mm"),
                "metric": report["metric"], "final_value": report["final_value"],
                "final_ssd": report["final_ssd"], "wall_time_s": round(report["wall_time_s"], 3),
-               "parties": report["parties"], "outputs": report["outputs"]}
+               "parties": report["parties"], "outputs": report["outputs"], "disclosure": report.get("disclosure")}
     if as_json:
         print(json.dumps(summary), flush=True)
         return

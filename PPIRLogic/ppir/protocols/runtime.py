@@ -315,7 +315,7 @@ def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dea
                 channel.send(Message(Kind.FAREWELL, {"stats": stats.to_dict(), "levels": per_level(marks),
                                                      "disclosure": disclosure}))
                 if progress:
-                    progress({"event": "done", "shared": shared, "epsilon": disclosure["epsilon"], **stats.to_dict()})
+                    progress({"event": "done", "shared": shared, "disclosure": disclosure, **stats.to_dict()})
                 return stats, disclosure
             elif message.kind == Kind.ERROR:
                 raise PeerError(f"the moving party stopped: {message.meta.get('reason', 'unknown error')}")

@@ -137,6 +137,12 @@ def _policy(args: argparse.Namespace):
     return DisclosurePolicy.read(args.disclosure_policy) if args.disclosure_policy else DisclosurePolicy()
 
 
+def _add_serving_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
+    p.add_argument("--max-sessions", type=int, default=8, metavar="N",
+                   help="sessions served at once; the next one is refused with a message (default: 8)")
+
+
 def _add_policy_option(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--disclosure-policy", metavar="POLICY.toml",
                    help=f"{whose} disclosure policy: a [disclosure] table (max_ratio, min_samples, "
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "fixed image and writes what the moving party shares at the end.")
     fixed.add_argument("--image", required=True, help="the fixed image")
     fixed.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
-    fixed.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
+    _add_serving_options(fixed)
     fixed.add_argument("--output-transform", type=Path, metavar="T.h5",
                        help="where to write the transform if the moving party shares it")
     fixed.add_argument("--output-warped", type=Path, metavar="W.nrrd",
@@ -352,8 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the one dealer this party uses for MPC sessions (its certificate trusted with "
                             "`ppir certs trust --role dealer`); a moving party naming another dealer is refused. "
                             "Without it: FHE sessions only")
-    fixed.add_argument("--max-sessions", type=int, default=8, metavar="N",
-                       help="sessions served at once; the next one is refused with a message (default: 8)")
     _add_identity_option(fixed)
 
     fixed.set_defaults(run=_cmd_fixed)
@@ -363,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "party per session. It sees no image data; a dealer that colludes with "
                                         "either party can unmask the other's image (docs/security.md).")
     dealer.add_argument("--listen", required=True, metavar="HOST:PORT")
-    dealer.add_argument("--sessions", type=int, default=1, help="sessions to serve, 0 for until stopped (default: 1)")
-    dealer.add_argument("--max-sessions", type=int, default=8, metavar="N",
-                        help="sessions served at once; the next one is refused with a message (default: 8)")
+    _add_serving_options(dealer)
     _add_identity_option(dealer)
 
     dealer.set_defaults(run=_cmd_dealer)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ppir.common.errors import PPIRError
+from ppir.common.tables import from_table
 from ppir.engine.metrics import fixed_statistics
 
 DELTA = 1e-5
@@ -81,17 +82,9 @@ class DisclosurePolicy:
     @classmethod
     def from_dict(cls, values: dict) -> "DisclosurePolicy":
         """A policy from a table (a received WELCOME, or a TOML file); None stands for no limit."""
-        if not isinstance(values, dict):
-            raise PPIRError("disclosure policy: expected a table")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PPIRError(f"disclosure policy: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = {k: (math.inf if v is None and k in ("max_ratio", "max_epsilon") else v) for k, v in values.items()}
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise PPIRError(f"disclosure policy: {err}") from None
+        if isinstance(values, dict):
+            values = {k: (math.inf if v is None and k in ("max_ratio", "max_epsilon") else v) for k, v in values.items()}
+        return from_table(cls, values, "disclosure policy")
 
     @classmethod
     def read(cls, path: str | Path) -> "DisclosurePolicy":

@@ -6,9 +6,10 @@ only, so that the Slicer module can read the choices without the engine's depend
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from ppir.common.errors import PPIRError
+from ppir.common.tables import from_table
 
 TRANSFORMS = ("rigid", "affine", "bspline")
 SAMPLINGS = ("full", "urs", "gms")
@@ -64,16 +65,7 @@ class Settings:
     @classmethod
     def from_dict(cls, values: dict) -> "Settings":
         """Settings received from a peer: unknown names or wrong types raise PPIRError, like bad values."""
-        if not isinstance(values, dict):
-            raise PPIRError("the session settings are not a table")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise PPIRError(f"unknown session settings: {', '.join(unknown)}")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise PPIRError(f"malformed session settings ({err})") from None
+        return from_table(cls, values, "session settings")
 
     def stage_levels(self, stage: str) -> list[int]:
         """The shrink factors a stage ('rigid', 'affine' or 'bspline') runs at."""

@@ -18,7 +18,7 @@ import vtk
 from PPIRLib import dependencies, loopback, mrml
 from PPIRLib.disclosure import disclosure
 from PPIRLib.events import describe, summary_lines
-from PPIRLib.jobs import (CONTRACT, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_identity,
+from PPIRLib.jobs import (CONTRACT, METRICS, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_identity,
                           show_identity, trust_certificate)
 from PPIRLib.package import check_python
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTransformNode

@@ -19,7 +19,6 @@ signal, so against it the bound holds only if the protocol enforces the range.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from dp_accounting import dp_event, pld, rdp

@@ -17,7 +17,7 @@ from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, Disclosur
 from ppir.engine.driver import register
 from ppir.engine.image import read_image, write_image
 from ppir.engine.joint import ClearBackend
-from ppir.engine.pyramid import LevelSpec
+from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
 from ppir.protocols.net.channel import Identity, PeerError
@@ -149,3 +149,48 @@ def test_the_fixed_party_refuses_a_moving_party_that_ignores_its_policy(tmp_path
         backend.close()
     fixed.wait(60)
     assert "more than 3 products" in fixed.stderr.read()
+
+
+@pytest.mark.parametrize("protocol", ["mpc", "fhe"])
+def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protocol):
+    """Real parties: two answers to the same B-spline product differ by the noise the policy states."""
+    from ppir.app.local import _Role, local_identities
+    from ppir.engine.joint import fixed_scale
+    write_image(slice_2d, tmp_path / "fixed.nrrd")
+    roles = ["moving", "fixed", *(["dealer"] if protocol == "mpc" else [])]
+    folders = local_identities(tmp_path / "ids", roles)
+    DisclosurePolicy(noise_multiplier=2.0, max_ratio=math.inf, max_products=10).write(tmp_path / "policy.toml")
+    started = []
+    try:
+        dealer = None
+        if protocol == "mpc":
+            started.append(_Role(["dealer", "--listen", "127.0.0.1:0", "--identity", str(folders["dealer"])], "dealer"))
+            dealer = started[0].address
+        started.append(_Role(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",
+                              "--identity", str(folders["fixed"]), "--disclosure-policy", str(tmp_path / "policy.toml"),
+                              *(["--dealer", dealer] if dealer else [])], "fixed"))
+        settings = Settings(transform="bspline", levels=[2], bspline_spacing_mm=16.0)
+        backend = registry.load(protocol).moving_backend(started[-1].address, dealer,
+                                                         Identity.load(folders["moving"]), settings.to_dict())
+        try:
+            spec = LevelSpec(2, 1.0)
+            grid = backend.start_level(spec)                       # the affine stage's level comes first
+            backend.set_samples(None, AffineBasis(grid.points(None), grid.center()))
+            backend.start_level(spec)
+            basis = backend.set_samples(None, BSplineBasis(grid.points(None), control_grid_for(slice_2d.grid, 16.0)))
+            rng = np.random.default_rng(3)
+            channels, warped = rng.normal(size=(grid.n_voxels, 2)), rng.uniform(0, 3, grid.n_voxels)
+            first, second = backend.joint_product(channels, warped), backend.joint_product(channels, warped)
+        finally:
+            backend.close()
+    finally:
+        for role in started:
+            role.process.kill()
+            role.finish(10)
+    values = level_image(slice_2d, spec).array.ravel().astype(np.float64)
+    scale = fixed_scale(values)
+    sensitivity = np.ptp(values) / scale * np.sqrt(2 * np.max(np.square(basis.support_weights).sum(axis=1)) + 1)
+    touched = np.abs(first.r).sum(axis=1) > 0
+    measured = (first.r - second.r)[touched].std(axis=0)
+    expected = np.sqrt(2) * 2.0 * sensitivity * scale * np.abs(channels).max(axis=0)
+    assert np.allclose(measured, expected, rtol=0.15), (measured, expected)

@@ -67,3 +67,24 @@ def test_the_default_policy_refuses_that_attack_before_any_product(slice64):
     with pytest.raises(DisclosureRefused, match="values per sampled voxel; at level 4 the bspline stage"):
         _, recording = record_clear(fixed, moving, Settings(transform="bspline"), DisclosurePolicy())
     assert recording is None
+
+
+def test_the_attack_works_through_the_real_mpc_parties_and_the_policy_stops_it(slice64, tmp_path):
+    """The same recording from a real MPC session (three processes over TLS): measured 77 / 47 dB at 16² / 32²
+    against the own image's 40 / 31 dB, every resolved detail recovered; under the fixed party's default
+    policy the moving party stops before the first product."""
+    from ppir.engine.image import write_image
+
+    from attack.record import record_private
+    fixed, moving, discs = slice64
+    write_image(fixed, tmp_path / "fixed.nrrd")
+    write_image(moving, tmp_path / "moving.nrrd")
+    settings = Settings(transform="bspline", levels=[4, 2])
+    _, recording = record_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", settings,
+                                  DisclosurePolicy.off())
+    levels = _attack(recording, fixed, discs)
+    assert levels and all(psnr > own + 15.0 for psnr, own, _ in levels)    # fixed point limits the PSNR
+    measured = [d for _, _, details in levels for d in details if np.isfinite(d)]
+    assert len(measured) >= 3 and min(measured) >= 0.9
+    with pytest.raises(DisclosureRefused, match="values per sampled voxel"):
+        record_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", settings, DisclosurePolicy())

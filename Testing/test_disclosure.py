@@ -13,7 +13,12 @@ from ppir.app.synth import synthesize
 from ppir.common.errors import PPIRError
 from ppir.engine.basis import AffineBasis, BSplineBasis
 from ppir.engine.bspline import control_grid_for
-from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, DisclosureRefused, check_plan
+from ppir.engine.disclosure import (
+    DisclosureLedger,
+    DisclosurePolicy,
+    DisclosureRefused,
+    check_plan,
+)
 from ppir.engine.driver import register
 from ppir.engine.image import read_image, write_image
 from ppir.engine.joint import ClearBackend
@@ -194,3 +199,24 @@ def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protoc
     measured = (first.r - second.r)[touched].std(axis=0)
     expected = np.sqrt(2) * 2.0 * sensitivity * scale * np.abs(channels).max(axis=0)
     assert np.allclose(measured, expected, rtol=0.15), (measured, expected)
+
+
+def test_gms_indices_trace_the_moving_image_and_the_default_policy_refuses_them(slice_2d):
+    """What GMS hands the fixed party: over 20 draws, how often a voxel is sampled ranks the moving image's
+    gradient magnitude (Spearman 0.79 measured on the 128² slice, background ties included); URS indices
+    do not (|rho| < 0.1). GMS is refused by default."""
+    import SimpleITK as sitk
+    from ppir.engine.moving_image import MovingLevel
+    from ppir.engine.sampling import draw_gradient_weighted, draw_uniform
+    from scipy.stats import spearmanr
+    grid = slice_2d.grid
+    magnitude = MovingLevel(slice_2d).gradient_magnitude(sitk.Euler2DTransform(), grid)
+    rng = np.random.default_rng(0)
+    gms, urs = np.zeros(grid.n_voxels), np.zeros(grid.n_voxels)
+    for _ in range(20):
+        gms[draw_gradient_weighted(magnitude, 0.1, rng)] += 1
+        urs[draw_uniform(grid.n_voxels, 0.1, rng)] += 1
+    assert spearmanr(gms, magnitude).statistic > 0.7
+    assert abs(spearmanr(urs, magnitude).statistic) < 0.1
+    with pytest.raises(DisclosureRefused, match="refuses GMS"):
+        check_plan(DisclosurePolicy(), Settings(sampling="gms"), grid)

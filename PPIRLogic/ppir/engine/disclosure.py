@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ppir.common.errors import PPIRError
+from ppir.common.files import write_atomically
 from ppir.common.tables import from_table
 from ppir.engine.metrics import fixed_statistics
 
@@ -63,6 +64,8 @@ class DisclosurePolicy:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise PPIRError(f"disclosure policy: {name} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.allow_gms, bool):
+            raise PPIRError(f"disclosure policy: allow_gms must be true or false, got {self.allow_gms!r}")
         if self.noise_multiplier < 0:
             raise PPIRError(f"disclosure policy: noise_multiplier must be >= 0, got {self.noise_multiplier}")
         if not self.max_epsilon > 0 or not 0 < self.delta < 1:
@@ -105,7 +108,7 @@ class DisclosurePolicy:
     def write(self, path: str | Path) -> None:
         """This policy as a ``[disclosure]`` TOML table that ``read`` returns unchanged."""
         lines = ["[disclosure]"] + [f"{k} = {_toml(v)}" for k, v in asdict(self).items()]
-        Path(path).write_text("\n".join(lines) + "\n")
+        write_atomically(path, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
 
     def epsilon(self, releases: int) -> float:
         """(epsilon, delta)-DP of ``releases`` Gaussian releases at this noise (RDP accountant); inf without noise."""

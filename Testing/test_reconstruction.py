@@ -13,10 +13,9 @@ from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused
 from ppir.engine.image import read_image
 from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
-
-from attack import solve
-from attack.pairs import pair_with_details
-from attack.record import record_clear
+from ppir_bench.attack import solve
+from ppir_bench.attack.pairs import pair_with_details
+from ppir_bench.attack.record import record_clear
 
 MAX_UNKNOWNS = 1100        # dense normal equations: the coarse levels, where the ratio is highest
 
@@ -74,8 +73,7 @@ def test_the_attack_works_through_the_real_mpc_parties_and_the_policy_stops_it(s
     against the own image's 40 / 31 dB, every resolved detail recovered; under the fixed party's default
     policy the moving party stops before the first product."""
     from ppir.engine.image import write_image
-
-    from attack.record import record_private
+    from ppir_bench.attack.record import record_private
     fixed, moving, discs = slice64
     write_image(fixed, tmp_path / "fixed.nrrd")
     write_image(moving, tmp_path / "moving.nrrd")

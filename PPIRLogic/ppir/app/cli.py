@@ -234,7 +234,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ppir_bench.engine import markdown, mpc_markdown, run_engine_suite, run_mpc_suite
+    from ppir_bench.engine import (
+        markdown,
+        mpc_markdown,
+        run_engine_suite,
+        run_mpc_suite,
+    )
 
     from ppir.common.files import check_output_path
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
@@ -246,6 +251,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(suite_markdown(run_suite(args.suite, args.out, log)))
     elif args.suite == "engine":
         print(markdown(run_engine_suite(args.out, log)))
+    elif args.suite == "privacy":
+        from ppir_bench.privacy import markdown as privacy_markdown
+        from ppir_bench.privacy import run_privacy_suite
+        print(privacy_markdown(run_privacy_suite(args.out, log)))
     elif args.suite == "serve":
         from ppir_bench.serve import markdown as serve_markdown
         from ppir_bench.serve import run_serve_suite
@@ -491,12 +500,13 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     bench = sub.add_parser("bench", help="benchmarks that print figures: accuracy, time, traffic, memory",
                            description="Runs synthetic registrations with known truth on the sample images and "
                                        "prints markdown tables (progress on stderr).")
-    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc", "serve"), default="quick",
+    bench.add_argument("--suite", choices=("quick", "full", "engine", "mpc", "serve", "privacy"), default="quick",
                        help="quick (minutes) / full (under an hour): clear, MPC and FHE with full, URS and GMS "
                             "sampling, affine and B-spline, 2D and 3D, SimpleITK and elastix peers, scaling with "
                             "image size, the paper's tables; engine: PPIR (clear) vs SimpleITK; mpc: per-product "
                             "cost on a 1260x1090 2D pair; serve: one fixed party serving 1, 4 and 8 concurrent "
-                            "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes) (default: quick)")
+                            "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes); privacy: the default "
+                            "disclosure policy's cost and the reconstruction attack per level (default: quick)")
     bench.add_argument("--out", type=Path, default=None,
                        help="folder for the results: results.json, results.md, matrix.png, scaling.png "
                             "(engine.* / mpc.* / serve.json for those suites)")

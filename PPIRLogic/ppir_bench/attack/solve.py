@@ -16,13 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import cho_factor, cho_solve
-
-from ppir.engine.joint import fixed_scale
 from ppir.engine.basis import BSplineBasis
 from ppir.engine.image import Grid
+from ppir.engine.joint import fixed_scale
+from scipy.linalg import cho_factor, cho_solve
 
-from .record import Product
+from ppir_bench.attack.record import Product
 
 
 @dataclass

@@ -5,19 +5,16 @@ import contextlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
-
-from ppir.engine.disclosure import DisclosurePolicy
-from ppir.engine.joint import ClearBackend, JointBackend, JointResult
 from ppir.engine.basis import AffineBasis, BSplineBasis
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.driver import register
-from ppir.engine.settings import Settings
 from ppir.engine.image import Grid, Volume, read_image
+from ppir.engine.joint import ClearBackend, JointBackend, JointResult
 from ppir.engine.pyramid import LevelSpec
-
-Wrapper = Callable[[JointBackend], JointBackend]
+from ppir.engine.settings import Settings
 
 
 @dataclass
@@ -48,6 +45,7 @@ class Product:
 class Recording:
     products: list[Product] = field(default_factory=list)
     sample_sets: list[SampleSet] = field(default_factory=list)
+    disclosure: dict = field(default_factory=dict)       # the fixed party's account, at the end of the run
 
     def levels(self) -> dict[LevelSpec, list[Product]]:
         """Products per pyramid level (affine and B-spline stages pooled: they share the level's image of J)."""
@@ -98,27 +96,24 @@ class RecordingBackend(JointBackend):
         self.inner.close()
 
 
-def record_clear(fixed: Volume, moving: Volume, settings: Settings, policy: DisclosurePolicy | None = None,
-                 protect: Wrapper | None = None):
-    """A clear ``register`` run under the fixed party's ``policy`` (None: none) and optionally a scratch
-    protecting wrapper; returns (result, recording)."""
-    backend: JointBackend = ClearBackend(fixed, policy)
-    if protect is not None:
-        backend = protect(backend)
+def record_clear(fixed: Volume, moving: Volume, settings: Settings, policy: DisclosurePolicy | None = None):
+    """A clear ``register`` run under the fixed party's ``policy`` (None: none); returns (result, recording)."""
+    backend = ClearBackend(fixed, policy)
     recorder = RecordingBackend(backend)
-    return register(moving, recorder, settings), recorder.recording
+    result = register(moving, recorder, settings)
+    recorder.recording.disclosure = backend.disclosure()
+    return result, recorder.recording
 
 
 @contextlib.contextmanager
-def recording_moving_party(protect: Wrapper | None = None) -> Iterator[Recording]:
+def recording_moving_party() -> Iterator[Recording]:
     """While active, every ``register`` the moving-party role runs records through its real backend."""
     from ppir.app import roles
     recording = Recording()
     original = roles.register
 
     def recorded(moving, backend, settings, progress=None):
-        inner = protect(backend) if protect is not None else backend
-        return original(moving, RecordingBackend(inner, recording), settings, progress)
+        return original(moving, RecordingBackend(backend, recording), settings, progress)
 
     roles.register = recorded
     try:
@@ -128,12 +123,12 @@ def recording_moving_party(protect: Wrapper | None = None) -> Iterator[Recording
 
 
 def record_private(protocol: str, fixed_path: Path, moving_path: Path, settings: Settings,
-                   policy: DisclosurePolicy | None = None, protect: Wrapper | None = None) -> tuple[dict, Recording]:
+                   policy: DisclosurePolicy | None = None) -> tuple[dict, Recording]:
     """``run_local`` under ``protocol`` (mpc, fhe: real processes over TLS) and the fixed party's ``policy``
     (None: none); returns (report, recording)."""
-    from ppir.app.outputs import Outputs
     from ppir.app.local import run_local
-    with tempfile.TemporaryDirectory(prefix="ppir-attack-") as tmp, recording_moving_party(protect) as recording:
+    from ppir.app.outputs import Outputs
+    with tempfile.TemporaryDirectory(prefix="ppir-attack-") as tmp, recording_moving_party() as recording:
         report = run_local(protocol, str(fixed_path), str(moving_path), settings, Outputs(Path(tmp) / "t.h5"),
                            policy=DisclosurePolicy.off() if policy is None else policy)
     return report, recording

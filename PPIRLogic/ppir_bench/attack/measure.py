@@ -1,31 +1,27 @@
-"""Print the tables of docs/privacy-measurements.md.
+"""The attack's tables, for settings beyond ``ppir bench --suite privacy`` (docs/security.md).
 
-    PYTHONPATH=PPIRLogic:Testing python -m attack.measure baseline|budget|noise [options]
+    python -m ppir_bench.attack.measure baseline            # no policy: every setting, every level
+    python -m ppir_bench.attack.measure policy [options]    # the real policy over ratios x noise multipliers
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from ppir.app import data
 from ppir.common.errors import PPIRError
-from ppir.engine.joint import ClearBackend
-from ppir.engine.driver import register
-from ppir.engine.settings import Settings
-from ppir.engine.evaluate import disagreement, foreground, tre
+from ppir.engine.evaluate import tre
 from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.engine.settings import Settings
 
-from . import solve
-from .pairs import pair_with_details
-from .protect import NoisyBackend, recorded_sets, session_epsilon, within_budget
-from .record import Product, record_clear
+from ppir_bench.attack import solve
+from ppir_bench.attack.pairs import pair_with_details
+from ppir_bench.attack.record import Product, record_clear
 
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
 
@@ -95,76 +91,10 @@ def baseline(args) -> None:
                   flush=True)
 
 
-def budget(args) -> None:
-    """The attack on the products a per-level budget lets through (same run, truncated per level)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fixed, moving, truth, discs = pair(args.image, "bspline", args.seed, Path(tmp))
-    _, recording = record_clear(fixed, moving, Settings(transform="bspline", sampling=args.sampling))
-    print("| level | ratio | products answered / run | revealed | PSNR prior | PSNR own image | details min-norm | details prior |")
-    print("|---|---|---|---|---|---|---|---|")
-    for spec, products in recording.levels().items():
-        for ratio in args.ratios:
-            kept = within_budget(products, ratio)
-            if not kept:
-                print(f"| ×{spec.factor} | {ratio} | 0 / {len(products)} | 0 | | | | |")
-                continue
-            n = len(np.unique(np.concatenate([p.sample_set.samples for p in kept])))
-            if n > args.max_unknowns:
-                continue
-            a = attack(kept, fixed, discs)
-            print(f"| ×{spec.factor} | {ratio} | {len(kept)} / {len(products)} | {a['revealed']} | {a['psnr_prior']:.1f} | "
-                  f"{a['psnr_base']:.1f} | {_fmt_details(a['detail_min-norm'])} | {_fmt_details(a['detail_prior'])} |",
-                  flush=True)
-
-
-def noise(args) -> None:
-    """Registration accuracy and the attack with Gaussian noise on every revealed value."""
-    print("| image | transform | σ | products | ε (δ=1e-5) | TRE mean (policy-free) | Δ TRE | disp. RMSE vs policy-free | "
-          "attack level | PSNR prior (own image) | details prior |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for kind in args.transforms:
-        with tempfile.TemporaryDirectory() as tmp:
-            fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
-                                               Path(tmp))
-        settings = Settings(transform=kind, sampling=args.sampling)
-        reference = register(moving, ClearBackend(fixed), settings)
-        ref_tre = tre(fixed, reference.transform, truth)["mean"]
-        mask = foreground(fixed)
-        peak = float(np.abs(fixed.array).max())
-        for sigma in args.sigmas:
-            start = time.perf_counter()
-            noisy: list[NoisyBackend] = []
-
-            def protect(backend, sigma=sigma):
-                noisy.append(NoisyBackend(backend, sigma, peak, seed=args.seed))
-                return noisy[-1]
-
-            try:
-                result, recording = record_clear(fixed, moving, settings, protect)
-            except PPIRError as err:
-                print(f"| {args.image} | {kind} | {sigma} | | | failed: {err} | | | | | |", flush=True)
-                continue
-            err = tre(fixed, result.transform, truth)["mean"]
-            rmse = disagreement(result.transform, reference.transform, fixed.grid, mask)["rmse"]
-            eps = session_epsilon(sigma, recorded_sets(recording)) if sigma > 0 else float("inf")
-            attacked = [(spec, prods) for spec, prods in recording.levels().items()
-                        if len(np.unique(np.concatenate([p.sample_set.samples for p in prods]))) <= args.max_unknowns]
-            for spec, prods in attacked[-1:]:
-                a = attack(prods, fixed, discs, DAMPS)
-                print(f"| {args.image} | {kind} | {sigma} | {len(recording.products)} | {eps:.3g} | {err:.3f} ({ref_tre:.3f}) | "
-                      f"{err - ref_tre:+.3f} ({100 * (err / ref_tre - 1):+.0f} %) | {rmse:.3f} | ×{spec.factor} ({a['unknowns']}) | "
-                      f"{a['psnr_prior']:.1f} ({a['psnr_base']:.1f}) | {_fmt_details(a['detail_prior'])} |", flush=True)
-            if not attacked:
-                print(f"| {args.image} | {kind} | {sigma} | {len(recording.products)} | {eps:.3g} | {err:.3f} ({ref_tre:.3f}) | "
-                      f"{err - ref_tre:+.3f} | {rmse:.3f} | none ≤ {args.max_unknowns} | | |", flush=True)
-            del start
-
-
 def policy(args) -> None:
     """The real disclosure policy (max_ratio x noise multiplier), per transform and level: the run's TRE next to
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
     from ppir.engine.disclosure import DisclosurePolicy
-    from ppir.engine.evaluate import tre
     print("| transform | ratio | noise | TRE (policy-free) mm | products per level | level | unknowns | revealed | "
           "best PSNR (own) dB | details recovered |\n|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,8 +124,8 @@ def policy(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m attack.measure")
-    parser.add_argument("what", choices=("baseline", "budget", "noise", "policy"))
+    parser = argparse.ArgumentParser(prog="python -m ppir_bench.attack.measure")
+    parser.add_argument("what", choices=("baseline", "policy"))
     parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "mni4"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sampling", default="full")
@@ -205,7 +135,7 @@ def main() -> None:
     parser.add_argument("--transforms", nargs="+", default=["rigid", "affine", "bspline"])
     parser.add_argument("--bspline-levels", type=int, nargs="+", default=None)
     args = parser.parse_args()
-    {"baseline": baseline, "budget": budget, "noise": noise, "policy": policy}[args.what](args)
+    {"baseline": baseline, "policy": policy}[args.what](args)
 
 
 if __name__ == "__main__":

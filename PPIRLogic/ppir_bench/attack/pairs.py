@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
+from ppir.app.synth import synthesize
 from ppir.engine.evaluate import foreground
 from ppir.engine.image import Volume, read_image, write_image
-from ppir.app.synth import synthesize
 
-from .solve import Disc
+from ppir_bench.attack.solve import Disc
 
 RADII_MM = (3.0, 4.0, 5.0, 6.0, 8.0)
 PLACES = ((0.30, 0.30, 0.40), (0.70, 0.35, 0.60), (0.35, 0.70, 0.50), (0.65, 0.65, 0.35), (0.50, 0.50, 0.55))

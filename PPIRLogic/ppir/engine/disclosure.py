@@ -36,6 +36,7 @@ from ppir.common.errors import PPIRError
 from ppir.common.files import write_atomically
 from ppir.common.tables import from_table
 from ppir.engine.metrics import fixed_statistics
+from ppir.engine.mutual_information import BINS
 
 DELTA = 1e-5
 
@@ -158,12 +159,18 @@ def values_per_sample_set(metric: str) -> int:
     return len(fixed_statistics(metric))
 
 
-def values_per_product(basis, dim: int) -> int:
-    """Values one product reveals: r for every output the samples touch, and the cross term."""
+def product_values(outputs: int, dim: int, metric: str = "ssd") -> int:
+    """Values one product reveals for ``outputs`` basis functions: r (outputs x d), and the cross term, or,
+    for Mattes MI, the joint histogram (bins x bins) instead."""
+    return outputs * dim + (BINS * BINS if metric == "mi" else 1)
+
+
+def values_per_product(basis, dim: int, metric: str = "ssd") -> int:
+    """Values one product reveals: r for every output the samples touch, and the cross term (or MI's histogram)."""
     if hasattr(basis, "control"):
         touched = np.unique(np.asarray(basis.phi.indices)).size if basis.n_samples else 0
-        return touched * dim + 1
-    return basis.matrix.shape[1] * dim + 1
+        return product_values(touched, dim, metric)
+    return product_values(basis.matrix.shape[1], dim, metric)
 
 
 def sensitivity(basis, dim: int, span: float) -> float:
@@ -206,6 +213,7 @@ class DisclosureLedger:
                                     "use --sampling urs")
         self.policy = policy
         self._per_sample_set = values_per_sample_set(metric)
+        self._metric = metric
         self.levels: dict[int, LevelAccount] = {}
         self._level: LevelAccount | None = None
         self._per_product = 0
@@ -236,8 +244,8 @@ class DisclosureLedger:
             level.sampled[:] = True
         else:
             level.sampled[samples] = True
-        self._per_product = values_per_product(basis, dim)
-        level.revealed += self._per_sample_set     # the sample set's sum of squares (and sum, for NCC)
+        self._per_product = values_per_product(basis, dim, self._metric)
+        level.revealed += self._per_sample_set     # the sample set's sum of squares (and sum, for NCC; none for MI)
         for _ in range(self._per_sample_set):
             self._release()
 
@@ -303,7 +311,7 @@ def check_plan(policy: DisclosurePolicy, settings, fixed) -> None:
     revealed: dict[int, int] = {}
     for stage in (linear, "bspline") if settings.transform == "bspline" else (linear,):
         points = control_grid_for(fixed, settings.bspline_spacing_mm).n_points if stage == "bspline" else d + 1
-        per_product = points * d + 1
+        per_product = product_values(points, d, settings.metric)
         for factor in settings.stage_levels(stage):
             n = level_grid(fixed, factor).n_voxels
             samples = n if settings.sampling == "full" else sample_count(n, settings.sample_fraction)
@@ -330,6 +338,6 @@ def _fitting_spacing(fixed, settings, room: float, d: int) -> float:
     """The smallest control-point spacing (in steps of 25 %) whose two products fit in ``room`` values."""
     from ppir.engine.bspline import control_grid_for
     spacing = settings.bspline_spacing_mm
-    while spacing < 1e4 and 2 * (control_grid_for(fixed, spacing).n_points * d + 1) > room:
+    while spacing < 1e4 and 2 * product_values(control_grid_for(fixed, spacing).n_points, d, settings.metric) > room:
         spacing *= 1.25
     return round(spacing, 1)

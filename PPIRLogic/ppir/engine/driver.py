@@ -1,4 +1,5 @@
-"""The registration driver (moving party): multi-resolution, Levenberg-Marquardt damped Gauss-Newton.
+"""The registration driver (moving party): multi-resolution, Levenberg-Marquardt damped Gauss-Newton
+(for Mattes MI, the same loop on a secant-scaled metric matrix: a quasi-Newton method).
 
 It owns the moving image and the transform, and reaches the fixed image only through a
 ``JointBackend``. Per trial step it makes exactly one joint product.
@@ -18,7 +19,7 @@ from ppir.engine.disclosure import DisclosureLedger, check_plan
 from ppir.engine.image import Grid, Volume, check_pair
 from ppir.engine.joint import JointBackend
 from ppir.engine.linear import LinearModel
-from ppir.engine.metrics import Evaluation, gauss_newton
+from ppir.engine.metrics import Evaluation, evaluate_mi, gauss_newton
 from ppir.engine.metrics import evaluate as evaluate_metric
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec, default_levels, level_image
@@ -35,8 +36,8 @@ class Diverged(PPIRError):
     exit_code = 4
 
 
-ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), another metric for other "
-          "modalities, more or coarser --levels, or the other --init")
+ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), --metric mi (other contrasts or "
+          "modalities), more or coarser --levels, or the other --init")
 
 
 @dataclass
@@ -140,8 +141,11 @@ class Level:
         if self.ledger is not None:
             self.ledger.allow_product()
             self.ledger.product()
-        joint = self.backend.joint_product(g, values)
         self.joint_products += 1
+        if self.metric == "mi":
+            return evaluate_mi(self.model, p, g, values, self.backend, self.joint_basis,
+                               self.moving.value_range)
+        joint = self.backend.joint_product(g, values)
         return evaluate_metric(self.metric, self.model, p, g, values, joint, self.joint_basis)
 
 
@@ -237,6 +241,20 @@ def _draw(level: Level, p: np.ndarray, settings: Settings, rng: np.random.Genera
     return draw_gradient_weighted(weights, settings.sample_fraction, rng)
 
 
+def _first_curvature(model, level: Level, matrix, gradient: np.ndarray, p: np.ndarray) -> float:
+    """The curvature c for which the undamped step (c * matrix)^-1 gradient moves the samples by one voxel."""
+    moved = model.max_change(level.basis, p, p - model.solve(matrix, gradient, 0.0))
+    return max(moved / float(level.grid.spacing.min()), 1e-30)
+
+
+def _secant(curvature: float, step: np.ndarray, change: np.ndarray, matrix) -> float:
+    """The secant update of c from an accepted step s (p <- p - s) and the half-gradient change g_old - g_new."""
+    sy, shs = float(step @ change), float(step @ (matrix @ step))
+    if not (sy > 0 and shs > 0):
+        return curvature
+    return float(np.clip(sy / shs, curvature / 10.0, curvature * 10.0))
+
+
 def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels, progress, reserve: bool = False):
     """LM-damped Gauss-Newton at one level; returns (parameters, their evaluation, accepted iterations).
     With ``reserve``, one product of a budget of at least four is left for the divergence check.
@@ -246,6 +264,10 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
     promised less than NOISE_FLOOR (relative) is rejected (the model is no longer reliable there),
     or after ``max_iterations`` accepted steps. Each trial costs one joint product; a trial that maps
     every sample outside the moving image is rejected without one.
+
+    For MI (``state.secant``) the matrix is c * sum S S^T: c is first set so that the undamped step
+    moves the samples by one voxel of the level, then by the secant condition after each accepted step
+    (c = s.y / s.(sum S S^T)s, kept within a factor of 10 per step and left alone when s.y <= 0).
     """
     model = level.model
     level.use_samples(_draw(level, p, settings, rng))
@@ -254,6 +276,7 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
     damping = 1e-3
     step_tol = 1e-2 * float(level.grid.spacing.min())
     iterations = 0
+    curvature = None
     while iterations < settings.max_iterations:
         if not level.can_product(kept):
             break                       # the fixed party's disclosure budget for this level is spent
@@ -261,6 +284,11 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
             level.use_samples(_draw(level, p, settings, rng))
             state = level.evaluate(p)
         hessian = gauss_newton(model, level.joint_basis, state, p)
+        if state.secant:
+            metric_matrix = hessian
+            if curvature is None:
+                curvature = _first_curvature(model, level, hessian, state.gradient, p)
+            hessian = curvature * metric_matrix
         if iterations == 0 and stage == "bspline":
             model.set_regularization(hessian, settings.bspline_regularization)
         objective = state.objective + model.penalty(p)
@@ -283,6 +311,8 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
                 return p, state, iterations
             damping *= 10.0
         relative = (objective - trial_objective) / max(objective, 1e-30)
+        if state.secant:
+            curvature = _secant(curvature, step, state.gradient - trial.gradient, metric_matrix)
         p, state = candidate, trial
         damping = max(damping / 10.0, 1e-9)
         iterations += 1

@@ -8,6 +8,9 @@ a backend returns to the moving party only
     fixed_sq = sum_x J(x)^2      over the same samples (known to the fixed party alone)
     fixed_sum = sum_x J(x)       the same, for NCC only (``ppir.engine.metrics``)
 
+and, for Mattes MI, products with the fixed party's bin memberships M (N, bins) instead of J
+(``ppir.engine.mutual_information``): the joint histogram M^T W and Phi^T (g * sum_l M_l v_l).
+
 Backends: ``ClearBackend`` (both in one process, no protection: the reference), and the private
 backends, which compute the same quantities without either party seeing the other's image.
 """
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ppir.common.errors import PPIRError
+from ppir.engine import mutual_information as mattes
 from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, sensitivity
 from ppir.engine.image import Grid, Volume
 from ppir.engine.metrics import fixed_statistics
@@ -85,6 +90,15 @@ class JointBackend(ABC):
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """r, cross and fixed_sq for moving-side channels (N, d) and warped intensities (N,)."""
 
+    def histogram_product(self, weights: mattes.ParzenWeights) -> np.ndarray:
+        """Mattes MI: the joint histogram M^T W (fixed bins, moving bins) of the moving party's Parzen weights."""
+        raise PPIRError(f"the {self.name} protocol does not compute mutual information's products")
+
+    def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        """Mattes MI, after ``histogram_product``: Phi^T (g * sum_l M_l v_l) for channels g (N, d) and
+        per-bin weights v (N, fixed bins)."""
+        raise PPIRError(f"the {self.name} protocol does not compute mutual information's products")
+
     def party_stats(self) -> dict[str, PartyStats]:
         return {"moving": PartyStats(), "fixed": PartyStats()}
 
@@ -117,6 +131,9 @@ class FixedParty:
         self._sensitivity = 0.0         # of one product's normalised release
         self._sq_sensitivity = 0.0      # of the sample set's normalised sum of squares
         self._span = 0.0                # of the sample set's normalised sum (NCC)
+        self._bins: np.ndarray | None = None    # Mattes MI: each sample's fixed bin
+        self._mi_sensitivity = 0.0      # of one MI product's normalised release (histogram and r)
+        self._gradient_due = False      # MI: a histogram was answered, its gradient product may follow
 
     @property
     def grid(self) -> Grid:
@@ -142,6 +159,11 @@ class FixedParty:
         self._sensitivity = sensitivity(basis, self.grid.dim, span)
         self._span = span
         self._sq_sensitivity = span * span
+        if self._metric == "mi":
+            level = self._level.array
+            self._bins = mattes.fixed_bins(self._values, float(level.min()), float(level.max()))
+            self._mi_sensitivity = math.sqrt(2.0 + sensitivity(basis, self.grid.dim, 2.0) ** 2)
+        self._gradient_due = False
 
     @property
     def values(self) -> np.ndarray:
@@ -183,6 +205,30 @@ class FixedParty:
             cross += float(self.noise(())) * self.scale * max(float(np.abs(warped).max()), 1e-30)
         return r, cross
 
+    def clear_histogram(self, weights: mattes.ParzenWeights) -> np.ndarray:
+        """MI's joint histogram computed here, with the policy's noise; counts as the product.
+
+        Sensitivity: one voxel of J changing bin moves one row of Parzen weights (L2 norm <= 1) from one
+        histogram row to another (sqrt 2); the gradient product that follows moves by at most
+        ``sensitivity(basis, d, 2)`` (|v'| <= 1 on each side); both are noised at their joint L2 sensitivity.
+        """
+        self.begin_product()
+        h = mattes.histogram(self._bins, weights)
+        self._gradient_due = True
+        return h + self.noise(h.shape, self._mi_sensitivity)
+
+    def clear_binned(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        """Phi^T (g * v_{l(x)}(x)) computed here, with the policy's noise (only after a histogram)."""
+        if not self._gradient_due:
+            raise PPIRError("a mutual-information gradient product without its histogram")
+        self._gradient_due = False
+        u = np.take_along_axis(bin_weights, self._bins[:, None], axis=1)[:, 0].astype(np.float64)
+        r = self._basis.transpose_apply(channels, u)
+        if self.policy.noise_multiplier > 0:
+            scales = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(bin_weights).max()), 1e-30)
+            r = r + self.noise(r.shape, self._mi_sensitivity) * scales[None, :]
+        return r
+
 
 class ClearBackend(JointBackend):
     """No cryptography: the fixed party's object lives in the same process. The reference for accuracy.
@@ -217,6 +263,12 @@ class ClearBackend(JointBackend):
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         r, cross = self._party.clear_product(channels, warped)
         return JointResult(r, cross, self._sums["sum_sq"], self._sums.get("sum", float("nan")))
+
+    def histogram_product(self, weights: mattes.ParzenWeights) -> np.ndarray:
+        return self._party.clear_histogram(weights)
+
+    def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        return self._party.clear_binned(channels, bin_weights)
 
     def disclosure(self) -> dict:
         return self._party.ledger.report() if self._party.ledger else {}

@@ -1,4 +1,4 @@
-"""Similarity metrics from the joint product: SSD and normalised cross-correlation (NCC).
+"""Similarity metrics from the joint product: SSD, normalised cross-correlation (NCC) and Mattes MI.
 
 Both are minimised in the same least-squares form, F = ||residual||^2, so that one Levenberg-Marquardt
 driver serves both: each metric returns F, the half gradient g = J^T residual (in parameters) and the
@@ -14,6 +14,12 @@ Gauss-Newton matrix J^T J, built by the moving party from its own sums and the b
   releases (with noise) once per sample set, nothing more per product.
 
 S = dI(T(x))/dp; sum S J comes from the joint product's r, sum J^2 and sum J with the sample set.
+
+- MI (``ppir.engine.mutual_information``): F = H(J | I) = H(J) - MI from the joint histogram, and its
+  gradient from a second joint product. It has no least-squares form: the driver's matrix is
+  c * sum S S^T, the Gauss-Newton matrix of the moving image alone (which scales rotations,
+  translations and control points by how much they move the image), times a curvature c that the
+  driver sets from a one-voxel first step and updates by the secant condition (``secant``).
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ppir.common.errors import PPIRError
+from ppir.engine import mutual_information as mattes
 
-FIXED_STATISTICS = {"ssd": ("sum_sq",), "ncc": ("sum_sq", "sum")}
+FIXED_STATISTICS = {"ssd": ("sum_sq",), "ncc": ("sum_sq", "sum"), "mi": ()}
 
 
 @dataclass
@@ -38,6 +45,7 @@ class Evaluation:
     reference: float            # the objective's natural size (sum J^2 for SSD, 4 for NCC): for tolerances
     scale: float = 1.0          # J^T J = scale * (sum S S^T - sum_k u_k u_k^T)
     low_rank: list[np.ndarray] = field(default_factory=list)
+    secant: bool = False        # J^T J is only a metric: the driver scales it by a secant curvature (MI)
 
 
 def fixed_statistics(metric: str) -> tuple[str, ...]:
@@ -74,6 +82,17 @@ def evaluate(metric: str, model, p: np.ndarray, channels: np.ndarray, values: np
     low_rank = [] if model.kind == "bspline" else [model.gradient_vector(sum_s, p) / np.sqrt(n), b]
     return Evaluation(2.0 * (1.0 - ncc), gradient, channels, float(ncc), ssd, 4.0, 1.0 / var_i,
                       low_rank)
+
+
+def evaluate_mi(model, p: np.ndarray, channels: np.ndarray, values: np.ndarray, backend, joint_basis,
+                moving_range: tuple[float, float]) -> Evaluation:
+    """Mattes MI's terms: the joint histogram, then the gradient, both joint products through ``backend``."""
+    weights, derivative, delta = mattes.parzen(values, *moving_range)
+    terms = mattes.entropies(backend.histogram_product(weights))
+    r = backend.binned_product(channels, mattes.bin_weights(weights, derivative, terms.log_ratio))
+    gradient = -0.5 / (terms.total * delta) * model.gradient_vector(r, p)
+    return Evaluation(terms.conditional, gradient, channels, terms.mi, float("nan"), terms.fixed_entropy,
+                      secant=True)
 
 
 def gauss_newton(model, joint_basis, state: Evaluation, p: np.ndarray):

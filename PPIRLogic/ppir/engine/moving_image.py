@@ -47,6 +47,11 @@ class MovingLevel:
         stacked = np.concatenate([arr[..., None], physical], axis=-1)
         return np.pad(stacked, [(1, 2)] * d + [(0, 0)]).reshape(-1, d + 1)
 
+    @cached_property
+    def value_range(self) -> tuple[float, float]:
+        """The image's smallest and largest intensity (the range of Mattes MI's moving bins)."""
+        return float(self._volume.array.min()), float(self._volume.array.max())
+
     def sample(self, points: np.ndarray) -> np.ndarray:
         """Channels [I(y), grad I(y)] (N, 1+d) at physical points y."""
         out = np.empty((len(points), self.channels.shape[1]), dtype=np.float32)

@@ -14,7 +14,7 @@ from ppir.common.tables import from_table
 TRANSFORMS = ("rigid", "affine", "bspline")
 SAMPLINGS = ("full", "urs", "gms")
 INITIALIZATIONS = ("centers", "identity")
-METRICS = ("ssd", "ncc")
+METRICS = ("ssd", "ncc", "mi")
 
 
 @dataclass(frozen=True)

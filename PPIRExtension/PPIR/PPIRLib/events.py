@@ -13,7 +13,7 @@ def describe(event: dict) -> tuple[float | None, str]:
         size = "x".join(str(n) for n in event["size"])
         return ((level - 1 + within) / levels,
                 f"{event['stage']} level {level}/{levels} ({size}), iteration {event['iteration']}: "
-                f"SSD {event['ssd']:.4g}, {event['samples']} samples")
+                f"{event.get('metric', 'ssd').upper()} {event.get('value', event['ssd']):.4g}, {event['samples']} samples")
     if kind == "level":
         size = "x".join(str(n) for n in event["size"])
         return None, f"Level {event['level']} ({size}) started by the moving party"

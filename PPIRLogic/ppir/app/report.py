@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 
 import numpy as np
@@ -44,7 +45,7 @@ def build_report(protocol: str, settings: Settings, result: Result, wall_time_s:
         "levels": [level.to_dict() for level in result.levels],
         "iterations": result.iterations,
         "joint_products": sum(level.joint_products for level in result.levels),
-        "final_ssd": result.final_ssd,
+        "final_ssd": None if math.isnan(result.final_ssd) else result.final_ssd,     # unknown to MI
         "wall_time_s": wall_time_s,
         "peak_memory_mb": peak_memory_mb(),
         "parties": {name: stats.to_dict() for name, stats in parties.items()},

@@ -54,7 +54,12 @@ class LevelReport:
     wall_time_s: float
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        """As JSON: the SSD is null where the metric does not know it (MI)."""
+        return {**self.__dict__, "final_ssd": _known(self.final_ssd)}
+
+
+def _known(value: float) -> float | None:
+    return None if np.isnan(value) else value
 
 
 @dataclass
@@ -174,7 +179,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
     check_plan(policy, settings, fixed)
-    ledger = DisclosureLedger(policy, settings.sampling)
+    ledger = DisclosureLedger(policy, settings.sampling, settings.metric)
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
@@ -287,6 +292,8 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
         if state.secant:
             metric_matrix = hessian
             if curvature is None:
+                if iterations == 0 and stage == "bspline":      # the penalty scales with c: step ~ 1/c
+                    model.set_regularization(metric_matrix, settings.bspline_regularization)
                 curvature = _first_curvature(model, level, hessian, state.gradient, p)
             hessian = curvature * metric_matrix
         if iterations == 0 and stage == "bspline":
@@ -319,7 +326,7 @@ def _optimise(level: Level, p, settings: Settings, rng, stage, number, n_levels,
         if progress:
             progress({"stage": stage, "level": number + 1, "levels": n_levels, "size": list(level.grid.size),
                       "iteration": iterations, "max_iterations": settings.max_iterations,
-                      "metric": level.metric, "value": state.value, "ssd": state.ssd,
+                      "metric": level.metric, "value": state.value, "ssd": _known(state.ssd),
                       "samples": level.n_samples, "moved_mm": moved})
         if relative < RELATIVE_TOLERANCE:
             break

@@ -29,16 +29,17 @@ class Protocol:
     requires: str = ""                # what must be installed, in words
     session_module: str | None = None
     preflight: str | None = None      # "module:function" that refuses settings before any work
+    metrics: tuple[str, ...] = ("ssd", "ncc", "mi")     # the metrics whose joint products it computes
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("clear", "one process, no protection: the accuracy reference", private=False),
     Protocol("mpc", "additive secret sharing over Z_2^64 with a dealer (moving, fixed and dealer processes)",
              private=True, needs_dealer=True, requires="PyTorch and CrypTen",
-             session_module="ppir.protocols.mpc.session"),
+             session_module="ppir.protocols.mpc.session", metrics=("ssd", "ncc")),
     Protocol("fhe", "CKKS homomorphic encryption, two parties, no dealer", private=True,
              requires="TenSEAL", session_module="ppir.protocols.fhe.session",
-             preflight="ppir.protocols.fhe.params:check_settings"),
+             preflight="ppir.protocols.fhe.params:check_settings", metrics=("ssd", "ncc")),
 )}
 
 
@@ -73,6 +74,10 @@ def load(name: str) -> ModuleType:
 def preflight(name: str, settings) -> None:
     """Refuse, before any work, what ``name`` cannot run: a missing library, or settings it cannot serve."""
     protocol = get(name)
+    if settings.metric not in protocol.metrics:
+        raise PPIRError(f"the {name.upper()} protocol does not compute {settings.metric.upper()} yet (its joint "
+                        f"histogram is not among its products); use --protocol clear, or --metric "
+                        f"{' or '.join(protocol.metrics)}")
     if not protocol.private:
         return
     load(name)

@@ -214,6 +214,7 @@ class DisclosureLedger:
         self.policy = policy
         self._per_sample_set = values_per_sample_set(metric)
         self._metric = metric
+        self._releases_per_product = 2 if metric == "mi" else 1     # MI: the histogram, then its gradient
         self.levels: dict[int, LevelAccount] = {}
         self._level: LevelAccount | None = None
         self._per_product = 0
@@ -260,7 +261,7 @@ class DisclosureLedger:
             raise DisclosureRefused(f"level {level.factor}: {level.revealed + self._per_product} revealed values "
                                     f"for {level.unknowns} sampled voxels would exceed the fixed party's ratio of "
                                     f"{policy.max_ratio:g}")
-        if self.releases + 1 > self._budget:
+        if self.releases + self._releases_per_product > self._budget:
             raise DisclosureRefused(f"the session's privacy budget (epsilon {policy.max_epsilon:g} at delta "
                                     f"{policy.delta:g}) is spent")
 
@@ -268,7 +269,8 @@ class DisclosureLedger:
         """Record one product (after ``allow_product``)."""
         self._level.products += 1
         self._level.revealed += self._per_product
-        self._release()
+        for _ in range(self._releases_per_product):
+            self._release()
 
     def can_product(self) -> bool:
         """Whether ``allow_product`` would pass (the moving party's replica asks before each trial)."""
@@ -283,7 +285,8 @@ class DisclosureLedger:
         level, policy = self._level, self.policy
         by_ratio = (policy.max_ratio * level.unknowns - level.revealed) / max(self._per_product, 1)
         by_ratio = 10 ** 9 if math.isinf(by_ratio) else max(0, math.floor(by_ratio))
-        return int(min(policy.max_products - level.products, by_ratio, self._budget - self.releases))
+        by_budget = (self._budget - self.releases) // self._releases_per_product
+        return int(min(policy.max_products - level.products, by_ratio, by_budget))
 
     def _release(self) -> None:
         self._level.releases += 1

@@ -132,7 +132,7 @@ class FixedParty:
         self._sq_sensitivity = 0.0      # of the sample set's normalised sum of squares
         self._span = 0.0                # of the sample set's normalised sum (NCC)
         self._bins: np.ndarray | None = None    # Mattes MI: each sample's fixed bin
-        self._mi_sensitivity = 0.0      # of one MI product's normalised release (histogram and r)
+        self._mi_sensitivity = 0.0      # of an MI gradient product's normalised release
         self._gradient_due = False      # MI: a histogram was answered, its gradient product may follow
 
     @property
@@ -162,7 +162,7 @@ class FixedParty:
         if self._metric == "mi":
             level = self._level.array
             self._bins = mattes.fixed_bins(self._values, float(level.min()), float(level.max()))
-            self._mi_sensitivity = math.sqrt(2.0 + sensitivity(basis, self.grid.dim, 2.0) ** 2)
+            self._mi_sensitivity = sensitivity(basis, self.grid.dim, 2.0)
         self._gradient_due = False
 
     @property
@@ -208,14 +208,14 @@ class FixedParty:
     def clear_histogram(self, weights: mattes.ParzenWeights) -> np.ndarray:
         """MI's joint histogram computed here, with the policy's noise; counts as the product.
 
-        Sensitivity: one voxel of J changing bin moves one row of Parzen weights (L2 norm <= 1) from one
-        histogram row to another (sqrt 2); the gradient product that follows moves by at most
-        ``sensitivity(basis, d, 2)`` (|v'| <= 1 on each side); both are noised at their joint L2 sensitivity.
+        Two releases for the ledger's accountant: the histogram, whose sensitivity is sqrt 2 (one voxel of J
+        changing bin moves one row of Parzen weights, L2 norm <= 1, from one histogram row to another),
+        and the gradient product that follows, ``sensitivity(basis, d, 2)`` (|v'| <= 1 either side).
         """
         self.begin_product()
         h = mattes.histogram(self._bins, weights)
         self._gradient_due = True
-        return h + self.noise(h.shape, self._mi_sensitivity)
+        return h + self.noise(h.shape, math.sqrt(2.0))
 
     def clear_binned(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
         """Phi^T (g * v_{l(x)}(x)) computed here, with the policy's noise (only after a histogram)."""

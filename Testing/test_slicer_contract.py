@@ -40,12 +40,18 @@ def test_the_module_offers_exactly_the_contracts_choices():
 
 def test_every_command_line_the_module_builds_is_one_ppir_accepts(tmp_path):
     parser = build_parser()
-    inputs = {"moving": tmp_path / "moving.nrrd", "fixed": tmp_path / "fixed.nrrd"}
     seen = set()
-    for settings in _valid_settings(tmp_path):
+    for settings, initial in itertools.product(_valid_settings(tmp_path), (False, True)):
+        inputs = {"moving": tmp_path / "moving.nrrd", "fixed": tmp_path / "fixed.nrrd"}
+        if initial:
+            inputs["initial"] = tmp_path / "initial.h5"
         outputs = jobs._outputs(settings.role, tmp_path)
         argv = jobs.ppir_arguments(settings, inputs, outputs)
         args = parser.parse_args(argv)                   # argparse exits on anything it refuses
+        if settings.role in ("moving", "local"):         # the moving party's own start, on its command line only
+            assert args.initial_transform == (str(inputs["initial"]) if initial else None)
+        else:
+            assert "--initial-transform" not in argv
         assert args.command == {"local": "register"}.get(settings.role, settings.role)
         if hasattr(args, "transform"):
             chosen = _settings(args)                      # the engine's own checks

@@ -17,11 +17,12 @@ sys.path.insert(0, str(MODULE))
 from PPIRLib import dependencies  # noqa: E402
 
 # What Slicer's own Python has without installing anything (besides the standard library).
-SLICER_PROVIDES = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "SimpleITK", "PPIRLib"}
+SLICER_PROVIDES = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "numpy", "SimpleITK", "PPIRLib",
+                   "SampleData"}   # a core module of every Slicer
 # The parameter node type each bound widget class can show (Slicer's parameterNodeWrapper connectors).
 WIDGET_FOR_TYPE = {"Role": "QComboBox", "Protocol": "QComboBox", "str": "QLineEdit", "int": "QSpinBox",
                    "bool": "QCheckBox", "pathlib.Path": "ctkPathLineEdit", "float": "ctkSliderWidget",
-                   "vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox"}
+                   "vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox", "vtkMRMLTransformNode": "qMRMLNodeComboBox"}
 # The Python module each extension the PPIR extension depends on (EXTENSION_DEPENDS) provides.
 EXTENSION_MODULES = {"PyTorch": "PyTorchUtils"}
 
@@ -98,8 +99,41 @@ def test_bound_widgets_match_parameter_types():
             if widget_class == "ctkSliderWidget":
                 assert "WithinRange" in annotation, f"{parameter}: a slider needs a bounded float"
         assert widget_class == expected, f"{parameter} ({annotation}) is bound to a {widget_class}"
-    unbound = set(parameters) - set(bound) - {"outputTransform", "warpedVolume"}
+    unbound = set(parameters) - set(bound)
     assert not unbound, f"settings without a widget: {unbound}"
+
+
+def test_node_selectors_offer_the_node_types_of_their_parameters_and_a_scene():
+    """Each bound node selector lists its parameter's class; output selectors create, the others only choose."""
+    parameters, widgets = _parameters(), _ui_widgets()
+    root = ET.parse(UI).getroot()
+    scene_receivers = {c.findtext("receiver") for c in root.iter("connection")
+                       if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    selectors = {name: w for name, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert len(selectors) == 5 and set(selectors) <= scene_receivers
+    for name, w in selectors.items():
+        props = {p.get("name"): p for p in w.findall("property")}
+        parameter = props["SlicerParameterName"].findtext("string")
+        assert [s.text for s in props["nodeTypes"].iter("string")] == [parameters[parameter]]
+        creates = props["addEnabled"].findtext("bool") == "true"
+        assert creates == parameter.startswith("output"), f"{name}: only output selectors create nodes"
+        if creates:
+            assert props["noneDisplay"].findtext("string").startswith("Create new")
+
+
+def test_the_panels_defaults_are_the_first_preset_and_presets_set_only_parameters():
+    import importlib
+    presets = importlib.import_module("PPIRLib.presets")
+    tree = ast.parse((MODULE / "PPIR.py").read_text())
+    mapping = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "PRESET_PARAMETERS")
+    mapping = ast.literal_eval(mapping)
+    assert set(mapping) == set(presets.FIELDS) and set(mapping.values()) <= set(_parameters())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PPIRParameterNode")
+    defaults = {s.target.id: ast.literal_eval(s.value) for s in cls.body if isinstance(s, ast.AnnAssign)
+                and s.value is not None and s.target.id in mapping.values()}
+    first = presets.load_presets()[0]
+    assert first.matches({field: defaults[name] for field, name in mapping.items()}), \
+        f"the panel's defaults are not the first preset ({first.title})"
 
 
 def test_module_imports_only_what_slicer_has():

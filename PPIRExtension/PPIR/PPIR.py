@@ -15,7 +15,7 @@ import ctk
 import qt
 import slicer
 import vtk
-from PPIRLib import dependencies, loopback, mrml
+from PPIRLib import dependencies, loopback, mrml, presets, sampledata
 from PPIRLib.disclosure import disclosure
 from PPIRLib.events import describe, summary_lines
 from PPIRLib.jobs import (CONTRACT, METRICS, SAMPLINGS, SHARES, TRANSFORMS, Job, JobResult, RunSettings, create_identity,
@@ -50,6 +50,13 @@ class PPIR(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "Follows Taiello, Onen, Humbert, Lorenzi, Privacy Preserving Image Registration (MICCAI 2022; "
             "Medical Image Analysis 2024).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """A pair of brain MRIs in the Sample Data module (PPIRLib.sampledata), as Slicer's extension template does."""
+    import SampleData
+    sampledata.register(SampleData.SampleDataLogic)
 
 
 class Role(enum.Enum):
@@ -87,13 +94,22 @@ class PPIRParameterNode:
     sampleFraction: Annotated[float, WithinRange(0.001, 1.0)] = 0.1
     levels: str = "4,2,1"
     maxIterations: Annotated[int, WithinRange(1, 500)] = 50
-    bsplineSpacing: Annotated[float, WithinRange(5.0, 200.0)] = 20.0
+    bsplineSpacing: Annotated[float, WithinRange(5.0, 200.0)] = 40.0
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     allowClear: bool = False
     showDetailedLog: bool = False
     keepTemporaryFiles: bool = False
+    initialTransform: vtkMRMLTransformNode
+    useMovingTransform: bool = True
     outputTransform: vtkMRMLTransformNode
-    warpedVolume: vtkMRMLScalarVolumeNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    applyToMoving: bool = False
+
+
+# Preset setting (RunSettings name) -> parameter of PPIRParameterNode.
+PRESET_PARAMETERS = {"transform": "transform", "metric": "metric", "sampling": "sampling",
+                     "sample_fraction": "sampleFraction", "levels": "levels", "max_iterations": "maxIterations",
+                     "bspline_spacing": "bsplineSpacing"}
 
 
 #
@@ -231,22 +247,30 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         """Trust another site's certificate for ``role`` if it has the ``fingerprint`` read by phone."""
         return trust_certificate(pathlib.Path(folder), pathlib.Path(certificate), role, fingerprint)
 
-    def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None, keepFiles: bool = False) -> Job:
+    def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None, keepFiles: bool = False,
+              initialTransform=None, outputTransform=None, outputVolume=None, applyToMoving: bool = False) -> Job:
         """Start one party's run in a subprocess (returns at once; poll the job).
 
         Its temporary files go under Slicer's temporary folder; ``keepFiles`` leaves them there.
+        ``initialTransform``: where the moving party starts (see ``PPIRLib.mrml.initial_transform``);
+        ``outputTransform``, ``outputVolume``: nodes to overwrite (None: new nodes); ``applyToMoving``:
+        put the moving volume under the result transform.
         """
         check_python()
         self.ensureDependencies(settings.protocol)
         job = Job(settings, moving_node=movingVolume, fixed_node=fixedVolume,
-                  temp_root=pathlib.Path(slicer.app.temporaryPath), keep_files=keepFiles)
+                  temp_root=pathlib.Path(slicer.app.temporaryPath), keep_files=keepFiles,
+                  initial_transform=initialTransform, output_transform=outputTransform, output_volume=outputVolume,
+                  apply_to_moving=applyToMoving)
         job.start()
         return job
 
-    def run(self, role: str, movingVolume=None, fixedVolume=None, show: bool = True, **settings) -> JobResult:
+    def run(self, role: str, movingVolume=None, fixedVolume=None, show: bool = True, initialTransform=None,
+            outputTransform=None, outputVolume=None, applyToMoving: bool = False, **settings) -> JobResult:
         """One party's whole run, blocking; ``settings`` are RunSettings fields (protocol, address, ...)."""
         runSettings = RunSettings(role=role, **settings)
-        job = self.start(runSettings, movingVolume, fixedVolume)
+        job = self.start(runSettings, movingVolume, fixedVolume, False, initialTransform, outputTransform,
+                         outputVolume, applyToMoving)
         try:
             result = job.wait(on_event=lambda event: print(describe(event)[1]), idle=slicer.app.processEvents)
         except RuntimeError:
@@ -272,6 +296,8 @@ ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with 
     "fixedVolumeLabel": "fixedVolumeSelector", "dealerLabel": "dealerLineEdit",
     "shareResultLabel": "shareResultComboBox",
     "disclosurePolicyLabel": "disclosurePolicyPathLineEdit",
+    "initialTransformLabel": "initialTransformSelector", "outputTransformLabel": "outputTransformSelector",
+    "outputVolumeLabel": "outputVolumeSelector",
 }
 
 
@@ -279,7 +305,9 @@ def visibleRows(role: str, mpc: bool) -> dict:
     """Which rows the panel shows for a role."""
     return {"protocolLabel": role in ("moving", "fixed"), "movingVolumeLabel": role in ("moving", "local"),
             "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role in ("moving", "fixed") and mpc,
-            "shareResultLabel": role == "moving", "disclosurePolicyLabel": role in ("fixed", "local")}
+            "shareResultLabel": role == "moving", "disclosurePolicyLabel": role in ("fixed", "local"),
+            "initialTransformLabel": role in ("moving", "local"), "outputTransformLabel": role != "dealer",
+            "outputVolumeLabel": role != "dealer"}
 
 
 class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -306,6 +334,11 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.certificatesPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.logic = PPIRLogic()
+        self._presets = presets.load_presets()
+        for preset in self._presets:
+            self.ui.presetComboBox.addItem(preset.title)
+        self.ui.presetComboBox.addItem(_("Custom (see Advanced)"))
+        self.ui.presetComboBox.connect("activated(int)", self.onPresetChosen)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -366,6 +399,27 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
             self._updateGUI()
 
+    def onPresetChosen(self, index: int) -> None:
+        """The user picked a preset: its settings go into the parameter node (and show under Advanced)."""
+        if self._parameterNode is None or index >= len(self._presets):
+            return
+        with slicer.util.NodeModify(self._parameterNode):
+            for field, value in self._presets[index].settings.items():
+                setattr(self._parameterNode, PRESET_PARAMETERS[field], value)
+
+    def _presetValues(self) -> dict:
+        node = self._parameterNode
+        values = {field: getattr(node, name) for field, name in PRESET_PARAMETERS.items()}
+        values["levels"] = values["levels"].strip()
+        return values
+
+    def _initialTransform(self):
+        """The transform the moving party starts from, if any (the chosen one, or the moving volume's own)."""
+        node = self._parameterNode
+        if node.role.value not in ("moving", "local"):
+            return None
+        return mrml.initial_transform(node.movingVolume, node.initialTransform, node.useMovingTransform)
+
     def _cannotStart(self) -> Optional[str]:
         """Why Start is disabled, or None."""
         node = self._parameterNode
@@ -384,6 +438,15 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return _("Select the moving volume.")
         if role in ("fixed", "local") and not node.fixedVolume:
             return _("Select the fixed volume.")
+        problem = mrml.output_problem([node.movingVolume if role in ("moving", "local") else None,
+                                       node.fixedVolume if role in ("fixed", "local") else None],
+                                      node.outputTransform, node.outputVolume)
+        if problem:
+            return problem
+        initial = self._initialTransform()
+        if initial is not None and not initial.IsTransformToWorldLinear():
+            return _("The initial transform '{name}' is not linear: choose a rigid or affine one.").format(
+                name=initial.GetName())
         return None
 
     def _updateGUI(self, caller=None, event=None) -> None:
@@ -396,6 +459,15 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, ROW_WIDGETS[labelName]).setVisible(shown)
         self.ui.connectionCollapsibleButton.setVisible(role != "local")
         self.ui.registrationCollapsibleButton.setVisible(role in ("moving", "local"))
+        self.ui.outputsCollapsibleButton.setVisible(role != "dealer")
+        self.ui.applyToMovingCheckBox.setVisible(role in ("moving", "local"))
+        self.ui.useMovingTransformCheckBox.setVisible(role in ("moving", "local"))
+        chosen = presets.matching(self._presets, self._presetValues())
+        wasBlocked = self.ui.presetComboBox.blockSignals(True)
+        self.ui.presetComboBox.currentIndex = self._presets.index(chosen) if chosen else len(self._presets)
+        self.ui.presetComboBox.blockSignals(wasBlocked)
+        self.ui.presetDescriptionLabel.text = chosen.description if chosen else _(
+            "Settings of your own: see Advanced.")
         self.ui.addressLabel.text = _("Fixed party (host:port):") if role == "moving" else _("Listen on (host:port):")
         reason = self._cannotStart()
         self.ui.startButton.enabled = reason is None and self._job is None
@@ -419,8 +491,11 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.resultsLabel.text = _("Not started.")
                 return
             self._confirmedRecipients.add(recipients)
+        initial = self._initialTransform()
         try:
-            self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume, node.keepTemporaryFiles)
+            self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume, node.keepTemporaryFiles,
+                                         initial, node.outputTransform, node.outputVolume,
+                                         node.applyToMoving and settings.role in ("moving", "local"))
         except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as error:
             self.ui.resultsLabel.text = _("Not started.")
             self._updateGUI()
@@ -428,6 +503,9 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._shownOutput = 0
         self._log(_("Started as {role} ({protocol}).").format(role=node.role.label(), protocol=settings.protocol))
+        if initial is not None:
+            self._log(_("Starting from the transform '{name}' (it stays on this computer).").format(
+                name=initial.GetName()))
         self._timer.start()
         self._updateGUI()
 
@@ -484,8 +562,11 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.ui.resultsLabel.text = "\n".join(summary_lines(result.summary))
         node = self._parameterNode
-        node.outputTransform = result.transform_node
-        node.warpedVolume = result.warped_node
+        with slicer.util.NodeModify(node):   # the next run overwrites these, unless other nodes are chosen
+            if result.transform_node is not None:
+                node.outputTransform = result.transform_node
+            if result.warped_node is not None:
+                node.outputVolume = result.warped_node
         background = node.fixedVolume if settings.role in ("fixed", "local") else node.movingVolume
         PPIRLogic.show(result, background)
         self.ui.fadeSliderWidget.value = 0.5

@@ -1,9 +1,11 @@
 """One party's run from Slicer: export the volume, run ``ppir`` in a subprocess, import the results.
 
 ``RunSettings`` holds what the module's panel sets; ``ppir_arguments`` turns it into the command
-line of the chosen role; ``Job`` drives one run: the volume goes to a temporary file, progress comes
-back as JSON events, and on success the output transform and volumes become MRML nodes. Whatever
-happens, the temporary folder is removed.
+line of the chosen role; ``Job`` drives one run: the volume (and the moving party's initial
+transform) go to temporary files, progress comes back as JSON events, and on success the output
+transform and volume become MRML nodes (new ones, or the chosen ones overwritten), the transform
+records the volumes it registers, and, if asked, the moving volume is put under it. Unless kept
+for debugging, the temporary folder is removed.
 """
 from __future__ import annotations
 
@@ -83,6 +85,8 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
                     "--bspline-spacing", repr(settings.bspline_spacing), "--seed", str(settings.seed)]
     written = [arg for key, path in outputs.items() for arg in (OUTPUT_FLAGS[key], str(path))]
     tls = ["--identity", settings.certificates]
+    if "initial" in inputs and settings.role in ("moving", "local"):   # the moving party's own, never sent
+        registration += ["--initial-transform", str(inputs["initial"])]
     policy = ["--disclosure-policy", settings.disclosure_policy] if settings.disclosure_policy else []
     if settings.role == "local":
         return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]),
@@ -123,17 +127,29 @@ class Job:
     """One party's ``ppir`` run on MRML volume nodes."""
 
     def __init__(self, settings: RunSettings, moving_node=None, fixed_node=None, python: str | None = None,
-                 temp_root: Path | None = None, keep_files: bool = False):
+                 temp_root: Path | None = None, keep_files: bool = False, initial_transform=None,
+                 output_transform=None, output_volume=None, apply_to_moving: bool = False):
         """``temp_root``: where the run's temporary folder goes (Slicer's temporary folder in Slicer);
-        ``keep_files``: leave that folder in place after the run, for debugging."""
+        ``keep_files``: leave that folder in place after the run, for debugging.
+        ``initial_transform``: a transform node the moving party starts from (mrml.initial_transform);
+        ``output_transform``, ``output_volume``: nodes to overwrite with the results (None: new nodes);
+        ``apply_to_moving``: put the moving volume under the result transform."""
         settings.check()
         needed = {"moving": ("moving",), "fixed": ("fixed",), "local": ("moving", "fixed"), "dealer": ()}[settings.role]
         nodes = {"moving": moving_node, "fixed": fixed_node}
         for key in needed:
             if nodes[key] is None:
                 raise ValueError(f"select the {key} volume")
+        problem = mrml.output_problem(list(nodes.values()), output_transform, output_volume)
+        if problem:
+            raise ValueError(problem)
+        if initial_transform is not None and settings.role not in ("moving", "local"):
+            raise ValueError("only the moving party starts from an initial transform")
         self.settings = settings
         self.nodes = {key: nodes[key] for key in needed}
+        self.initial_transform = initial_transform
+        self.targets = {"transform": output_transform, "warped": output_volume}
+        self.apply_to_moving = apply_to_moving and "moving" in self.nodes
         self.scene = next((node.GetScene() for node in self.nodes.values()), None)
         self.process: PPIRProcess | None = None
         self.events: list[dict] = []
@@ -146,6 +162,8 @@ class Job:
         folder = self.process.workdir
         try:
             inputs = {key: mrml.export_volume(node, folder / f"{key}.nrrd") for key, node in self.nodes.items()}
+            if self.initial_transform is not None:
+                inputs["initial"] = mrml.export_transform_from_world(self.initial_transform, folder / "initial.h5")
         except Exception:
             self.process.cleanup()
             raise
@@ -216,9 +234,14 @@ class Job:
             result.summary = {**(result.summary or {}), "report": json.loads(outputs["report"].read_text())}
         if outputs["transform"].exists():
             result.transform_node = mrml.import_transform(self.scene, outputs["transform"], f"{name} transform",
-                                                          self.settings.transform if role != "fixed" else "")
+                                                          self.settings.transform if role != "fixed" else "",
+                                                          self.targets["transform"])
+            mrml.mark_registration(result.transform_node, self.nodes.get("moving"), self.nodes.get("fixed"))
+            if self.apply_to_moving:
+                mrml.apply_transform(self.nodes["moving"], result.transform_node)
         if outputs["warped"].exists():
-            result.warped_node = mrml.import_volume(self.scene, outputs["warped"], f"{name} warped")
+            result.warped_node = mrml.import_volume(self.scene, outputs["warped"], f"{name} warped",
+                                                    self.targets["warped"])
         return result
 
 

@@ -1,4 +1,4 @@
-"""MRML glue: volume nodes to image files and back, transform files to transform nodes, the views.
+"""MRML glue: volume nodes to image files and back, transform nodes to files and back, the views.
 
 Only MRML and VTK classes are used (through the scene), so this runs inside Slicer and under the
 ``slicer-core`` wheel alike. Reading and writing go through Slicer's own storage nodes, which
@@ -7,6 +7,8 @@ convert between Slicer's RAS world and the LPS convention of image and ITK trans
 from __future__ import annotations
 
 from pathlib import Path
+
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 LINEAR_MODELS = ("rigid", "affine")
 
@@ -37,18 +39,27 @@ def export_volume(volume_node, path: Path) -> Path:
     return path
 
 
-def import_volume(scene, path: Path, name: str):
-    """Read an image file into a new scalar volume node named ``name``."""
+def import_volume(scene, path: Path, name: str, target=None):
+    """Read an image file into a new scalar volume node named ``name``, or into ``target`` (overwritten).
+
+    The file is read into a new node first, so a file that cannot be read leaves ``target`` as it was.
+    """
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
     if not _with_storage(scene, "vtkMRMLVolumeArchetypeStorageNode", path, lambda s: s.ReadData(node)):
         scene.RemoveNode(node)
         raise OSError(f"could not read volume {path}")
+    if target is not None:
+        target.CopyContent(node)
+        scene.RemoveNode(node)
+        node = target
     node.CreateDefaultDisplayNodes()
     return node
 
 
-def import_transform(scene, path: Path, name: str, model: str = "affine"):
-    """Read an ITK transform file (fixed-to-moving, LPS) into a new transform node.
+def import_transform(scene, path: Path, name: str, model: str = "affine", target=None):
+    """Read an ITK transform file (fixed-to-moving, LPS) into a new transform node, or into ``target``.
+
+    An existing ``target`` (any transform node) is overwritten only once the file has been read.
 
     Slicer stores the same mapping as the node's transform *from parent*, so placing the moving
     volume under this node shows it aligned with the fixed volume. Rigid and affine results become
@@ -66,7 +77,65 @@ def import_transform(scene, path: Path, name: str, model: str = "affine"):
     if not _with_storage(scene, "vtkMRMLTransformStorageNode", path, lambda s: s.ReadData(node)):
         scene.RemoveNode(node)
         raise OSError(f"could not read transform {path}")
+    if target is not None:
+        target.CopyContent(node)
+        scene.RemoveNode(node)
+        node = target
     return node
+
+
+def export_transform_from_world(transform_node, path: Path) -> Path:
+    """Write the mapping from world into ``transform_node``'s space (its parents included) as an ITK file.
+
+    A volume under ``transform_node`` is shown where this mapping, read as fixed-to-moving, puts it:
+    it is the transform a registration starts from. Only linear transforms are accepted.
+    """
+    if not transform_node.IsTransformToWorldLinear():
+        raise ValueError(f"the initial transform '{transform_node.GetName()}' is not linear: a registration starts "
+                         f"from a rigid or affine transform")
+    scene = transform_node.GetScene()
+    matrix = vtkMatrix4x4()
+    transform_node.GetMatrixTransformFromWorld(matrix)
+    flat = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    try:
+        flat.SetMatrixTransformFromParent(matrix)
+        if not _with_storage(scene, "vtkMRMLTransformStorageNode", Path(path), lambda s: s.WriteData(flat)):
+            raise OSError(f"could not write the initial transform to {path}")
+    finally:
+        scene.RemoveNode(flat)
+    return Path(path)
+
+
+def initial_transform(moving_volume, chosen=None, use_moving_transform: bool = True):
+    """The transform a registration starts from: ``chosen``, else the moving volume's own (if wanted), else None."""
+    if chosen is not None:
+        return chosen
+    if use_moving_transform and moving_volume is not None:
+        return moving_volume.GetParentTransformNode()
+    return None
+
+
+def output_problem(inputs: list, output_transform=None, output_volume=None):
+    """Why the chosen output nodes cannot take a result (None if they can): overwriting an input, or a
+    transform that is itself transformed (the result maps world coordinates, not its parent's)."""
+    if output_volume is not None and any(output_volume is node for node in inputs if node is not None):
+        return f"the output volume '{output_volume.GetName()}' is an input volume: choose another or create a new one"
+    if output_transform is not None and output_transform.GetParentTransformNode() is not None:
+        return (f"the output transform '{output_transform.GetName()}' is under another transform: choose another or "
+                f"create a new one")
+    return None
+
+
+def mark_registration(transform_node, moving_volume=None, fixed_volume=None) -> None:
+    """Record on the result which volumes it registers (Slicer's spatial-registration node references)."""
+    for role, volume in ((transform_node.GetMovingNodeReferenceRole(), moving_volume),
+                         (transform_node.GetFixedNodeReferenceRole(), fixed_volume)):
+        transform_node.SetNodeReferenceID(role, volume.GetID() if volume is not None else None)
+
+
+def apply_transform(volume_node, transform_node) -> None:
+    """Put ``volume_node`` under ``transform_node`` (shown registered, not resampled)."""
+    volume_node.SetAndObserveTransformNodeID(transform_node.GetID())
 
 
 def _nodes(scene, node_class: str) -> list:

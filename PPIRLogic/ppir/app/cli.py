@@ -74,6 +74,16 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed for sampling (default: {DEFAULTS.seed})")
 
 
+def _add_initial_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--initial-transform", metavar="T.h5",
+                   help="start from this linear (rigid or affine) fixed->moving ITK transform instead of --init; "
+                        "it stays with the moving party (the fixed party never receives it)")
+
+
+def _initial(args: argparse.Namespace) -> sitk.Transform | None:
+    return _read_transform(args.initial_transform, "initial transform") if args.initial_transform else None
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(transform=args.transform, metric=args.metric, levels=args.levels, smoothing=args.smoothing,
                     sampling=args.sampling, sample_fraction=args.sample_fraction,
@@ -90,7 +100,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     try:
         truth = _read_transform(args.ground_truth, "ground truth") if args.ground_truth else None
         report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress, truth,
-                                _policy(args))
+                                _policy(args), _initial(args))
     finally:
         if progress:
             progress.close()
@@ -183,7 +193,7 @@ def _cmd_moving(args: argparse.Namespace) -> int:
         protocol = args.protocol or next(name for name in PRIVATE_PROTOCOLS
                                          if registry.PROTOCOLS[name].needs_dealer == bool(args.dealer))
         report = run_moving(args.image, args.connect, args.dealer, _identity(args), _settings(args), outputs,
-                            args.share_result, progress, protocol=protocol)
+                            args.share_result, progress, protocol=protocol, initial=_initial(args))
     finally:
         if progress:
             progress.close()
@@ -345,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="; ".join(f"{p.name}: {p.summary}" for p in registry.PROTOCOLS.values())
                           + f" (default: {PROTOCOLS[0]})")
     _add_registration_options(reg)
+    _add_initial_option(reg)
     _add_outputs(reg)
     _add_policy_option(reg, "the fixed party's")
     reg.set_defaults(run=_cmd_register)
@@ -393,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     mov.add_argument("--share-result", choices=SHARES, default="transform",
                      help="what the fixed party receives at the end (default: transform)")
     _add_registration_options(mov)
+    _add_initial_option(mov)
     _add_outputs(mov)
     _add_identity_option(mov)
     mov.set_defaults(run=_cmd_moving)

@@ -10,7 +10,7 @@ from ppir.app.local import run_local
 from ppir.app.outputs import Outputs, write_outputs
 from ppir.app.report import build_report
 from ppir.engine.disclosure import DisclosurePolicy
-from ppir.engine.driver import Progress, register
+from ppir.engine.driver import Progress, check_initial, register
 from ppir.engine.evaluate import tre
 from ppir.engine.image import read_image
 from ppir.engine.joint import ClearBackend
@@ -20,23 +20,27 @@ from ppir.protocols import registry
 
 def register_files(fixed: str | Path, moving: str | Path, settings: Settings, outputs: Outputs,
                    protocol: str = "clear", progress: Progress | None = None,
-                   ground_truth: sitk.Transform | None = None, policy: DisclosurePolicy | None = None) -> dict:
+                   ground_truth: sitk.Transform | None = None, policy: DisclosurePolicy | None = None,
+                   initial: sitk.Transform | None = None) -> dict:
     """Register ``moving`` to ``fixed``, write the outputs (all or none) and return the report.
 
     ``clear`` computes in this process; ``mpc`` and ``fhe`` run the roles as separate local processes.
     With a ``ground_truth`` transform the report gets ``tre_mm`` over the fixed image's foreground.
     ``policy`` is the fixed party's disclosure policy, in every protocol (default: the default policy).
+    ``initial``: a linear fixed->moving transform to start from (the moving party's, never sent).
     """
     policy = DisclosurePolicy() if policy is None else policy
     if registry.get(protocol).private:
-        return run_local(protocol, fixed, moving, settings, outputs, progress, ground_truth, policy)
+        return run_local(protocol, fixed, moving, settings, outputs, progress, ground_truth, policy, initial)
     outputs.check(settings)
     fixed_volume = read_image(fixed, "fixed image")
     moving_volume = read_image(moving, "moving image")
+    if initial is not None:
+        check_initial(initial, settings, moving_volume.grid.dim)
     start = time.perf_counter()
     backend = ClearBackend(fixed_volume, policy)
     try:
-        result = register(moving_volume, backend, settings, progress)
+        result = register(moving_volume, backend, settings, progress, initial)
     finally:
         backend.close()
     wall = time.perf_counter() - start

@@ -57,7 +57,7 @@ class _Role:
 
 def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
               progress: Progress | None = None, ground_truth: sitk.Transform | None = None,
-              policy: DisclosurePolicy | None = None) -> dict:
+              policy: DisclosurePolicy | None = None, initial: sitk.Transform | None = None) -> dict:
     """The roles as separate processes on this machine, over loopback TLS.
 
     The fixed image is read here only to check it before starting (and, with a ground truth, to
@@ -84,7 +84,7 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
                                 "--disclosure-policy", str(policy_file)], "fixed")
             roles.append(fixed_role)
             return run_moving(moving_path, fixed_role.address, dealer, Identity.load(folders["moving"]),
-                              settings, outputs, "none", progress, evaluation, protocol)
+                              settings, outputs, "none", progress, evaluation, protocol, initial)
         except PeerError as err:
             details = "; ".join(f"{r.name}: {r.failure()}" for r in roles if r.failure())
             raise PeerError(f"{err}" + (f" ({details})" if details else "")) from None

@@ -17,7 +17,7 @@ from ppir.app.report import build_report
 from ppir.common.errors import PPIRError
 from ppir.common.files import OutputBatch, check_output_path
 from ppir.engine.disclosure import DisclosurePolicy
-from ppir.engine.driver import Progress, register
+from ppir.engine.driver import Progress, check_initial, register
 from ppir.engine.evaluate import tre
 from ppir.engine.image import Grid, Volume, read_image, resample_into, write_volume
 from ppir.engine.settings import Settings
@@ -106,8 +106,11 @@ def run_dealer(listen: str, identity: Identity, sessions: int, log, max_sessions
 def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None, identity: Identity,
                settings: Settings, outputs: Outputs, share: str = "transform",
                progress: Progress | None = None, evaluation: tuple[Volume, sitk.Transform] | None = None,
-               protocol: str = "mpc") -> dict:
+               protocol: str = "mpc", initial: sitk.Transform | None = None) -> dict:
     """Party 1: register its image to the remote fixed image under ``protocol`` and write its outputs.
+
+    ``initial``: a linear fixed->moving transform to start from; checked before connecting, and
+    never sent (the fixed party receives the settings, which do not include it).
 
     ``evaluation`` (a fixed image and a true transform, for trials on one machine) adds ``tre_mm``.
     """
@@ -118,10 +121,12 @@ def run_moving(moving_path: str, fixed_address: str, dealer_address: str | None,
     registry.preflight(protocol, settings)
     outputs.check(settings)
     moving = read_image(moving_path, "moving image")
+    if initial is not None:
+        check_initial(initial, settings, moving.grid.dim)
     start = time.perf_counter()
     backend = registry.load(protocol).moving_backend(fixed_address, dealer_address, identity, settings.to_dict())
     try:
-        result = register(moving, backend, settings, progress)
+        result = register(moving, backend, settings, progress, initial)
         fixed_grid = backend.fixed_grid
         backend.finish(*_shared(share, result.transform, moving, fixed_grid))
     except BaseException as err:

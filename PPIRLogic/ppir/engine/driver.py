@@ -154,11 +154,19 @@ class Level:
         return evaluate_metric(self.metric, self.model, p, g, values, joint, self.joint_basis)
 
 
-def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str) -> tuple[LinearModel, np.ndarray]:
+def _initial_affine(moving: Volume, fixed: Grid, settings: Settings, kind: str,
+                    initial: sitk.Transform | None = None) -> tuple[LinearModel, np.ndarray]:
     model = LinearModel(kind, fixed.center())
+    if initial is not None:
+        return model, model.from_sitk(initial)
     if settings.initialization == "centers":
         return model, model.identity(moving.grid.center() - fixed.center())
     return model, model.identity()
+
+
+def check_initial(initial: sitk.Transform, settings: Settings, dim: int) -> None:
+    """Raise ``InitialTransformError`` if the registration cannot start from ``initial`` (checked before any session)."""
+    LinearModel("rigid" if settings.transform == "rigid" else "affine", np.zeros(dim)).from_sitk(initial)
 
 
 def _check_overlap(moving: Volume, fixed: Grid) -> None:
@@ -171,11 +179,15 @@ def _check_overlap(moving: Volume, fixed: Grid) -> None:
 
 
 def register(moving: Volume, backend: JointBackend, settings: Settings,
-             progress: Progress | None = None) -> Result:
-    """Register ``moving`` to the fixed image behind ``backend``; returns the fixed->moving transform."""
+             progress: Progress | None = None, initial: sitk.Transform | None = None) -> Result:
+    """Register ``moving`` to the fixed image behind ``backend``; returns the fixed->moving transform.
+
+    ``initial`` (a linear fixed->moving transform) is the starting point instead of
+    ``settings.initialization``; it is the moving party's own and never reaches the backend.
+    """
     fixed = backend.fixed_grid
     check_pair(fixed, moving.grid)
-    if settings.initialization == "identity":
+    if initial is None and settings.initialization == "identity":
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
     check_plan(policy, settings, fixed)
@@ -183,7 +195,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
-    model, p = _initial_affine(moving, fixed, settings, linear_kind)
+    model, p = _initial_affine(moving, fixed, settings, linear_kind, initial)
     p = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress, ledger)
     if settings.transform == "bspline":
         a, t = model.matrix(p)

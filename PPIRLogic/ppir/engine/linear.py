@@ -10,9 +10,14 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ppir.common.errors import PPIRError
 from ppir.engine.basis import AffineBasis
 
 CHUNK = 1 << 18
+
+
+class InitialTransformError(PPIRError):
+    """An initial transform the model cannot start from."""
 
 
 def _rot2(a: float) -> np.ndarray:
@@ -52,6 +57,38 @@ class LinearModel:
         if self.kind == "rigid":
             return np.concatenate([np.zeros(self.n_params - d), t])
         return np.concatenate([np.eye(d).ravel(), t])
+
+    def from_sitk(self, transform: sitk.Transform) -> np.ndarray:
+        """The parameters of a linear SimpleITK transform (fixed point -> moving point) about this model's centre.
+
+        Any linear transform class works (composites of linear ones too); ``InitialTransformError``
+        says why when it is not linear, has another dimension, or is not rigid for a rigid model.
+        """
+        d = self.dim
+        if transform.GetDimension() != d:
+            raise InitialTransformError(f"the initial transform is {transform.GetDimension()}D, the images are {d}D")
+        c = self.center
+        origin = np.array(transform.TransformPoint(tuple(float(v) for v in c)))
+        a = np.column_stack([np.array(transform.TransformPoint(tuple(float(v) for v in c + e))) - origin
+                             for e in np.eye(d)])
+        probes = c + np.random.default_rng(0).uniform(-200.0, 200.0, (8, d))
+        mapped = np.array([transform.TransformPoint(tuple(float(v) for v in x)) for x in probes])
+        if not np.allclose(mapped, (probes - c) @ a.T + origin, atol=1e-6 * (1 + np.abs(mapped).max())):
+            raise InitialTransformError("the initial transform is not linear (a B-spline or a displacement field "
+                                        "cannot start a registration): use a rigid or affine one")
+        t = origin - c
+        if self.kind == "affine":
+            return np.concatenate([a.ravel(), t])
+        if not np.allclose(a.T @ a, np.eye(d), atol=1e-6) or np.linalg.det(a) <= 0:
+            raise InitialTransformError("the initial transform scales, shears or mirrors, which a rigid registration "
+                                        "cannot start from: choose affine (or B-spline), or a rigid initial transform")
+        u, _, vt = np.linalg.svd(a)
+        rotation = u @ vt
+        if d == 2:
+            return np.array([np.arctan2(rotation[1, 0], rotation[0, 0]), *t])
+        euler = sitk.Euler3DTransform()
+        euler.SetMatrix(tuple(float(v) for v in rotation.ravel()))
+        return np.array([euler.GetAngleX(), euler.GetAngleY(), euler.GetAngleZ(), *t])
 
     def matrix(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(A, t) of T(x) = A (x - c) + c + t."""

@@ -151,7 +151,7 @@ def test_a_local_run_starts_from_the_moving_volumes_transform_overwrites_the_out
 
 
 def test_without_output_nodes_a_run_creates_them_and_leaves_the_moving_volume_where_it_was(turned):
-    scene, nodes = turned["scene"], turned["nodes"]
+    nodes = turned["nodes"]
     nodes["moving"].SetAndObserveTransformNodeID(nodes["rough"].GetID())
     settings = jobs.RunSettings(role="local", protocol="clear", transform="rigid", sampling="urs",
                                 sample_fraction=0.5, levels="2,1")

@@ -38,3 +38,12 @@ def oblique(volume: Volume, spacing, angle_deg: float = 20.0) -> Volume:
     from ppir.engine.image import Grid
     grid = Grid(volume.array.shape, np.asarray(spacing, float), np.arange(1.0, d + 1) * 7.5, direction)
     return Volume(volume.array, grid)
+
+
+def euler(angles_deg, translation, center) -> sitk.Euler3DTransform:
+    """A 3D rigid transform from angles in degrees, a translation and a centre (mm)."""
+    tfm = sitk.Euler3DTransform()
+    tfm.SetCenter(center)
+    tfm.SetRotation(*np.deg2rad(angles_deg))
+    tfm.SetTranslation(translation)
+    return tfm

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import euler
 from ppir.app.job import register_files
 from ppir.app.outputs import Outputs
 from ppir.engine.driver import Diverged
@@ -24,26 +25,19 @@ def _same_mapping(a: sitk.Transform, b: sitk.Transform) -> float:
                for p in _points())
 
 
-def _euler(angles_deg, translation, center) -> sitk.Euler3DTransform:
-    tfm = sitk.Euler3DTransform()
-    tfm.SetCenter(center)
-    tfm.SetRotation(*np.deg2rad(angles_deg))
-    tfm.SetTranslation(translation)
-    return tfm
-
 
 def test_linear_transforms_of_any_class_and_centre_become_the_models_parameters():
     affine = sitk.AffineTransform(3)
     affine.SetMatrix([1.1, 0.1, 0, -0.05, 0.95, 0.02, 0, 0.03, 1.0])
     affine.SetTranslation([3.0, -4.0, 5.0])
     affine.SetCenter([10.0, 20.0, -5.0])
-    euler = _euler((20, -35, 50), (4.0, 1.0, -2.0), (-7.0, 3.0, 11.0))
-    composite = sitk.CompositeTransform([euler, affine])
+    rotation = euler((20, -35, 50), (4.0, 1.0, -2.0), (-7.0, 3.0, 11.0))
+    composite = sitk.CompositeTransform([rotation, affine])
     model = LinearModel("affine", np.array([1.0, 2.0, 3.0]))
-    for tfm in (affine, euler, composite):
+    for tfm in (affine, rotation, composite):
         assert _same_mapping(model.to_sitk(model.from_sitk(tfm)), tfm) < 1e-9
     rigid = LinearModel("rigid", np.array([-30.0, 12.0, 40.0]))
-    assert _same_mapping(rigid.to_sitk(rigid.from_sitk(euler)), euler) < 1e-9
+    assert _same_mapping(rigid.to_sitk(rigid.from_sitk(rotation)), rotation) < 1e-9
 
 
 def test_initial_transforms_a_model_cannot_start_from_are_refused_with_the_reason():
@@ -68,11 +62,11 @@ def rotated_pair(mni_4mm, tmp_path_factory):
     folder = tmp_path_factory.mktemp("initial")
     image = mni_4mm.to_sitk()
     center = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    truth = _euler((0, 0, 130), (6.0, -4.0, 3.0), center)
+    truth = euler((0, 0, 130), (6.0, -4.0, 3.0), center)
     moving = sitk.Resample(image, image, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     write_volume(mni_4mm, str(folder / "fixed.nrrd"))
     write_volume(Volume.from_sitk(moving), str(folder / "moving.nrrd"))
-    rough = _euler((0, 0, 122), (2.0, 0.0, 0.0), center)   # a user's rough manual alignment
+    rough = euler((0, 0, 122), (2.0, 0.0, 0.0), center)   # a user's rough manual alignment
     sitk.WriteTransform(rough, str(folder / "rough.h5"))
     return {"folder": folder, "truth": truth, "rough": rough}
 

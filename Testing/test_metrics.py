@@ -19,7 +19,7 @@ from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec
 from ppir.engine.settings import Settings
 from private_runs import clear_and_private, transform_rmse
-from test_transforms import _random_bspline
+from test_transforms import gradient_check_point
 
 
 def _level(fixed, moving, model, metric="ncc", samples=3000):
@@ -36,17 +36,7 @@ def test_ncc_gradient_matches_finite_differences(slice_2d, kind):
     """d(2(1 - NCC))/dp: twice the metric's half gradient equals central differences of the objective."""
     smooth = slice_2d.with_array(sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(slice_2d.to_sitk(), 4.0)))
     fixed = slice_2d.with_array(np.sqrt(np.clip(smooth.array, 0, None)) * 3.0 + 5.0)   # another scanner
-    if kind == "bspline":
-        model, p = _random_bspline(slice_2d, np.random.default_rng(2))
-        p *= 0.2
-        steps = np.full(len(p), 1e-3)
-    else:
-        model = LinearModel(kind, slice_2d.grid.center())
-        p = model.identity(np.array([2.0, -3.0]))
-        p[0] += 0.1
-        if kind == "affine":
-            p[1:4] += [0.03, -0.02, -0.04]
-        steps = np.where(np.arange(len(p)) < len(p) - 2, 1e-5, 1e-4)
+    model, p, steps = gradient_check_point(slice_2d, kind, 1e-3, (1e-5, 1e-4))
     level = _level(fixed, smooth, model)
     state = level.evaluate(p)
     assert 0.5 < state.value < 1.0 and state.objective == pytest.approx(2 * (1 - state.value))

@@ -18,7 +18,7 @@ from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
-from test_transforms import _random_bspline
+from test_transforms import gradient_check_point
 
 
 def _smooth(volume, sigma=4.0):
@@ -43,17 +43,7 @@ def _inverted(volume):
 def test_mi_gradient_matches_finite_differences(slice_2d, kind):
     """d H(J|I)/dp: twice the metric's half gradient equals central differences of the objective."""
     moving = _smooth(slice_2d)
-    if kind == "bspline":
-        model, p = _random_bspline(slice_2d, np.random.default_rng(2))
-        p *= 0.2
-        steps = np.full(len(p), 2e-2)
-    else:
-        model = LinearModel(kind, slice_2d.grid.center())
-        p = model.identity(np.array([2.0, -3.0]))
-        p[0] += 0.1
-        if kind == "affine":
-            p[1:4] += [0.03, -0.02, -0.04]
-        steps = np.where(np.arange(len(p)) < len(p) - 2, 1e-4, 1e-2)
+    model, p, steps = gradient_check_point(slice_2d, kind, 2e-2, (1e-4, 1e-2))
     level = _level(_inverted(moving), moving, model, samples=12000 if kind == "bspline" else 3000)
     state = level.evaluate(p)
     assert 0.3 < state.value < state.reference and state.objective == pytest.approx(state.reference - state.value)

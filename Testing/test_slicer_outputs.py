@@ -12,6 +12,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "PPIR"))
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML) is a test requirement")
+from conftest import euler  # noqa: E402
 from ppir.engine.image import Volume, write_volume  # noqa: E402
 from PPIRLib import jobs, mrml  # noqa: E402
 from test_slicer_mrml import LPS, _scene  # noqa: E402
@@ -19,13 +20,6 @@ from vtkmodules.vtkCommonTransforms import vtkGeneralTransform  # noqa: E402
 
 MOVING_ROLE, FIXED_ROLE = "spatialRegistrationMoving", "spatialRegistrationFixed"
 
-
-def _euler(angles_deg, translation, center) -> sitk.Euler3DTransform:
-    tfm = sitk.Euler3DTransform()
-    tfm.SetCenter(center)
-    tfm.SetRotation(*np.deg2rad(angles_deg))
-    tfm.SetTranslation(translation)
-    return tfm
 
 
 def _transform_node(scene, transform: sitk.Transform, folder: Path, name: str):
@@ -44,8 +38,8 @@ def _mean_error_mm(node, truth: sitk.Transform, center) -> float:
 
 def test_the_initial_transform_file_is_the_world_to_volume_mapping_through_every_parent(tmp_path):
     scene = _scene()
-    outer = _transform_node(scene, _euler((10, 0, 30), (5.0, 0.0, -3.0), (1.0, 2.0, 3.0)), tmp_path, "outer")
-    inner = _transform_node(scene, _euler((0, -15, 0), (0.0, 7.0, 2.0), (-4.0, 0.0, 9.0)), tmp_path, "inner")
+    outer = _transform_node(scene, euler((10, 0, 30), (5.0, 0.0, -3.0), (1.0, 2.0, 3.0)), tmp_path, "outer")
+    inner = _transform_node(scene, euler((0, -15, 0), (0.0, 7.0, 2.0), (-4.0, 0.0, 9.0)), tmp_path, "inner")
     inner.SetAndObserveTransformNodeID(outer.GetID())
     volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "moving")
     volume.SetAndObserveTransformNodeID(inner.GetID())
@@ -96,7 +90,7 @@ def test_outputs_that_cannot_take_a_result_are_named(tmp_path):
 
 def test_a_result_overwrites_a_chosen_node_only_once_it_has_been_read(tmp_path):
     scene = _scene()
-    mine = _transform_node(scene, _euler((0, 0, 5), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0)), tmp_path, "mine")
+    mine = _transform_node(scene, euler((0, 0, 5), (1.0, 2.0, 3.0), (0.0, 0.0, 0.0)), tmp_path, "mine")
     before = mine.GetTransformFromParent().TransformPoint((10.0, 20.0, 30.0))
     (tmp_path / "bad.h5").write_bytes(b"not a transform")
     count = scene.GetNumberOfNodes()
@@ -113,14 +107,14 @@ def turned(mni_4mm, tmp_path_factory):
     folder = tmp_path_factory.mktemp("turned")
     image = mni_4mm.to_sitk()
     center = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    truth = _euler((0, 0, 130), (6.0, -4.0, 3.0), center)
+    truth = euler((0, 0, 130), (6.0, -4.0, 3.0), center)
     write_volume(mni_4mm, str(folder / "fixed.nrrd"))
     moving_image = sitk.Resample(image, image, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     write_volume(Volume.from_sitk(moving_image), str(folder / "moving.nrrd"))
     scene = _scene()
     nodes = {"fixed": mrml.import_volume(scene, folder / "fixed.nrrd", "fixed"),
              "moving": mrml.import_volume(scene, folder / "moving.nrrd", "moving"),
-             "rough": _transform_node(scene, _euler((0, 0, 122), (2.0, 0.0, 0.0), center), folder, "rough"),
+             "rough": _transform_node(scene, euler((0, 0, 122), (2.0, 0.0, 0.0), center), folder, "rough"),
              "old transform": scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "old transform"),
              "old volume": scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "old volume")}
     nodes["moving"].SetAndObserveTransformNodeID(nodes["rough"].GetID())

@@ -154,3 +154,17 @@ def test_whole_grid_sampler_agrees_with_the_point_sampler(mni_4mm, kind):
         ours, theirs = grads[:, axis], point_channels[inside, 1 + axis]
         assert np.corrcoef(ours, theirs)[0, 1] > 0.98
         assert np.abs(ours - theirs).mean() < 0.2 * np.abs(theirs).mean()
+
+
+def gradient_check_point(image, kind: str, bspline_step: float, linear_steps: tuple[float, float]):
+    """A model, a parameter vector away from the identity and finite-difference steps, for gradient checks
+    on a 2D ``image``: B-spline steps ``bspline_step``; linear steps (matrix, translation) ``linear_steps``."""
+    if kind == "bspline":
+        model, p = _random_bspline(image, np.random.default_rng(2))
+        return model, 0.2 * p, np.full(len(p), bspline_step)
+    model = LinearModel(kind, image.grid.center())
+    p = model.identity(np.array([2.0, -3.0]))
+    p[0] += 0.1
+    if kind == "affine":
+        p[1:4] += [0.03, -0.02, -0.04]
+    return model, p, np.where(np.arange(len(p)) < len(p) - 2, *linear_steps)

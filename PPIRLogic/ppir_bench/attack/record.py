@@ -112,8 +112,8 @@ def recording_moving_party() -> Iterator[Recording]:
     recording = Recording()
     original = roles.register
 
-    def recorded(moving, backend, settings, progress=None):
-        return original(moving, RecordingBackend(backend, recording), settings, progress)
+    def recorded(moving, backend, settings, progress=None, initial=None):
+        return original(moving, RecordingBackend(backend, recording), settings, progress, initial)
 
     roles.register = recorded
     try:

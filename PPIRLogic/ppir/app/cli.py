@@ -161,7 +161,9 @@ def _add_policy_option(p: argparse.ArgumentParser, whose: str) -> None:
 
 
 def _log(message: str) -> None:
-    print(f"ppir: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, written whole: a server's session threads log concurrently."""
+    sys.stderr.write(f"ppir: {message}\n")
+    sys.stderr.flush()
 
 
 def _cmd_fixed(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 from ppir.common.errors import PPIRError
 from ppir.common.files import write_atomically
 from ppir.common.tables import from_table
+from ppir.engine.sampling import has_repeats
 from ppir.engine.metrics import fixed_statistics
 from ppir.engine.mutual_information import BINS
 
@@ -235,7 +236,7 @@ class DisclosureLedger:
         if n < policy.min_samples:
             raise DisclosureRefused(f"a sample set of {n} voxels, under the fixed party's minimum of "
                                     f"{policy.min_samples}: use a larger --sample-fraction or fewer levels")
-        if samples is not None and np.unique(samples).size != n:
+        if samples is not None and has_repeats(samples):
             raise DisclosureRefused("a sample set with repeated voxels")
         if level.sample_sets >= policy.max_sample_sets:
             raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "

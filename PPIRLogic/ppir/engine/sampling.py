@@ -33,3 +33,9 @@ def draw_gradient_weighted(magnitude: np.ndarray, fraction: float, rng: np.rando
     weights = np.asarray(magnitude, np.float64)
     keys = rng.exponential(size=len(weights)) / np.maximum(weights, 1e-12 * max(weights.max(), 1e-30))
     return np.sort(np.argpartition(keys, k - 1)[:k])
+
+
+def has_repeats(samples: np.ndarray) -> bool:
+    """Whether a sample set names a voxel twice (one pass when it is sorted, as the samplers draw it)."""
+    ordered = samples if np.all(samples[1:] > samples[:-1]) else np.sort(samples)
+    return bool(np.any(ordered[1:] == ordered[:-1]))

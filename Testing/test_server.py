@@ -180,13 +180,15 @@ def test_eight_concurrent_sessions_and_the_ninth_refused(site, tmp_path):
 def test_ctrl_c_on_a_server_with_sessions_in_flight_stops_every_party(site, tmp_path):
     # no disclosure limits: under the default policy a session can end between its first iteration and SIGSTOP
     dealer, dealer_at, fixed, fixed_at = _servers(site, fixed_extra=("--disclosure-policy", policy_free(tmp_path)))
-    movings = [subprocess.Popen(PY + ["moving", "--image", str(site / "moving.nrrd"), "--connect", fixed_at,
-                                      "--dealer", dealer_at, "--identity", str(site / "ids/moving"), "--levels",
-                                      LEVELS, "--progress-json", "--output-transform",
-                                      str(tmp_path / f"t{n}.h5")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(2)]
+    movings = []
     try:
-        for moving in movings:
+        for n in range(2):      # one at a time: a party started early could finish while the other is awaited
+            moving = subprocess.Popen(PY + ["moving", "--image", str(site / "moving.nrrd"), "--connect", fixed_at,
+                                            "--dealer", dealer_at, "--identity", str(site / "ids/moving"), "--levels",
+                                            LEVELS, "--progress-json", "--output-transform",
+                                            str(tmp_path / f"t{n}.h5")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            movings.append(moving)
             assert "iteration" in moving.stdout.readline()
             moving.send_signal(signal.SIGSTOP)      # its session stays in flight, the fixed party waiting on it
         fixed.send_signal(signal.SIGINT)

@@ -13,7 +13,7 @@ from ppir.engine.bspline import control_grid_for
 from ppir.engine.driver import stages
 from ppir.engine.image import Grid
 from ppir.engine.pyramid import LevelSpec
-from ppir.engine.sampling import has_repeats, sample_count
+from ppir.engine.sampling import sample_count
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
 from ppir.protocols.net.channel import PeerError
@@ -62,8 +62,6 @@ class SessionTerms:
             if samples is None or len(samples) != expected:
                 got = "every voxel" if samples is None else f"{len(samples)} samples"
                 raise PeerError(f"{got} where the agreed sampling draws {expected}")
-            if has_repeats(samples):
-                raise PeerError("duplicate sample indices")
         kind = "bspline" if self._stage == "bspline" else "affine"
         if basis.get("kind") != kind:
             raise PeerError(f"a {basis.get('kind')} basis in the {self._stage} stage")

@@ -130,6 +130,29 @@ def test_noise_has_the_policys_size(slice_2d):
     assert np.allclose(measured, expected, rtol=0.15), (measured, expected)
 
 
+def test_affine_noise_is_sized_per_output(slice_2d):
+    """Each affine output's noise is its own scale w_a = max |Phi_a| times the rescaled release's: the
+    translation outputs (w = 1) carry about 1 / 100 of the coordinate outputs' (w ~ 100 mm), not the same."""
+    policy = DisclosurePolicy(noise_multiplier=1.0, max_products=400, max_ratio=math.inf)
+    backend = ClearBackend(slice_2d, policy, seed=3)
+    backend.agree(Settings(transform="affine", sampling="full"))
+    grid = backend.start_level(LevelSpec(2, 1.0))
+    points = grid.points(None)
+    basis = AffineBasis(points, points.mean(axis=0))
+    backend.set_samples(None, basis)
+    channels = np.ones((grid.n_voxels, 2))
+    warped = np.ones(grid.n_voxels)
+    answers = np.array([backend.joint_product(channels, warped).r for _ in range(200)])
+    party = backend._party
+    w = np.abs(basis.matrix).max(axis=0)
+    expected = party._sensitivity * party.scale * w[:, None] * np.ones((1, 2))
+    assert w[-1] == 1.0 and w[:-1].min() > 50
+    assert np.allclose(answers.std(axis=0), expected, rtol=0.15), (answers.std(axis=0), expected)
+    rescaled = basis.matrix / w
+    assert party._sensitivity == pytest.approx(np.ptp(party.values) / party.scale
+                                               * np.sqrt(2 * np.square(rescaled).sum(axis=1).max() + 1))
+
+
 def test_the_fixed_party_refuses_a_moving_party_that_ignores_its_policy(tmp_path, slice_2d):
     """A real ``ppir fixed`` process with max_products = 3 against a moving party that keeps asking."""
     write_image(slice_2d, tmp_path / "fixed.nrrd")

@@ -64,7 +64,7 @@ class AffineBasis:
         """
         out = np.zeros((self.matrix.shape[1], h.shape[1]))
         for lo in range(0, len(h), CHUNK):
-            part = np.asarray(h[lo:lo + CHUNK], dtype=np.float64)
+            part = h[lo:lo + CHUNK].astype(np.float64)     # a copy: h is the caller's
             if weights is not None:
                 part *= weights[lo:lo + CHUNK, None]
             out += self.matrix[lo:lo + CHUNK].T @ part

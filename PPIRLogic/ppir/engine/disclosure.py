@@ -17,8 +17,9 @@ party therefore
 Sensitivity: both sides normalise before a product: J' = J / s_J (s_J a power of two >= max |J|),
 each moving channel G'_c = G_c / max |G_c| (|G'_c| <= 1). Changing one voxel of J anywhere in its
 range moves J' by at most span = (max J - min J) / s_J, hence the normalised release
-(Phi_a(x) G'_c(x) J'(x) for every output, I'(x) J'(x) for the cross term) by at most
-span * sqrt(d * max_x |Phi(x)|^2 + 1) in L2. This bound holds for a moving party that normalises
+(Phi_a(x) G'_c(x) J'(x) / w_a for every output, with w_a = max |Phi_a| over the samples, and I'(x) J'(x)
+for the cross term) by at most span * sqrt(d * max_x |Phi(x) / w|^2 + 1) in L2; the noise on output a is
+w_a times the noise on that rescaled release. This bound holds for a moving party that normalises
 as the protocol says (semi-honest); one that scales its channels up shrinks the noise relative to
 J by the same factor. The value counts and caps hold against any moving party.
 """
@@ -174,12 +175,28 @@ def values_per_product(basis, dim: int, metric: str = "ssd") -> int:
     return product_values(basis.matrix.shape[1], dim, metric)
 
 
+def output_scales(basis) -> np.ndarray:
+    """w_a = max_x |Phi_a(x)| per basis output (affine: coordinates in mm, and 1; B-spline: 1).
+
+    Noise is added to r_a in proportion to w_a: the Gaussian mechanism on the rescaled release r_a / w_a,
+    in which every output moves by at most the same amount when one voxel of J changes. Without it, the
+    translation outputs of an affine product would carry noise sized for its coordinate outputs (about
+    100 times theirs).
+    """
+    if hasattr(basis, "control"):
+        return np.ones(basis.control.n_points)
+    if not basis.n_samples:
+        return np.ones(basis.matrix.shape[1])
+    return np.maximum(np.abs(basis.matrix).max(axis=0), 1e-30)
+
+
 def sensitivity(basis, dim: int, span: float) -> float:
-    """L2 sensitivity of one normalised release to one voxel of J' moving by ``span`` (see the module note)."""
+    """L2 sensitivity of one normalised release, its outputs divided by ``output_scales``, to one voxel of J'
+    moving by ``span`` (see the module note)."""
     if hasattr(basis, "control"):
         phi_sq = float(np.max(np.square(basis.support_weights).sum(axis=1))) if basis.n_samples else 0.0
     else:
-        phi_sq = float(np.max(np.square(basis.matrix).sum(axis=1))) if basis.n_samples else 0.0
+        phi_sq = float(np.max(np.square(basis.matrix / output_scales(basis)).sum(axis=1))) if basis.n_samples else 0.0
     return span * math.sqrt(dim * phi_sq + 1.0)
 
 

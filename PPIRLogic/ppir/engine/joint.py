@@ -25,7 +25,7 @@ import numpy as np
 
 from ppir.common.errors import PPIRError
 from ppir.engine import mutual_information as mattes
-from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, sensitivity
+from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, output_scales, sensitivity
 from ppir.engine.image import Grid, Volume
 from ppir.engine.metrics import fixed_statistics
 from ppir.engine.pyramid import LevelSpec, level_image
@@ -128,7 +128,8 @@ class FixedParty:
         self._basis = None
         self._metric = "ssd"
         self.scale = 1.0                # s_J: the power of two the protocols divide J by
-        self._sensitivity = 0.0         # of one product's normalised release
+        self._sensitivity = 0.0         # of one product's normalised release, outputs over output_scales
+        self.output_scales = np.ones(0)  # w_a: the noise on output a is w_a times the rescaled release's
         self._sq_sensitivity = 0.0      # of the sample set's normalised sum of squares
         self._span = 0.0                # of the sample set's normalised sum (NCC)
         self._bins: np.ndarray | None = None    # Mattes MI: each sample's fixed bin
@@ -157,6 +158,7 @@ class FixedParty:
         self.scale = fixed_scale(self._values)
         span = float(np.ptp(self._values)) / self.scale if self._values.size else 0.0
         self._sensitivity = sensitivity(basis, self.grid.dim, span)
+        self.output_scales = output_scales(basis)
         self._span = span
         self._sq_sensitivity = span * span
         if self._metric == "mi":
@@ -174,6 +176,10 @@ class FixedParty:
         """Gaussian noise of the policy's multiplier times the release's sensitivity, normalised units."""
         sigma = self.policy.noise_multiplier * (self._sensitivity if sensitivity is None else sensitivity)
         return self._rng.normal(0.0, sigma, shape) if sigma > 0 else np.zeros(shape)
+
+    def output_noise(self, shape: tuple[int, int], sensitivity: float | None = None) -> np.ndarray:
+        """``noise`` for a product's r (outputs, channels), each output's row times its w_a."""
+        return self.noise(shape, sensitivity) * self.output_scales[:, None]
 
     def sum_of_squares(self) -> float:
         """sum J^2 over the samples, with the policy's noise (released once per sample set)."""
@@ -201,7 +207,7 @@ class FixedParty:
         cross = float(warped.astype(np.float64) @ self._values)
         if self.policy.noise_multiplier > 0:
             channel_scales = np.maximum(np.abs(channels).max(axis=0), 1e-30)
-            r = r + self.noise(r.shape) * self.scale * channel_scales[None, :]
+            r = r + self.output_noise(r.shape) * self.scale * channel_scales[None, :]
             cross += float(self.noise(())) * self.scale * max(float(np.abs(warped).max()), 1e-30)
         return r, cross
 
@@ -226,7 +232,7 @@ class FixedParty:
         r = self._basis.transpose_apply(channels, u)
         if self.policy.noise_multiplier > 0:
             scales = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(bin_weights).max()), 1e-30)
-            r = r + self.noise(r.shape, self._mi_sensitivity) * scales[None, :]
+            r = r + self.output_noise(r.shape, self._mi_sensitivity) * scales[None, :]
         return r
 
 

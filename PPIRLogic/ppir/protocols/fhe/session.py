@@ -111,12 +111,14 @@ class FixedHandler:
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
         """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
-        kappa_b / p_a, kappa_b = max |w_b| / |w_b|_1 (the moving party's weights), p_a the column's scale."""
+        w_a kappa_b / p_a, kappa_b = max |w_b| / |w_b|_1 (the moving party's weights), p_a the column's scale,
+        w_a the output's noise scale (``ppir.engine.disclosure.output_scales``)."""
         if not isinstance(outputs, list) or len(outputs) != len(peaks) or not all(
                 isinstance(o, list) and len(o) == 2 and 0 <= o[0] < len(self._column_powers) for o in outputs):
             raise PeerError("product message: the released outputs are not described")
         noise = self._party.noise((len(peaks),))
-        return [int(round(n * peak / self._column_powers[a] * 2.0 ** params.PRODUCT_BITS))
+        w = self._party.output_scales
+        return [int(round(n * w[a] * peak / self._column_powers[a] * 2.0 ** params.PRODUCT_BITS))
                 for n, peak, (a, _) in zip(noise, peaks, outputs)]
 
     def _slot_noise(self, peak: float) -> list[int]:

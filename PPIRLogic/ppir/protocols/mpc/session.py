@@ -168,7 +168,7 @@ class FixedHandler:
             raise PeerError("the dealer's share does not match the product")
         r, cross = self._level.share(e, r1, d)
         if self._party.policy.noise_multiplier > 0:      # the policy's noise, in the product's fixed point
-            noise_r = self._party.noise(tuple(r.shape)) / self._level.basis.scales[:, None]
+            noise_r = self._party.output_noise(tuple(r.shape)) / self._level.basis.scales[:, None]
             r = r + encode(noise_r, bits + FIXED_BITS + BASIS_BITS)
             cross = cross + encode(np.array([self._party.noise(())]), bits + FIXED_BITS)[0]
         self._channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))

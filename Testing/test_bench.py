@@ -25,12 +25,14 @@ def test_mpc_suite_runs_and_agrees_with_clear():
 
 
 def test_smallest_suite_case_writes_tables_and_plots(tmp_path, monkeypatch):
-    """`ppir bench --suite quick|full` end to end on its smallest pair (64x64) and two tiny scaling sizes."""
+    """`ppir bench --suite quick|full` end to end on its smallest pair (64x64), one sampling, and two tiny
+    scaling sizes."""
     from ppir.app import data
     from ppir_bench import suite as benchsuite
     smallest = benchsuite.Suite(pairs=(benchsuite.Pair("2D brain slice", data.SLICE_2D, 4, "1", ("full",), 32.0),),
                                 scaling_shrinks=(16, 12), repeats=1, paper_size_pair=False)
     monkeypatch.setitem(benchsuite.SUITES, "smallest", smallest)
+    monkeypatch.setattr(benchsuite, "SAMPLINGS", ("gms",))      # one sampling: every run is a new process
     out = tmp_path / "out"
     results = benchsuite.run_suite("smallest", out, log=lambda *_: None)
     assert sorted(p.name for p in out.iterdir()) == ["matrix.png", "results.json", "results.md", "scaling.png"]

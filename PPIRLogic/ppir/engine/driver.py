@@ -275,25 +275,26 @@ def _worse(start: float, final: float, state: Evaluation) -> bool:
 
 
 def _draw(level: Level, p: np.ndarray, settings: Settings, rng: np.random.Generator) -> np.ndarray | None:
-    """The next sample set: all voxels (None), URS or GMS; with a moving mask, drawn among the voxels that
-    T_p maps into it (all of them for full sampling, the fraction of them for URS and GMS)."""
+    """The next sample set: all voxels (None), URS or GMS; with a moving mask, only voxels that T_p maps
+    into it: all of them (full), those of the usual URS draw (so a voxel at the mask's edge changes
+    nothing else), or a GMS draw of the fraction of them."""
     n = level.grid.n_voxels
-    candidates = None
+    inside = None
     if level.moving_mask is not None:
-        candidates = np.flatnonzero(level.footprint(p))
-        if candidates.size == 0:
+        inside = level.footprint(p)
+        if not inside.any():
             raise PPIRError(f"no voxel of the fixed image's level {level.grid.size} maps into the moving mask at "
                             "the current transform: check that the mask covers the anatomy to register")
-        n = candidates.size
     if settings.sampling == "full":
-        return candidates
+        return None if inside is None else np.flatnonzero(inside)
     if settings.sampling == "urs":
         drawn = draw_uniform(n, settings.sample_fraction, rng)
-    else:
-        weights = level.moving.gradient_magnitude(level.model.to_sitk(p), level.grid)
-        drawn = draw_gradient_weighted(weights if candidates is None else weights[candidates],
-                                       settings.sample_fraction, rng)
-    return drawn if candidates is None else candidates[drawn]
+        return drawn if inside is None else drawn[inside[drawn]]
+    weights = level.moving.gradient_magnitude(level.model.to_sitk(p), level.grid)
+    if inside is None:
+        return draw_gradient_weighted(weights, settings.sample_fraction, rng)
+    candidates = np.flatnonzero(inside)
+    return candidates[draw_gradient_weighted(weights[candidates], settings.sample_fraction, rng)]
 
 
 def _first_curvature(model, level: Level, matrix, gradient: np.ndarray, p: np.ndarray) -> float:

@@ -175,6 +175,7 @@ def test_the_moving_party_receives_only_which_of_its_own_samples_the_fixed_mask_
     finally:
         backend.close()
     process.wait(60)
+    assert "(mask shown at" in process.stderr.read()            # the fixed party's own session log says it
     offered = [m.arrays["samples"] for m in sent if m.kind == Kind.SAMPLES]
     kept = [m for m in received if m.kind == Kind.SAMPLES_KEPT]
     assert len(offered) == len(kept) == 2

@@ -348,6 +348,7 @@ def test_a_local_run_registers_within_both_masks(mni_4mm, tmp_path):
     assert report["settings"]["moving_mask"] is True
     assert report["inputs"]["fixed_mask"].endswith("fixed-mask.nrrd")
     assert all(level["mask_membership_shown"] > level["unknowns"] for level in report["disclosure"]["levels"])
+    assert any("; fixed mask shown at" in line for line in summary_lines(result.summary))
     args = job.process.args
     assert args[args.index("--moving-mask") + 1] == str(job.process.workdir / "moving-mask.nrrd")
     assert args[args.index("--fixed-mask") + 1] == str(job.process.workdir / "fixed-mask.nrrd")

@@ -74,6 +74,8 @@ def run_fixed(image: str, listen: str, identity: Identity, sessions: int, output
                                                 fixed_mask)
         epsilon = "unbounded (no noise)" if disclosure["epsilon"] is None else f"{disclosure['epsilon']:.3g}"
         revealed = ", ".join(f"level {lv['factor']}: {lv['revealed']} values for {lv['unknowns']} voxels"
+                             + (f" (mask shown at {lv['mask_membership_shown']} of {lv['voxels']})"
+                                if "mask_membership_shown" in lv else "")
                              for lv in disclosure["levels"])
         return (f"session done: {stats.bytes_sent} bytes sent, {stats.bytes_received} received, "
                 f"{stats.wall_time_s:.1f} s; disclosed {revealed}; epsilon {epsilon} at delta {disclosure['delta']:g}")

@@ -278,7 +278,7 @@ class DisclosureLedger:
         if kept < self.policy.min_samples:
             raise DisclosureRefused(f"the fixed party's mask keeps {kept} of the {offered} samples at level "
                                     f"{self._level.factor}, under its minimum of {self.policy.min_samples}: use a "
-                                    "larger --sample-fraction or fewer levels")
+                                    "larger --sample-fraction or fewer levels (or the fixed party a larger mask)")
 
     def sample_set(self, samples: np.ndarray | None, basis, dim: int) -> None:
         """A new sample set at the current level (after ``offer`` and, with a fixed mask, only the kept samples):

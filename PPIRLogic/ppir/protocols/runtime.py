@@ -60,8 +60,9 @@ class Kind(IntEnum):
 CONTROL = 1 << 16
 """The largest body of each kind a party accepts: control messages carry no arrays to speak of."""
 LIMITS = {kind: CONTROL for kind in Kind} | {
-    kind: DEFAULT_MAX_MESSAGE for kind in (Kind.WELCOME, Kind.SAMPLES, Kind.SAMPLES_KEPT, Kind.FIXED_MASKED, Kind.PRODUCT, Kind.SHARE,
-                                           Kind.BYE, Kind.FHE_COLUMNS, Kind.FHE_VALUES, Kind.DEALER_SHARE)}
+    kind: DEFAULT_MAX_MESSAGE for kind in (Kind.WELCOME, Kind.SAMPLES, Kind.SAMPLES_KEPT, Kind.FIXED_MASKED,
+                                           Kind.PRODUCT, Kind.SHARE, Kind.BYE, Kind.FHE_COLUMNS, Kind.FHE_VALUES,
+                                           Kind.DEALER_SHARE)}
 
 
 def field(message: Message, name: str, kind: type | tuple[type, ...]):
@@ -239,7 +240,7 @@ class RemoteBackend(JointBackend):
             return
         kept = self.keep_samples(samples, basis)
         self._offered = False
-        if kept is not samples:
+        if kept is not samples and (samples is None or len(kept) != len(samples)):
             raise PeerError("the fixed party masks its samples: offer them with keep_samples first")
 
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -41,10 +41,12 @@ def test_the_module_offers_exactly_the_contracts_choices():
 def test_every_command_line_the_module_builds_is_one_ppir_accepts(tmp_path):
     parser = build_parser()
     seen = set()
-    for settings, initial in itertools.product(_valid_settings(tmp_path), (False, True)):
+    for settings, initial, masked in itertools.product(_valid_settings(tmp_path), (False, True), (False, True)):
         inputs = {"moving": tmp_path / "moving.nrrd", "fixed": tmp_path / "fixed.nrrd"}
         if initial:
             inputs["initial"] = tmp_path / "initial.h5"
+        if masked:
+            inputs |= {"moving_mask": tmp_path / "moving-mask.nrrd", "fixed_mask": tmp_path / "fixed-mask.nrrd"}
         outputs = jobs._outputs(settings.role, tmp_path)
         argv = jobs.ppir_arguments(settings, inputs, outputs)
         args = parser.parse_args(argv)                   # argparse exits on anything it refuses
@@ -52,6 +54,10 @@ def test_every_command_line_the_module_builds_is_one_ppir_accepts(tmp_path):
             assert args.initial_transform == (str(inputs["initial"]) if initial else None)
         else:
             assert "--initial-transform" not in argv
+        for party in ("moving", "fixed"):                # each mask on its owner's command line only
+            owner = settings.role in (party, "local")
+            assert getattr(args, f"{party}_mask", None) == (str(inputs[f"{party}_mask"]) if masked and owner else None)
+            assert owner or f"--{party}-mask" not in argv
         assert args.command == {"local": "register"}.get(settings.role, settings.role)
         if hasattr(args, "transform"):
             chosen = _settings(args)                      # the engine's own checks

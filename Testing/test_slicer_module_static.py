@@ -110,7 +110,7 @@ def test_node_selectors_offer_the_node_types_of_their_parameters_and_a_scene():
     scene_receivers = {c.findtext("receiver") for c in root.iter("connection")
                        if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
     selectors = {name: w for name, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
-    assert len(selectors) == 5 and set(selectors) <= scene_receivers
+    assert len(selectors) == 7 and set(selectors) <= scene_receivers
     for name, w in selectors.items():
         props = {p.get("name"): p for p in w.findall("property")}
         parameter = props["SlicerParameterName"].findtext("string")
@@ -119,6 +119,32 @@ def test_node_selectors_offer_the_node_types_of_their_parameters_and_a_scene():
         assert creates == parameter.startswith("output"), f"{name}: only output selectors create nodes"
         if creates:
             assert props["noneDisplay"].findtext("string").startswith("Create new")
+
+
+def _visible_rows():
+    """PPIR.visibleRows, taken from the module's source (PPIR.py itself imports Slicer)."""
+    tree = ast.parse((MODULE / "PPIR.py").read_text())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "visibleRows")
+    namespace: dict = {}
+    exec(compile(ast.Module([function], []), "PPIR.py", "exec"), namespace)
+    return namespace["visibleRows"]
+
+
+def test_mask_selectors_offer_label_maps_and_show_only_for_their_owner():
+    widgets = _ui_widgets()
+    for party in ("moving", "fixed"):
+        props = {p.get("name"): p for p in widgets[f"{party}MaskSelector"].findall("property")}
+        assert props["SlicerParameterName"].findtext("string") == f"{party}Mask"
+        assert props["showChildNodeTypes"].findtext("bool") == "true"      # label maps are scalar volumes' children
+        assert props["noneEnabled"].findtext("bool") == "true"            # optional
+        assert props["noneDisplay"].findtext("string").startswith("None")
+        volume = {p.get("name"): p for p in widgets[f"{party}VolumeSelector"].findall("property")}
+        assert volume["showChildNodeTypes"].findtext("bool") == "false"   # a label map is no volume to register
+    visible = _visible_rows()
+    for role in ("moving", "fixed", "dealer", "local"):
+        rows = visible(role, True)
+        assert rows["movingMaskLabel"] == (role in ("moving", "local")) == rows["movingVolumeLabel"]
+        assert rows["fixedMaskLabel"] == (role in ("fixed", "local")) == rows["fixedVolumeLabel"]
 
 
 def test_the_panels_defaults_are_the_first_preset_and_presets_set_only_parameters():
@@ -262,3 +288,8 @@ def test_what_will_be_sent_is_said_per_role_before_the_first_start():
     assert "geometry" in fixed and "no secret key is sent" in fixed and "0.0.0.0:7000" in fixed
     assert "never receives image data" in disclosure(RunSettings(role="dealer", protocol="mpc"))
     assert disclosure(RunSettings(role="local", protocol="clear")).startswith("Nothing leaves this computer")
+    assert "mask" not in moving and "mask" not in fixed
+    masked_fixed = disclosure(RunSettings(role="fixed", protocol="fhe", address="0.0.0.0:7000"), masked=True)
+    assert "which of the moving party's samples lie inside your mask (the mask itself is never sent" in masked_fixed
+    masked_moving = disclosure(RunSettings(role="moving", protocol="fhe", sampling="urs"), masked=True)
+    assert "drawn inside your mask: they show where it falls on the fixed grid" in masked_moving

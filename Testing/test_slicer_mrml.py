@@ -246,3 +246,115 @@ def test_identity_buttons_each_site_makes_its_own_key_and_trusts_by_fingerprint(
     jobs.trust_certificate(tmp_path / "b", tmp_path / "a/identity.pem", "moving", fingerprint)
     assert "trusts as moving" in jobs.show_identity(tmp_path / "b")
     assert sorted(p.name for p in (tmp_path / "b").glob("*.key")) == ["identity.key"]
+
+
+def _label_map(scene, path, name):
+    """A file read into a vtkMRMLLabelMapVolumeNode (what a segmentation exported to a label map gives)."""
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    scene.RemoveNode(storage)
+    return node
+
+
+def test_masks_are_exported_with_their_volumes_geometry(mni_4mm, tmp_path):
+    """A label map on another grid (coarser, shifted, turned) is written on the volume's own grid."""
+    from ppir.engine.image import read_image
+    from ppir.engine.masks import read_mask
+    source = oblique(mni_4mm, (3.0, 4.0, 5.5))
+    write_volume(source, tmp_path / "volume.nrrd")
+    scene = _scene()
+    volume = mrml.import_volume(scene, tmp_path / "volume.nrrd", "volume")
+    labels = np.zeros((30, 36, 28), np.uint8)          # 4.5 mm voxels, its own origin and direction
+    labels[6:22, 8:30, 5:20] = 3
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.SetSpacing((4.5, 4.5, 4.5))
+    label_image.SetOrigin((-20.0, -35.0, -10.0))
+    turn = sitk.Euler3DTransform()
+    turn.SetRotation(0.1, -0.05, 0.2)
+    label_image.SetDirection(turn.GetMatrix())
+    sitk.WriteImage(label_image, str(tmp_path / "labels.nrrd"))
+    mask = _label_map(scene, tmp_path / "labels.nrrd", "labels")
+    mrml.export_volume(volume, tmp_path / "exported-volume.nrrd")
+    mrml.export_mask(mask, volume, tmp_path / "exported-mask.nrrd")
+    exported_volume = sitk.ReadImage(str(tmp_path / "exported-volume.nrrd"))
+    exported_mask = sitk.ReadImage(str(tmp_path / "exported-mask.nrrd"))
+    assert exported_mask.GetSize() == exported_volume.GetSize()
+    assert np.allclose(_itk_ijk_to_lps(exported_mask), _itk_ijk_to_lps(exported_volume), atol=1e-9)
+    # ppir accepts it as the volume's mask, and it holds the label map's region, voxel by voxel
+    inside = read_mask(tmp_path / "exported-mask.nrrd", read_image(tmp_path / "exported-volume.nrrd"), "mask")
+    expected = sitk.GetArrayFromImage(sitk.Resample(label_image, exported_volume, sitk.Transform(),
+                                                    sitk.sitkNearestNeighbor, 0)) != 0
+    assert expected.sum() > 1000
+    assert (inside.array.astype(bool) != expected).mean() < 1e-3     # only ties of nearest-voxel rounding
+    assert scene.GetNodesByClass("vtkMRMLStorageNode").GetNumberOfItems() == 0
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 2   # volume and label map
+
+
+def test_a_mask_on_the_volumes_own_grid_is_exported_voxel_for_voxel(mni_4mm, tmp_path):
+    source = oblique(mni_4mm, (3.0, 4.0, 5.5))
+    write_volume(source, tmp_path / "volume.nrrd")
+    write_volume(source.with_array((source.array > 60).astype(np.uint8) * 7), tmp_path / "labels.nrrd")
+    scene = _scene()
+    volume = mrml.import_volume(scene, tmp_path / "volume.nrrd", "volume")
+    mask = _label_map(scene, tmp_path / "labels.nrrd", "labels")
+    mrml.export_mask(mask, volume, tmp_path / "mask.nrrd")
+    exported = sitk.ReadImage(str(tmp_path / "mask.nrrd"))
+    assert np.array_equal(sitk.GetArrayFromImage(exported), (source.array > 60).astype(np.uint8))
+    assert np.allclose(_itk_ijk_to_lps(exported), _itk_ijk_to_lps(sitk.ReadImage(str(tmp_path / "volume.nrrd"))),
+                       atol=1e-9)
+
+
+def test_masks_that_cannot_be_used_are_refused_with_the_reason(mni_4mm, tmp_path):
+    write_volume(mni_4mm, tmp_path / "volume.nrrd")
+    far = sitk.GetImageFromArray(np.ones((8, 8, 8), np.uint8))
+    far.SetOrigin((5000.0, 0.0, 0.0))
+    sitk.WriteImage(far, str(tmp_path / "far.nrrd"))
+    scene = _scene()
+    volume = mrml.import_volume(scene, tmp_path / "volume.nrrd", "volume")
+    far_mask = _label_map(scene, tmp_path / "far.nrrd", "far")
+    with pytest.raises(ValueError, match="the mask 'far' has no non-zero voxel inside the volume 'volume'"):
+        mrml.export_mask(far_mask, volume, tmp_path / "x.nrrd")
+    moved = _label_map(scene, tmp_path / "volume.nrrd", "moved")
+    moved.SetAndObserveTransformNodeID(scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "T").GetID())
+    with pytest.raises(ValueError, match="under different transforms"):
+        mrml.export_mask(moved, volume, tmp_path / "x.nrrd")
+    assert not (tmp_path / "x.nrrd").exists()
+    (tmp_path / "identity.pem").write_text("a certificate")
+    with pytest.raises(ValueError, match="a moving mask belongs to the moving party"):
+        jobs.Job(jobs.RunSettings(role="fixed", certificates=str(tmp_path)), fixed_node=volume, moving_mask=moved)
+    with pytest.raises(ValueError, match="is an input volume"):
+        jobs.Job(jobs.RunSettings(role="local", protocol="clear"), moving_node=volume, fixed_node=volume,
+                 fixed_mask=volume)
+
+
+def test_a_local_run_registers_within_both_masks(mni_4mm, tmp_path):
+    """Each mask node goes to its party's command line as a file on its volume's grid; the report says so."""
+    synthesize(mni_4mm, "affine", 3, tmp_path)
+    scene = _scene()
+    fixed = mrml.import_volume(scene, tmp_path / "fixed.nrrd", "fixed")
+    moving = mrml.import_volume(scene, tmp_path / "moving.nrrd", "moving")
+    for name in ("fixed", "moving"):
+        image = sitk.ReadImage(str(tmp_path / f"{name}.nrrd"))
+        sitk.WriteImage(sitk.Cast(image > 20, sitk.sitkUInt8), str(tmp_path / f"{name}-labels.nrrd"))
+    settings = jobs.RunSettings(role="local", protocol="clear", transform="affine", sampling="urs",
+                                sample_fraction=0.3, levels="2,1")
+    job = jobs.Job(settings, moving_node=moving, fixed_node=fixed,
+                   moving_mask=_label_map(scene, tmp_path / "moving-labels.nrrd", "moving labels"),
+                   fixed_mask=_label_map(scene, tmp_path / "fixed-labels.nrrd", "fixed labels"), keep_files=True)
+    result = job.wait(timeout=300)
+    report = result.summary["report"]
+    assert report["settings"]["moving_mask"] is True
+    assert report["inputs"]["fixed_mask"].endswith("fixed-mask.nrrd")
+    assert all(level["mask_membership_shown"] > level["unknowns"] for level in report["disclosure"]["levels"])
+    assert any("; fixed mask shown at" in line for line in summary_lines(result.summary))
+    args = job.process.args
+    assert args[args.index("--moving-mask") + 1] == str(job.process.workdir / "moving-mask.nrrd")
+    assert args[args.index("--fixed-mask") + 1] == str(job.process.workdir / "fixed-mask.nrrd")
+    truth = sitk.ReadTransform(str(tmp_path / "ground_truth.h5"))
+    from ppir.engine.evaluate import tre
+    from ppir.engine.image import read_image
+    found = sitk.ReadTransform(str(job.process.workdir / "transform.h5"))
+    assert tre(read_image(tmp_path / "fixed.nrrd"), found, truth)["mean"] < 0.3
+    job.process.cleanup()

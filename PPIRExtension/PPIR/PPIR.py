@@ -82,7 +82,9 @@ class PPIRParameterNode:
     role: Role = Role.MOVING
     protocol: Protocol = Protocol["FHE"]
     movingVolume: vtkMRMLScalarVolumeNode
+    movingMask: vtkMRMLScalarVolumeNode      # a label map (or scalar volume): non-zero is inside
     fixedVolume: vtkMRMLScalarVolumeNode
+    fixedMask: vtkMRMLScalarVolumeNode
     address: str = "127.0.0.1:7000"
     dealer: str = ""
     certificates: pathlib.Path
@@ -248,29 +250,32 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
         return trust_certificate(pathlib.Path(folder), pathlib.Path(certificate), role, fingerprint)
 
     def start(self, settings: RunSettings, movingVolume=None, fixedVolume=None, keepFiles: bool = False,
-              initialTransform=None, outputTransform=None, outputVolume=None, applyToMoving: bool = False) -> Job:
+              initialTransform=None, outputTransform=None, outputVolume=None, applyToMoving: bool = False,
+              movingMask=None, fixedMask=None) -> Job:
         """Start one party's run in a subprocess (returns at once; poll the job).
 
         Its temporary files go under Slicer's temporary folder; ``keepFiles`` leaves them there.
         ``initialTransform``: where the moving party starts (see ``PPIRLib.mrml.initial_transform``);
         ``outputTransform``, ``outputVolume``: nodes to overwrite (None: new nodes); ``applyToMoving``:
-        put the moving volume under the result transform.
+        put the moving volume under the result transform. ``movingMask``, ``fixedMask``: label maps each
+        party registers within (its own only; exported on its volume's grid, never sent).
         """
         check_python()
         self.ensureDependencies(settings.protocol)
         job = Job(settings, moving_node=movingVolume, fixed_node=fixedVolume,
                   temp_root=pathlib.Path(slicer.app.temporaryPath), keep_files=keepFiles,
                   initial_transform=initialTransform, output_transform=outputTransform, output_volume=outputVolume,
-                  apply_to_moving=applyToMoving)
+                  apply_to_moving=applyToMoving, moving_mask=movingMask, fixed_mask=fixedMask)
         job.start()
         return job
 
     def run(self, role: str, movingVolume=None, fixedVolume=None, show: bool = True, initialTransform=None,
-            outputTransform=None, outputVolume=None, applyToMoving: bool = False, **settings) -> JobResult:
+            outputTransform=None, outputVolume=None, applyToMoving: bool = False, movingMask=None, fixedMask=None,
+            **settings) -> JobResult:
         """One party's whole run, blocking; ``settings`` are RunSettings fields (protocol, address, ...)."""
         runSettings = RunSettings(role=role, **settings)
         job = self.start(runSettings, movingVolume, fixedVolume, False, initialTransform, outputTransform,
-                         outputVolume, applyToMoving)
+                         outputVolume, applyToMoving, movingMask, fixedMask)
         try:
             result = job.wait(on_event=lambda event: print(describe(event)[1]), idle=slicer.app.processEvents)
         except RuntimeError:
@@ -293,7 +298,8 @@ class PPIRLogic(ScriptedLoadableModuleLogic):
 
 ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with the role
     "protocolLabel": "protocolComboBox", "movingVolumeLabel": "movingVolumeSelector",
-    "fixedVolumeLabel": "fixedVolumeSelector", "dealerLabel": "dealerLineEdit",
+    "movingMaskLabel": "movingMaskSelector", "fixedVolumeLabel": "fixedVolumeSelector",
+    "fixedMaskLabel": "fixedMaskSelector", "dealerLabel": "dealerLineEdit",
     "shareResultLabel": "shareResultComboBox",
     "disclosurePolicyLabel": "disclosurePolicyPathLineEdit",
     "initialTransformLabel": "initialTransformSelector", "outputTransformLabel": "outputTransformSelector",
@@ -304,7 +310,8 @@ ROW_WIDGETS = {  # label name -> field name, for the rows that come and go with 
 def visibleRows(role: str, mpc: bool) -> dict:
     """Which rows the panel shows for a role."""
     return {"protocolLabel": role in ("moving", "fixed"), "movingVolumeLabel": role in ("moving", "local"),
-            "fixedVolumeLabel": role in ("fixed", "local"), "dealerLabel": role in ("moving", "fixed") and mpc,
+            "movingMaskLabel": role in ("moving", "local"), "fixedVolumeLabel": role in ("fixed", "local"),
+            "fixedMaskLabel": role in ("fixed", "local"), "dealerLabel": role in ("moving", "fixed") and mpc,
             "shareResultLabel": role == "moving", "disclosurePolicyLabel": role in ("fixed", "local"),
             "initialTransformLabel": role in ("moving", "local"), "outputTransformLabel": role != "dealer",
             "outputVolumeLabel": role != "dealer"}
@@ -420,6 +427,13 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         return mrml.initial_transform(node.movingVolume, node.initialTransform, node.useMovingTransform)
 
+    def _mask(self, party: str):
+        """The chosen mask of ``party`` ("moving" or "fixed") if this role uses it, else None."""
+        node = self._parameterNode
+        if party == "moving":
+            return node.movingMask if node.role.value in ("moving", "local") else None
+        return node.fixedMask if node.role.value in ("fixed", "local") else None
+
     def _cannotStart(self) -> Optional[str]:
         """Why Start is disabled, or None."""
         node = self._parameterNode
@@ -443,6 +457,14 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                       node.outputTransform, node.outputVolume)
         if problem:
             return problem
+        for mask, volume, what in ((self._mask("moving"), node.movingVolume, _("moving")),
+                                   (self._mask("fixed"), node.fixedVolume, _("fixed"))):
+            if mask is not None and mask is volume:
+                return _("The {which} mask is the {which} volume itself: choose a label map.").format(which=what)
+            if mask is not None and volume is not None and \
+                    mask.GetParentTransformNode() is not volume.GetParentTransformNode():
+                return _("The {which} mask and the {which} volume are under different transforms.").format(
+                    which=what)
         initial = self._initialTransform()
         if initial is not None and not initial.IsTransformToWorldLinear():
             return _("The initial transform '{name}' is not linear: choose a rigid or affine one.").format(
@@ -487,7 +509,9 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsLabel.text = _("Running...")
         recipients = (settings.role, settings.address, settings.dealer)
         if settings.role != "local" and recipients not in self._confirmedRecipients:   # an explicit yes first
-            if not slicer.util.confirmOkCancelDisplay(disclosure(settings), windowTitle=_("PPIR: what will be sent")):
+            masked = self._mask(settings.role) is not None if settings.role in ("moving", "fixed") else False
+            if not slicer.util.confirmOkCancelDisplay(disclosure(settings, masked),
+                                                      windowTitle=_("PPIR: what will be sent")):
                 self.ui.resultsLabel.text = _("Not started.")
                 return
             self._confirmedRecipients.add(recipients)
@@ -495,7 +519,8 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self._job = self.logic.start(settings, node.movingVolume, node.fixedVolume, node.keepTemporaryFiles,
                                          initial, node.outputTransform, node.outputVolume,
-                                         node.applyToMoving and settings.role in ("moving", "local"))
+                                         node.applyToMoving and settings.role in ("moving", "local"),
+                                         self._mask("moving"), self._mask("fixed"))
         except (RuntimeError, ValueError, OSError, subprocess.SubprocessError) as error:
             self.ui.resultsLabel.text = _("Not started.")
             self._updateGUI()
@@ -506,6 +531,10 @@ class PPIRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if initial is not None:
             self._log(_("Starting from the transform '{name}' (it stays on this computer).").format(
                 name=initial.GetName()))
+        for party in ("moving", "fixed"):
+            if self._mask(party) is not None:
+                self._log(_("Registering within the mask '{name}' (it stays on this computer).").format(
+                    name=self._mask(party).GetName()))
         self._timer.start()
         self._updateGUI()
 

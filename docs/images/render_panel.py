@@ -26,8 +26,8 @@ STAND_INS = {"ctkCollapsibleButton": "QGroupBox", "ctkPathLineEdit": "QLineEdit"
 NODE_SELECTOR_PROPERTIES = {"nodeTypes", "showChildNodeTypes", "noneEnabled", "addEnabled", "removeEnabled",
                             "renameEnabled", "noneDisplay"}
 # What party 1 (FHE) sees: the rows it hides, and the choices the module fills in.
-HIDDEN = {"fixedVolumeLabel", "fixedVolumeSelector", "dealerLabel", "dealerLineEdit", "disclosurePolicyLabel",
-          "disclosurePolicyPathLineEdit", "startNoteLabel"}
+HIDDEN = {"fixedVolumeLabel", "fixedVolumeSelector", "fixedMaskLabel", "fixedMaskSelector", "dealerLabel",
+          "dealerLineEdit", "disclosurePolicyLabel", "disclosurePolicyPathLineEdit", "startNoteLabel"}
 CHOICES = {"roleComboBox": ["Party 1: moving-image owner"], "protocolComboBox": ["FHE"],
            "movingVolumeSelector": ["MRBrainTumor2"], "shareResultComboBox": ["transform"],
            "transformComboBox": ["affine"], "metricComboBox": ["ssd"], "samplingComboBox": ["urs"]}

@@ -10,8 +10,9 @@ SHARED = {"transform": "the resulting transform", "warped": "your moving image w
           "none": "nothing of the result"}
 
 
-def disclosure(settings: RunSettings) -> str:
-    """The plain-language list of what this party's run sends, to whom, and what never leaves."""
+def disclosure(settings: RunSettings, masked: bool = False) -> str:
+    """The plain-language list of what this party's run sends, to whom, and what never leaves
+    (``masked``: this party registers within a mask of its own)."""
     role, protocol = settings.role, settings.protocol.upper()
     if role == "local":
         return "Nothing leaves this computer: both volumes are here and the run is in the clear."
@@ -28,18 +29,22 @@ def disclosure(settings: RunSettings) -> str:
                 "- per level, a power of two above its largest intensity, and per sample set the sum of squared "
                 "intensities;\n"
                 f"- {content}.\n"
-                "Your image's voxel values are never sent in clear form. See docs/security.md.")
+                + ("- which of the moving party's samples lie inside your mask (the mask itself is never sent; "
+                   "at most the share of each level your disclosure policy allows).\n" if masked else "")
+                + "Your image's voxel values are never sent in clear form. See docs/security.md.")
     indices = ("the sample indices: with 'gms' sampling they outline your anatomy on the fixed grid "
                "(use 'urs' to avoid this)" if settings.sampling == "gms" else
                "the sample indices (drawn without looking at either image)" if settings.sampling == "urs" else
                "the sample indices (all voxels)")
+    mask_note = (", drawn inside your mask: they show where it falls on the fixed grid (the mask itself is never "
+                 "sent)" if masked else "")
     products = ("secret shares of your image's gradient terms (uniformly random to each receiver)" if protocol == "MPC"
                 else "masked, re-randomised ciphertexts of the joint products")
     dealer = (f"- to the dealer at {settings.dealer}: the number of samples and of channels per product only.\n"
               if protocol == "MPC" else "")
     return (f"This computer (party 1) connects to the fixed party at {settings.address} and sends it:\n"
             f"- the session settings ({protocol}, {settings.transform}, levels {settings.levels});\n"
-            f"- {indices};\n"
+            f"- {indices}{mask_note};\n"
             f"- {products};\n"
             f"- at the end, {SHARED[settings.share_result]}.\n"
             f"{dealer}"

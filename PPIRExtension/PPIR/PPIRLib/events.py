@@ -54,6 +54,8 @@ def disclosure_lines(disclosure: dict | None) -> list[str]:
     if not disclosure:
         return []
     lines = [f"Level {level['factor']}: revealed {level['revealed']} values for {level['unknowns']} sampled voxels"
+             + (f"; fixed mask shown at {level['mask_membership_shown']} of {level['voxels']} voxels"
+                if "mask_membership_shown" in level else "")
              for level in disclosure["levels"]]
     epsilon = disclosure["epsilon"]
     return lines + [f"Privacy loss: epsilon {epsilon:.3g} at delta {disclosure['delta']:g}" if epsilon is not None

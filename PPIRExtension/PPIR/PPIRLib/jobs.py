@@ -2,10 +2,10 @@
 
 ``RunSettings`` holds what the module's panel sets; ``ppir_arguments`` turns it into the command
 line of the chosen role; ``Job`` drives one run: the volume (and the moving party's initial
-transform) go to temporary files, progress comes back as JSON events, and on success the output
-transform and volume become MRML nodes (new ones, or the chosen ones overwritten), the transform
-records the volumes it registers, and, if asked, the moving volume is put under it. Unless kept
-for debugging, the temporary folder is removed.
+transform, and the party's own mask on its volume's grid) go to temporary files, progress comes
+back as JSON events, and on success the output transform and volume become MRML nodes (new ones,
+or the chosen ones overwritten), the transform records the volumes it registers, and, if asked,
+the moving volume is put under it. Unless kept for debugging, the temporary folder is removed.
 """
 from __future__ import annotations
 
@@ -87,20 +87,22 @@ def ppir_arguments(settings: RunSettings, inputs: dict[str, Path], outputs: dict
     tls = ["--identity", settings.certificates]
     if "initial" in inputs and settings.role in ("moving", "local"):   # the moving party's own, never sent
         registration += ["--initial-transform", str(inputs["initial"])]
+    masks = [arg for key, flag, roles in (("fixed_mask", "--fixed-mask", ("fixed", "local")),
+                                          ("moving_mask", "--moving-mask", ("moving", "local")))
+             if key in inputs and settings.role in roles for arg in (flag, str(inputs[key]))]
     policy = ["--disclosure-policy", settings.disclosure_policy] if settings.disclosure_policy else []
     if settings.role == "local":
         return ["register", "--fixed", str(inputs["fixed"]), "--moving", str(inputs["moving"]),
-                "--protocol", settings.protocol, *registration, *policy, *written, "--progress-json"]
+                "--protocol", settings.protocol, *registration, *masks, *policy, *written, "--progress-json"]
     if settings.role == "moving":
         dealer = ["--dealer", settings.dealer] if settings.protocol in CONTRACT.DEALER_PROTOCOLS else []
         return ["moving", "--image", str(inputs["moving"]), "--connect", settings.address, *dealer,
                 "--protocol", settings.protocol, "--share-result", settings.share_result,
-                *registration, *written, *tls, "--progress-json"]
+                *registration, *masks, *written, *tls, "--progress-json"]
     if settings.role == "fixed":
         dealer = ["--dealer", settings.dealer] if settings.protocol in CONTRACT.DEALER_PROTOCOLS else []
-        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *dealer, *policy, *written,
-                *tls,
-                "--progress-json"]
+        return ["fixed", "--image", str(inputs["fixed"]), "--listen", settings.address, *dealer, *policy, *masks,
+                *written, *tls, "--progress-json"]
     return ["dealer", "--listen", settings.address, *tls]
 
 
@@ -128,12 +130,15 @@ class Job:
 
     def __init__(self, settings: RunSettings, moving_node=None, fixed_node=None, python: str | None = None,
                  temp_root: Path | None = None, keep_files: bool = False, initial_transform=None,
-                 output_transform=None, output_volume=None, apply_to_moving: bool = False):
+                 output_transform=None, output_volume=None, apply_to_moving: bool = False, moving_mask=None,
+                 fixed_mask=None):
         """``temp_root``: where the run's temporary folder goes (Slicer's temporary folder in Slicer);
         ``keep_files``: leave that folder in place after the run, for debugging.
         ``initial_transform``: a transform node the moving party starts from (mrml.initial_transform);
         ``output_transform``, ``output_volume``: nodes to overwrite with the results (None: new nodes);
-        ``apply_to_moving``: put the moving volume under the result transform."""
+        ``apply_to_moving``: put the moving volume under the result transform.
+        ``moving_mask``, ``fixed_mask``: label map or scalar volume nodes, each exported on its own party's
+        volume grid (mrml.export_mask) and used by that party only."""
         settings.check()
         needed = {"moving": ("moving",), "fixed": ("fixed",), "local": ("moving", "fixed"), "dealer": ()}[settings.role]
         nodes = {"moving": moving_node, "fixed": fixed_node}
@@ -145,9 +150,15 @@ class Job:
             raise ValueError(problem)
         if initial_transform is not None and settings.role not in ("moving", "local"):
             raise ValueError("only the moving party starts from an initial transform")
+        for key, mask in (("moving", moving_mask), ("fixed", fixed_mask)):
+            if mask is not None and key not in needed:
+                raise ValueError(f"a {key} mask belongs to the {key} party: this run is the {settings.role} party's")
+            if mask is not None and any(mask is node for node in nodes.values()):
+                raise ValueError(f"the {key} mask '{mask.GetName()}' is an input volume: choose a label map")
         self.settings = settings
         self.nodes = {key: nodes[key] for key in needed}
         self.initial_transform = initial_transform
+        self.masks = {key: mask for key, mask in (("moving", moving_mask), ("fixed", fixed_mask)) if mask is not None}
         self.targets = {"transform": output_transform, "warped": output_volume}
         self.apply_to_moving = apply_to_moving and "moving" in self.nodes
         self.scene = next((node.GetScene() for node in self.nodes.values()), None)
@@ -164,6 +175,8 @@ class Job:
             inputs = {key: mrml.export_volume(node, folder / f"{key}.nrrd") for key, node in self.nodes.items()}
             if self.initial_transform is not None:
                 inputs["initial"] = mrml.export_transform_from_world(self.initial_transform, folder / "initial.h5")
+            for key, mask in self.masks.items():     # on its own volume's grid, as ppir requires
+                inputs[f"{key}_mask"] = mrml.export_mask(mask, self.nodes[key], folder / f"{key}-mask.nrrd")
         except Exception:
             self.process.cleanup()
             raise

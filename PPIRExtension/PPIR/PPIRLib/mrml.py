@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+from vtkmodules.vtkCommonDataModel import vtkImageData
 from vtkmodules.vtkCommonMath import vtkMatrix4x4
+from vtkmodules.vtkImagingCore import vtkImageReslice
 
 LINEAR_MODELS = ("rigid", "affine")
 
@@ -37,6 +40,59 @@ def export_volume(volume_node, path: Path) -> Path:
     if not _with_storage(volume_node.GetScene(), "vtkMRMLVolumeArchetypeStorageNode", path, write):
         raise OSError(f"could not write volume '{volume_node.GetName()}' to {path}")
     return path
+
+
+def export_mask(mask_node, volume_node, path: Path) -> Path:
+    """Write ``mask_node`` (a label map or scalar volume: non-zero is inside) on ``volume_node``'s grid.
+
+    The mask is resampled (nearest voxel) onto the volume's voxels through both nodes' IJK-to-RAS
+    matrices, so a label map with another extent or spacing (one exported from a segmentation, say) gives
+    a file with exactly the volume's geometry, as ``ppir`` requires. Outside the mask's own grid is outside.
+    Both must be under the same parent transform (the files are written without it).
+    """
+    if mask_node is None or mask_node.GetImageData() is None:
+        raise ValueError("no mask selected, or the mask has no image data")
+    if mask_node.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise ValueError(f"the mask '{mask_node.GetName()}' is not a label map or scalar volume")
+    if mask_node.GetParentTransformNode() is not volume_node.GetParentTransformNode():
+        raise ValueError(f"the mask '{mask_node.GetName()}' and the volume '{volume_node.GetName()}' are under "
+                         "different transforms: put them under the same one (or harden it)")
+    source = vtkImageData()
+    source.ShallowCopy(mask_node.GetImageData())
+    source.SetOrigin(0.0, 0.0, 0.0)          # MRML keeps the geometry in the node, not in the image data
+    source.SetSpacing(1.0, 1.0, 1.0)
+    to_mask = vtkMatrix4x4()
+    mask_node.GetRASToIJKMatrix(to_mask)
+    from_volume = vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(from_volume)
+    axes = vtkMatrix4x4()
+    vtkMatrix4x4.Multiply4x4(to_mask, from_volume, axes)      # volume IJK -> RAS -> mask IJK
+    reslice = vtkImageReslice()
+    reslice.SetInputData(source)
+    reslice.SetResliceAxes(axes)
+    reslice.SetInterpolationModeToNearestNeighbor()
+    reslice.SetBackgroundLevel(0.0)
+    reslice.SetOutputOrigin(0.0, 0.0, 0.0)
+    reslice.SetOutputSpacing(1.0, 1.0, 1.0)
+    reslice.SetOutputExtent(volume_node.GetImageData().GetExtent())
+    reslice.Update()
+    values = vtk_to_numpy(reslice.GetOutput().GetPointData().GetScalars())
+    inside = (values != 0).astype("uint8")
+    if not inside.any():
+        raise ValueError(f"the mask '{mask_node.GetName()}' has no non-zero voxel inside the volume "
+                         f"'{volume_node.GetName()}'")
+    grid = vtkImageData()
+    grid.SetExtent(volume_node.GetImageData().GetExtent())
+    grid.GetPointData().SetScalars(numpy_to_vtk(inside, deep=True))
+    scene = volume_node.GetScene()
+    on_grid = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{mask_node.GetName()} (export)")
+    try:
+        on_grid.SetIJKToRASMatrix(from_volume)
+        on_grid.SetAndObserveImageData(grid)
+        export_volume(on_grid, path)
+    finally:
+        scene.RemoveNode(on_grid)
+    return Path(path)
 
 
 def import_volume(scene, path: Path, name: str, target=None):

@@ -80,6 +80,19 @@ def _add_initial_option(p: argparse.ArgumentParser) -> None:
                         "it stays with the moving party (the fixed party never receives it)")
 
 
+def _add_mask_option(p: argparse.ArgumentParser, which: str) -> None:
+    if which == "fixed":
+        p.add_argument("--fixed-mask", metavar="MASK", help=(
+            "register only where this image (on the fixed image's grid) is non-zero: the fixed party keeps the "
+            "samples inside it and tells the moving party which were kept (it learns the mask at those sampled "
+            "voxels only; docs/security.md)"))
+    else:
+        p.add_argument("--moving-mask", metavar="MASK", help=(
+            "register only where the transform maps into this image (on the moving image's grid, non-zero): "
+            "samples are drawn there; the mask is never sent, but the sample indices show the fixed party "
+            "where it falls on the fixed grid (docs/security.md)"))
+
+
 def _initial(args: argparse.Namespace) -> sitk.Transform | None:
     return _read_transform(args.initial_transform, "initial transform") if args.initial_transform else None
 
@@ -100,7 +113,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     try:
         truth = _read_transform(args.ground_truth, "ground truth") if args.ground_truth else None
         report = register_files(args.fixed, args.moving, _settings(args), outputs, args.protocol, progress, truth,
-                                _policy(args), _initial(args))
+                                _policy(args), _initial(args), args.fixed_mask, args.moving_mask)
     finally:
         if progress:
             progress.close()
@@ -156,8 +169,8 @@ def _add_serving_options(p: argparse.ArgumentParser) -> None:
 def _add_policy_option(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--disclosure-policy", metavar="POLICY.toml",
                    help=f"{whose} disclosure policy: a [disclosure] table (max_ratio, min_samples, "
-                        "max_sample_sets, max_products, allow_gms, noise_multiplier, max_epsilon, delta; "
-                        "enabled = false for none). Default: the default policy (docs/security.md)")
+                        "max_sample_sets, max_products, allow_gms, noise_multiplier, max_epsilon, delta, "
+                        "max_mask_fraction; enabled = false for none). Default: the default policy (docs/security.md)")
 
 
 def _log(message: str) -> None:
@@ -173,7 +186,7 @@ def _cmd_fixed(args: argparse.Namespace) -> int:
     try:
         run_fixed(args.image, args.listen, _identity(args), args.sessions, args.output_transform,
                   args.output_warped, _log, progress, args.dealer, args.max_sessions,
-                  _policy(args))
+                  _policy(args), args.fixed_mask)
     finally:
         if progress:
             progress.close()
@@ -195,7 +208,8 @@ def _cmd_moving(args: argparse.Namespace) -> int:
         protocol = args.protocol or next(name for name in PRIVATE_PROTOCOLS
                                          if registry.PROTOCOLS[name].needs_dealer == bool(args.dealer))
         report = run_moving(args.image, args.connect, args.dealer, _identity(args), _settings(args), outputs,
-                            args.share_result, progress, protocol=protocol, initial=_initial(args))
+                            args.share_result, progress, protocol=protocol, initial=_initial(args),
+                            moving_mask=args.moving_mask)
     finally:
         if progress:
             progress.close()
@@ -358,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                           + f" (default: {PROTOCOLS[0]})")
     _add_registration_options(reg)
     _add_initial_option(reg)
+    _add_mask_option(reg, "fixed")
+    _add_mask_option(reg, "moving")
     _add_outputs(reg)
     _add_policy_option(reg, "the fixed party's")
     reg.set_defaults(run=_cmd_register)
@@ -373,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     fixed.add_argument("--output-warped", type=Path, metavar="W.nrrd",
                        help="where to write the registered moving image if the moving party shares it")
     _add_policy_option(fixed, "this party's")
+    _add_mask_option(fixed, "fixed")
     fixed.add_argument("--progress-json", action="store_true",
                        help="print JSON lines on stdout: listening, one per level and per product answered, "
                             "and a 'done' line per session with its cost and what was shared")
@@ -407,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the fixed party receives at the end (default: transform)")
     _add_registration_options(mov)
     _add_initial_option(mov)
+    _add_mask_option(mov, "moving")
     _add_outputs(mov)
     _add_identity_option(mov)
     mov.set_defaults(run=_cmd_moving)

@@ -20,6 +20,7 @@ from ppir.common.errors import PPIRError
 from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.driver import Progress
 from ppir.engine.image import read_image
+from ppir.engine.masks import read_mask
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
 from ppir.protocols.net import certs, trust
@@ -57,7 +58,8 @@ class _Role:
 
 def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settings, outputs: Outputs,
               progress: Progress | None = None, ground_truth: sitk.Transform | None = None,
-              policy: DisclosurePolicy | None = None, initial: sitk.Transform | None = None) -> dict:
+              policy: DisclosurePolicy | None = None, initial: sitk.Transform | None = None,
+              fixed_mask: str | Path | None = None, moving_mask: str | Path | None = None) -> dict:
     """The roles as separate processes on this machine, over loopback TLS.
 
     The fixed image is read here only to check it before starting (and, with a ground truth, to
@@ -66,6 +68,10 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
     registry.preflight(protocol, settings)
     outputs.check(settings)
     fixed = read_image(fixed_path, "fixed image")
+    if fixed_mask is not None:      # checked here too: no process starts on a bad mask
+        read_mask(fixed_mask, fixed, "fixed mask")
+    if moving_mask is not None:
+        read_mask(moving_mask, read_image(moving_path, "moving image"), "moving mask")
     evaluation = (fixed, ground_truth) if ground_truth is not None else None
     needs_dealer = registry.get(protocol).needs_dealer
     with tempfile.TemporaryDirectory(prefix="ppir-identities-") as scratch:
@@ -81,10 +87,11 @@ def run_local(protocol: str, fixed_path: str, moving_path: str, settings: Settin
             (policy or DisclosurePolicy()).write(policy_file)
             fixed_role = _Role(["fixed", "--image", str(fixed_path), "--listen", "127.0.0.1:0", "--identity",
                                 str(folders["fixed"]), "--sessions", "1", *(["--dealer", dealer] if dealer else []),
-                                "--disclosure-policy", str(policy_file)], "fixed")
+                                "--disclosure-policy", str(policy_file),
+                                *(["--fixed-mask", str(fixed_mask)] if fixed_mask is not None else [])], "fixed")
             roles.append(fixed_role)
             return run_moving(moving_path, fixed_role.address, dealer, Identity.load(folders["moving"]),
-                              settings, outputs, "none", progress, evaluation, protocol, initial)
+                              settings, outputs, "none", progress, evaluation, protocol, initial, moving_mask)
         except PeerError as err:
             details = "; ".join(f"{r.name}: {r.failure()}" for r in roles if r.failure())
             raise PeerError(f"{err}" + (f" ({details})" if details else "")) from None

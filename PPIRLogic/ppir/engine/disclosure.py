@@ -10,6 +10,11 @@ party therefore
   refuses a product that would take the ratio over ``max_ratio``;
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
   ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS unless allowed;
+- with a mask of its own (``ppir fixed --fixed-mask``), keeps only the samples inside it and tells the
+  moving party which: the moving party learns the mask's membership at the voxels it offered, so the
+  fixed party refuses sample sets that would take those voxels over ``max_mask_fraction`` of a level
+  (over every sample set and stage), and counts only the kept samples as unknowns (``min_samples``
+  applies to them);
 - adds Gaussian noise of ``noise_multiplier`` times each release's L2 sensitivity to everything it
   reveals, and accounts the session's privacy loss with Google's RDP accountant (dp-accounting):
   (epsilon, delta) per session, refused beyond ``max_epsilon``.
@@ -59,10 +64,14 @@ class DisclosurePolicy:
     noise_multiplier: float = 0.0
     max_epsilon: float = math.inf
     delta: float = DELTA
+    max_mask_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.max_ratio > 0:
             raise PPIRError(f"disclosure policy: max_ratio must be positive, got {self.max_ratio}")
+        if isinstance(self.max_mask_fraction, bool) or not isinstance(self.max_mask_fraction, (int, float)) \
+                or not 0 < self.max_mask_fraction <= 1:
+            raise PPIRError(f"disclosure policy: max_mask_fraction must be in (0, 1], got {self.max_mask_fraction!r}")
         for name in ("min_samples", "max_sample_sets", "max_products"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -80,7 +89,7 @@ class DisclosurePolicy:
     def off(cls) -> "DisclosurePolicy":
         """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
         return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
-                   allow_gms=True)
+                   allow_gms=True, max_mask_fraction=1.0)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -210,26 +219,33 @@ class LevelAccount:
     products: int = 0
     sample_sets: int = 0
     releases: int = 0
+    probed: np.ndarray | None = None     # with a fixed mask: the voxels whose membership the moving party learnt
 
     @property
     def unknowns(self) -> int:
         return int(np.count_nonzero(self.sampled))
 
     def to_dict(self, policy: DisclosurePolicy) -> dict:
-        return {"factor": self.factor, "unknowns": self.unknowns, "revealed": self.revealed,
-                "ratio": self.revealed / max(self.unknowns, 1), "products": self.products,
-                "sample_sets": self.sample_sets, "epsilon": _finite(policy.epsilon(self.releases))}
+        account = {"factor": self.factor, "unknowns": self.unknowns, "revealed": self.revealed,
+                   "ratio": self.revealed / max(self.unknowns, 1), "products": self.products,
+                   "sample_sets": self.sample_sets, "epsilon": _finite(policy.epsilon(self.releases))}
+        if self.probed is not None:
+            account["mask_membership_shown"] = int(np.count_nonzero(self.probed))
+            account["voxels"] = int(self.probed.size)
+        return account
 
 
 class DisclosureLedger:
     """The fixed party's running account of one session, checked before every release."""
 
-    def __init__(self, policy: DisclosurePolicy, sampling: str, metric: str = "ssd"):
+    def __init__(self, policy: DisclosurePolicy, sampling: str, metric: str = "ssd", fixed_mask: bool = False):
+        """``fixed_mask``: the fixed party applies a mask of its own to every sample set (``offer``)."""
         if sampling == "gms" and not policy.allow_gms:
             raise DisclosureRefused("the fixed party's disclosure policy refuses GMS sampling (its sample indices "
                                     "trace the moving image's edges, and the policy keeps samples data-independent); "
                                     "use --sampling urs")
         self.policy = policy
+        self.fixed_mask = fixed_mask
         self._per_sample_set = values_per_sample_set(metric)
         self._metric = metric
         self._releases_per_product = 2 if metric == "mi" else 1     # MI: the histogram, then its gradient
@@ -241,13 +257,49 @@ class DisclosureLedger:
 
     def start_level(self, factor: int, n_voxels: int) -> None:
         if factor not in self.levels:
-            self.levels[factor] = LevelAccount(factor, np.zeros(n_voxels, dtype=bool))
+            self.levels[factor] = LevelAccount(factor, np.zeros(n_voxels, dtype=bool),
+                                               probed=np.zeros(n_voxels, dtype=bool) if self.fixed_mask else None)
         self._level = self.levels[factor]
         self._level.sample_sets = 0
         self._level.products = 0
 
+    def offer(self, samples: np.ndarray | None, moving_mask: bool = False) -> None:
+        """A sample set offered at the current level, before the fixed party's mask (if any) is applied:
+        its size, repeats and count are checked, and with a fixed mask the voxels whose membership the
+        moving party will learn are counted against ``max_mask_fraction`` of the level.
+        ``moving_mask``: the moving party drew it inside its own mask (named in a refusal)."""
+        level, policy = self._level, self.policy
+        n = level.sampled.size if samples is None else len(samples)
+        if n < policy.min_samples:
+            inside = " inside the moving mask" if moving_mask else ""
+            raise DisclosureRefused(f"a sample set of {n} voxels{inside} at level {level.factor}, under the fixed "
+                                    f"party's minimum of {policy.min_samples}: use a larger --sample-fraction"
+                                    f"{', a larger moving mask' if moving_mask else ''} or fewer levels")
+        if level.sample_sets >= policy.max_sample_sets:
+            raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
+                                    "party's limit: drop --resample-each-iteration")
+        if level.probed is not None:
+            probed = level.probed.copy()
+            probed[slice(None) if samples is None else samples] = True
+            shown = int(np.count_nonzero(probed))
+            if shown > policy.max_mask_fraction * probed.size:
+                raise DisclosureRefused(
+                    f"the fixed party's mask: this sample set would show whether {shown} of the {probed.size} voxels "
+                    f"of level {level.factor} ({100 * shown / probed.size:.0f} %) lie in its mask, over its limit of "
+                    f"{100 * policy.max_mask_fraction:g} % (max_mask_fraction): use --sampling urs with a "
+                    f"--sample-fraction of at most {policy.max_mask_fraction:g}")
+            level.probed = probed
+
+    def kept(self, kept: int, offered: int) -> None:
+        """After the fixed party's mask: refuse if fewer than ``min_samples`` of the ``offered`` samples are kept."""
+        if kept < self.policy.min_samples:
+            raise DisclosureRefused(f"the fixed party's mask keeps {kept} of the {offered} samples at level "
+                                    f"{self._level.factor}, under its minimum of {self.policy.min_samples}: use a "
+                                    "larger --sample-fraction or fewer levels (or the fixed party a larger mask)")
+
     def sample_set(self, samples: np.ndarray | None, basis, dim: int) -> None:
-        """A new sample set at the current level: size, repeats and count checked, its voxels added to the unknowns."""
+        """A new sample set at the current level (after ``offer`` and, with a fixed mask, only the kept samples):
+        its voxels are added to the unknowns."""
         level, policy = self._level, self.policy
         n = level.sampled.size if samples is None else len(samples)
         if n < policy.min_samples:
@@ -318,15 +370,25 @@ class DisclosureLedger:
                 "levels": [level.to_dict(self.policy) for level in self.levels.values()]}
 
 
-def check_plan(policy: DisclosurePolicy, settings, fixed) -> None:
+def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False) -> None:
     """Before the first product: raise DisclosureRefused, naming the limit and what would fit, if some level
-    of these settings cannot run two products (one evaluation and one step) under ``policy``."""
+    of these settings cannot run two products (one evaluation and one step) under ``policy``.
+
+    Masks only shrink the sample sets: what they leave is checked when each set is drawn (``offer``, ``kept``).
+    ``fixed_mask``: the fixed party masks, so the share of each level offered to it is limited."""
     from ppir.engine.bspline import control_grid_for
     from ppir.engine.pyramid import level_grid
     from ppir.engine.sampling import sample_count
     DisclosureLedger(policy, settings.sampling, settings.metric)      # GMS
     if settings.resample_each_iteration and settings.sampling != "full" and policy.max_sample_sets < 2:
         raise DisclosureRefused("the fixed party allows one sample set per level: drop --resample-each-iteration")
+    offered = 1.0 if settings.sampling == "full" else settings.sample_fraction
+    if fixed_mask and offered > policy.max_mask_fraction:
+        raise DisclosureRefused(
+            f"the fixed party applies its own mask and shows its membership at no more than "
+            f"{100 * policy.max_mask_fraction:g} % of a level's voxels (max_mask_fraction); {settings.sampling} "
+            f"sampling offers {100 * offered:g} %: use --sampling urs with a --sample-fraction of at most "
+            f"{policy.max_mask_fraction:g}")
     d = fixed.dim
     linear = "rigid" if settings.transform == "rigid" else "affine"
     revealed: dict[int, int] = {}

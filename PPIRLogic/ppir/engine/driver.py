@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ppir.common.errors import PPIRError
+from ppir.engine import masks
 from ppir.engine.bspline import BSplineModel, control_grid_for
 from ppir.engine.disclosure import DisclosureLedger, check_plan
 from ppir.engine.image import Grid, Volume, check_pair
@@ -103,10 +104,11 @@ class Level:
     """One (stage, level): sample set, basis and the moving image at that level."""
 
     def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend,
-                 ledger: DisclosureLedger | None = None, metric: str = "ssd"):
+                 ledger: DisclosureLedger | None = None, metric: str = "ssd", moving_mask: Volume | None = None):
         self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
         self.ledger = ledger        # the moving party's replica of the fixed party's ledger
         self.metric = metric
+        self.moving_mask = moving_mask      # the moving party's own mask, on the moving image's full-resolution grid
         self.joint_products = 0
 
     def can_product(self, reserve: int = 0) -> bool:
@@ -116,13 +118,26 @@ class Level:
         return self.ledger.can_product() if reserve == 0 else self.ledger.headroom() > reserve
 
     def use_samples(self, samples: np.ndarray | None) -> None:
-        self.samples = samples
-        self.points = self.grid.points(samples)
-        self.basis = self.model.basis(self.points)
+        """Offer a sample set to the fixed party, and use the samples it keeps (all, unless it has a mask)."""
+        points = self.grid.points(samples)
+        basis = self.model.basis(points)
+        if self.ledger is not None:
+            self.ledger.offer(samples, self.moving_mask is not None)
+        kept = self.backend.keep_samples(samples, basis)
+        if kept is not samples:
+            if self.ledger is not None:
+                self.ledger.kept(len(kept), len(points))
+            samples, points = kept, self.grid.points(kept)
+            basis = self.model.basis(points)
+        self.samples, self.points, self.basis = samples, points, basis
         if self.ledger is not None:
             self.ledger.sample_set(samples, self.basis, self.grid.dim)
         self.joint_basis = self.backend.set_samples(samples, self.basis)
         self.n_samples = len(self.points)
+
+    def footprint(self, p: np.ndarray) -> np.ndarray:
+        """Flat bool over the level grid: the voxels that T_p maps into the moving mask."""
+        return masks.footprint(self.moving_mask, self.grid, self.model.to_sitk(p))
 
     def moving_channels(self, p: np.ndarray) -> np.ndarray:
         """[I(T(x)), grad I(T(x))] at the samples: whole grids of linear models through SimpleITK's
@@ -179,34 +194,44 @@ def _check_overlap(moving: Volume, fixed: Grid) -> None:
 
 
 def register(moving: Volume, backend: JointBackend, settings: Settings,
-             progress: Progress | None = None, initial: sitk.Transform | None = None) -> Result:
+             progress: Progress | None = None, initial: sitk.Transform | None = None,
+             moving_mask: Volume | None = None) -> Result:
     """Register ``moving`` to the fixed image behind ``backend``; returns the fixed->moving transform.
 
     ``initial`` (a linear fixed->moving transform) is the starting point instead of
     ``settings.initialization``; it is the moving party's own and never reaches the backend.
+    ``moving_mask`` (on the moving grid, ``ppir.engine.masks``; ``settings.moving_mask`` says there is
+    one) restricts every sample set to the fixed voxels the current transform maps into it; it never
+    reaches the backend either, but the sample indices show where it falls on the fixed grid.
     """
     fixed = backend.fixed_grid
     check_pair(fixed, moving.grid)
+    if (moving_mask is not None) != settings.moving_mask:
+        raise PPIRError("the settings' moving_mask must say whether a moving mask is given")
+    if moving_mask is not None and masks.grid_difference(moving_mask.grid, moving.grid):
+        raise PPIRError(f"the moving mask is not on the moving image's grid "
+                        f"({masks.grid_difference(moving_mask.grid, moving.grid)})")
     if initial is None and settings.initialization == "identity":
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
-    check_plan(policy, settings, fixed)
-    ledger = DisclosureLedger(policy, settings.sampling, settings.metric)
+    check_plan(policy, settings, fixed, backend.fixed_mask)
+    ledger = DisclosureLedger(policy, settings.sampling, settings.metric, backend.fixed_mask)
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
     model, p = _initial_affine(moving, fixed, settings, linear_kind, initial)
-    p = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress, ledger)
+    p = _run_stage(linear_kind, model, p, moving, backend, settings, linear_levels, reports, progress, ledger,
+                   moving_mask)
     if settings.transform == "bspline":
         a, t = model.matrix(p)
         model = BSplineModel(control_grid_for(fixed, settings.bspline_spacing_mm), a, t, model.center)
         p = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
-                       progress, ledger)
+                       progress, ledger, moving_mask)
     last = reports[-1]
     return Result(model.to_sitk(p), model, p, reports, last.final_ssd, settings.metric, last.value)
 
 
-def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None):
+def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None, moving_mask=None):
     """Run one stage through its levels; returns its parameters. Raises ``Diverged`` (naming what
     happened) when the transform leaves the images' overlap or the stage ends with a worse metric, at
     its finest level, than at its starting parameters."""
@@ -216,7 +241,8 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
         grid = backend.start_level(spec)
         if ledger is not None:
             ledger.start_level(spec.factor, grid.n_voxels)
-        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric)
+        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric,
+                      moving_mask)
         rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
         last = number == len(specs) - 1
         p, state, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress, last)
@@ -249,13 +275,26 @@ def _worse(start: float, final: float, state: Evaluation) -> bool:
 
 
 def _draw(level: Level, p: np.ndarray, settings: Settings, rng: np.random.Generator) -> np.ndarray | None:
+    """The next sample set: all voxels (None), URS or GMS; with a moving mask, only voxels that T_p maps
+    into it: all of them (full), those of the usual URS draw (so a voxel at the mask's edge changes
+    nothing else), or a GMS draw of the fraction of them."""
     n = level.grid.n_voxels
+    inside = None
+    if level.moving_mask is not None:
+        inside = level.footprint(p)
+        if not inside.any():
+            raise PPIRError(f"no voxel of the fixed image's level {level.grid.size} maps into the moving mask at "
+                            "the current transform: check that the mask covers the anatomy to register")
     if settings.sampling == "full":
-        return None
+        return None if inside is None else np.flatnonzero(inside)
     if settings.sampling == "urs":
-        return draw_uniform(n, settings.sample_fraction, rng)
+        drawn = draw_uniform(n, settings.sample_fraction, rng)
+        return drawn if inside is None else drawn[inside[drawn]]
     weights = level.moving.gradient_magnitude(level.model.to_sitk(p), level.grid)
-    return draw_gradient_weighted(weights, settings.sample_fraction, rng)
+    if inside is None:
+        return draw_gradient_weighted(weights, settings.sample_fraction, rng)
+    candidates = np.flatnonzero(inside)
+    return candidates[draw_gradient_weighted(weights[candidates], settings.sample_fraction, rng)]
 
 
 def _first_curvature(model, level: Level, matrix, gradient: np.ndarray, p: np.ndarray) -> float:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ppir.common.errors import PPIRError
+from ppir.engine import masks
 from ppir.engine import mutual_information as mattes
 from ppir.engine.disclosure import DisclosureLedger, DisclosurePolicy, output_scales, sensitivity
 from ppir.engine.image import Grid, Volume
@@ -78,6 +79,17 @@ class JointBackend(ABC):
     def start_level(self, spec: LevelSpec) -> Grid:
         """Have the fixed party prepare J at this level; returns the level's grid."""
 
+    @property
+    def fixed_mask(self) -> bool:
+        """Whether the fixed party applies a mask of its own to the sample sets (``keep_samples``)."""
+        return False
+
+    def keep_samples(self, samples: np.ndarray | None, basis) -> np.ndarray | None:
+        """Offer a sample set (None: all voxels; ``basis``: the public basis at those samples) to the fixed
+        party; returns the samples it keeps: all of them, or with a fixed mask those inside it (voxel numbers).
+        ``set_samples`` then follows with the kept samples and their basis."""
+        return samples
+
     @abstractmethod
     def set_samples(self, samples: np.ndarray | None, basis):
         """Fix the sample voxels (None: all) and the public basis for the next joint products.
@@ -118,8 +130,12 @@ class FixedParty:
     normalised units (J / s_J and each moving channel over its largest magnitude).
     """
 
-    def __init__(self, fixed: Volume, policy: DisclosurePolicy, seed: int | None = None):
+    def __init__(self, fixed: Volume, policy: DisclosurePolicy, seed: int | None = None, mask: Volume | None = None):
+        """``mask``: the fixed party's own mask on the fixed grid (``ppir.engine.masks``); it never leaves
+        this object: ``keep`` tells the moving party only which of its samples lie inside it."""
         self._fixed = fixed
+        self._mask = mask
+        self._mask_level: np.ndarray | None = None
         self.policy = policy
         self.ledger: DisclosureLedger | None = None
         self._rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
@@ -140,15 +156,34 @@ class FixedParty:
     def grid(self) -> Grid:
         return self._fixed.grid
 
+    @property
+    def masked(self) -> bool:
+        return self._mask is not None
+
     def open(self, settings: Settings) -> None:
         """Start the session's ledger (refuses what the policy never allows, such as GMS)."""
-        self.ledger = DisclosureLedger(self.policy, settings.sampling, settings.metric)
+        self.ledger = DisclosureLedger(self.policy, settings.sampling, settings.metric, self.masked)
         self._metric = settings.metric
+        self._moving_mask = settings.moving_mask
 
     def start_level(self, spec: LevelSpec) -> Grid:
         self._level = level_image(self._fixed, spec)
         self.ledger.start_level(spec.factor, self._level.grid.n_voxels)
+        if self._mask is not None:
+            self._mask_level = masks.footprint(self._mask, self._level.grid)
         return self._level.grid
+
+    def keep(self, samples: np.ndarray | None) -> np.ndarray | None:
+        """The samples of an offered set that this party keeps (all without a mask; else those inside it,
+        as voxel numbers), after the ledger's checks: DisclosureRefused if the set shows the mask at too
+        many voxels of the level or too few samples are left."""
+        self.ledger.offer(samples, self._moving_mask)
+        if self._mask_level is None:
+            return samples
+        kept = np.flatnonzero(self._mask_level) if samples is None else samples[self._mask_level[samples]]
+        offered = self._mask_level.size if samples is None else len(samples)
+        self.ledger.kept(len(kept), offered)
+        return kept.astype(np.int64)
 
     def set_samples(self, samples: np.ndarray | None, basis) -> None:
         flat = self._level.array.ravel().astype(np.float64)
@@ -246,13 +281,21 @@ class ClearBackend(JointBackend):
 
     name = "clear"
 
-    def __init__(self, fixed: Volume, policy: DisclosurePolicy | None = None, seed: int | None = None):
-        self._party = FixedParty(fixed, DisclosurePolicy.off() if policy is None else policy, seed)
+    def __init__(self, fixed: Volume, policy: DisclosurePolicy | None = None, seed: int | None = None,
+                 mask: Volume | None = None):
+        self._party = FixedParty(fixed, DisclosurePolicy.off() if policy is None else policy, seed, mask)
         self._sums: dict[str, float] = {}
 
     @property
     def fixed_grid(self) -> Grid:
         return self._party.grid
+
+    @property
+    def fixed_mask(self) -> bool:
+        return self._party.masked
+
+    def keep_samples(self, samples: np.ndarray | None, basis) -> np.ndarray | None:
+        return self._party.keep(samples)
 
     def agree(self, settings: Settings) -> DisclosurePolicy:
         self._party.open(settings)

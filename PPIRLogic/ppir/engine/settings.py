@@ -34,6 +34,7 @@ class Settings:
     bspline_regularization: float = 0.1
     initialization: str = "centers"
     seed: int = 0
+    moving_mask: bool = False   # the moving party draws its samples inside its own mask (the mask is never sent)
 
     def __post_init__(self) -> None:
         if self.transform not in TRANSFORMS:
@@ -56,6 +57,8 @@ class Settings:
             raise PPIRError("B-spline control-point spacing must be positive")
         if self.initialization not in INITIALIZATIONS:
             raise PPIRError(f"unknown initialization {self.initialization!r}; choose from {', '.join(INITIALIZATIONS)}")
+        if not isinstance(self.moving_mask, bool):
+            raise PPIRError(f"moving mask must be true or false, got {self.moving_mask!r}")
         if self.smoothing is not None and len(self.smoothing) != len(self.levels):
             raise PPIRError("give one smoothing sigma per level")
 

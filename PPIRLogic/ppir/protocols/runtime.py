@@ -46,6 +46,7 @@ class Kind(IntEnum):
     ERROR = 11
     FHE_COLUMNS = 12
     FHE_VALUES = 13
+    SAMPLES_KEPT = 14
     DEALER_HELLO = 20
     DEALER_READY = 21
     DEALER_LEVEL = 22
@@ -59,8 +60,9 @@ class Kind(IntEnum):
 CONTROL = 1 << 16
 """The largest body of each kind a party accepts: control messages carry no arrays to speak of."""
 LIMITS = {kind: CONTROL for kind in Kind} | {
-    kind: DEFAULT_MAX_MESSAGE for kind in (Kind.WELCOME, Kind.SAMPLES, Kind.FIXED_MASKED, Kind.PRODUCT, Kind.SHARE,
-                                           Kind.BYE, Kind.FHE_COLUMNS, Kind.FHE_VALUES, Kind.DEALER_SHARE)}
+    kind: DEFAULT_MAX_MESSAGE for kind in (Kind.WELCOME, Kind.SAMPLES, Kind.SAMPLES_KEPT, Kind.FIXED_MASKED,
+                                           Kind.PRODUCT, Kind.SHARE, Kind.BYE, Kind.FHE_COLUMNS, Kind.FHE_VALUES,
+                                           Kind.DEALER_SHARE)}
 
 
 def field(message: Message, name: str, kind: type | tuple[type, ...]):
@@ -182,10 +184,14 @@ class RemoteBackend(JointBackend):
             self.welcome = expect(self._fixed, Kind.WELCOME)
             self._grid = _grid_from(self.welcome.meta["grid"])
             self.policy = DisclosurePolicy.from_dict(self.welcome.meta.get("policy"))
+            self._fixed_mask = self.welcome.meta.get("fixed_mask", False)
+            if not isinstance(self._fixed_mask, bool):
+                raise PeerError("the fixed party's WELCOME: field 'fixed_mask' is not true or false")
         except BaseException:
             self.abort("the moving party could not open the session")
             self.close()
             raise
+        self._offered = False
         self._fixed_stats = PartyStats()
         self._disclosure: dict = {}
         self._marks: list[tuple[int, int]] = []
@@ -202,12 +208,40 @@ class RemoteBackend(JointBackend):
     def start_level(self, spec: LevelSpec) -> Grid:
         self._marks.append(totals(self.channels))
         self._fixed.send(Message(Kind.LEVEL, spec.to_dict()))
-        return _grid_from(expect(self._fixed, Kind.LEVEL_READY).meta["grid"])
+        grid = _grid_from(expect(self._fixed, Kind.LEVEL_READY).meta["grid"])
+        self._level_voxels = grid.n_voxels
+        return grid
 
-    def send_samples(self, samples: np.ndarray | None, basis) -> None:
-        """Tell the fixed party the sample indices (None: all voxels) and the public basis."""
+    @property
+    def fixed_mask(self) -> bool:
+        return self._fixed_mask
+
+    def keep_samples(self, samples: np.ndarray | None, basis) -> np.ndarray | None:
+        """Tell the fixed party the sample indices (None: all voxels) and the public basis; with a fixed
+        mask, it answers with the samples it keeps (checked to be some of these)."""
         arrays = {} if samples is None else {"samples": np.asarray(samples, dtype=np.int64)}
         self._fixed.send(Message(Kind.SAMPLES, {"basis": basis_spec(basis)}, arrays))
+        self._offered = True
+        if not self._fixed_mask:
+            return samples
+        kept = expect(self._fixed, Kind.SAMPLES_KEPT).arrays.get("kept")
+        n_voxels = self._level_voxels
+        if kept is None or kept.dtype != np.int64 or kept.ndim != 1 or np.any(np.diff(kept) <= 0) \
+                or kept.min(initial=0) < 0 or kept.max(initial=0) >= n_voxels \
+                or (samples is not None and not np.isin(kept, samples).all()):
+            raise PeerError("the fixed party's kept samples are not a subset of the samples sent")
+        return kept
+
+    def send_samples(self, samples: np.ndarray | None, basis) -> None:
+        """Before a protocol's sample-set exchange: the indices go to the fixed party unless ``keep_samples``
+        already sent them (a caller that offers nothing first gets every sample kept, or a PeerError)."""
+        if self._offered:
+            self._offered = False
+            return
+        kept = self.keep_samples(samples, basis)
+        self._offered = False
+        if kept is not samples and (samples is None or len(kept) != len(samples)):
+            raise PeerError("the fixed party masks its samples: offer them with keep_samples first")
 
     def finish(self, shared: dict, arrays: dict[str, np.ndarray]) -> None:
         """End the session, handing the fixed party what the moving party chose to share."""
@@ -247,9 +281,13 @@ def _fixed_handler(meta: dict, channel: Channel, identity: Identity, dealer: str
 
 
 def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dealer: str | None, on_result,
-                        progress=None, policy: DisclosurePolicy | None = None) -> tuple[PartyStats, dict]:
+                        progress=None, policy: DisclosurePolicy | None = None,
+                        mask: Volume | None = None) -> tuple[PartyStats, dict]:
     """Answer one registration session for the fixed party under its disclosure ``policy`` (default: the
     default policy); returns its cost and its account of what it revealed.
+
+    ``mask``: the fixed party's own mask on the fixed grid; each sample set is cut to it, and the moving
+    party is told which of its samples were kept (SAMPLES_KEPT), never the mask.
 
     ``dealer``: the only dealer address this party uses (MPC), whatever the moving party names.
     ``on_result(bye)`` keeps what the moving party shares and returns what that was; ``progress``
@@ -264,7 +302,7 @@ def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dea
         raise PeerError("the moving party's HELLO has no session id")
     handler = _fixed_handler(meta, channel, identity, dealer)
     try:
-        party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy)
+        party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy, mask=mask)
         terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid)
         try:
             party.open(terms.settings)
@@ -272,8 +310,8 @@ def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dea
             raise PeerError(str(err)) from None
         handler.open()
         extra, arrays = handler.welcome()
-        channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), "policy": party.policy.to_dict(), **extra},
-                             arrays))
+        channel.send(Message(Kind.WELCOME, {"grid": party.grid.to_dict(), "policy": party.policy.to_dict(),
+                                            "fixed_mask": party.masked, **extra}, arrays))
         grid = None
         marks: list[tuple[int, int]] = []
         products = 0
@@ -297,8 +335,11 @@ def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dea
                                             or samples.min(initial=0) < 0 or samples.max(initial=0) >= grid.n_voxels):
                     raise PeerError("sample indices outside the fixed grid")
                 terms.check_samples(samples, message.meta.get("basis", {}), grid.n_voxels)
-                basis = rebuild_basis(message.meta["basis"], grid.points(samples))
-                party.set_samples(samples, basis)
+                kept = party.keep(samples)
+                if party.masked:      # only which of the moving party's own samples are kept
+                    channel.send(Message(Kind.SAMPLES_KEPT, {}, {"kept": kept}))
+                basis = rebuild_basis(message.meta["basis"], grid.points(kept))
+                party.set_samples(kept, basis)
                 handler.on_samples(party, basis)
             elif message.kind == Kind.PRODUCT:
                 n_samples = handler.on_product(message)

@@ -55,13 +55,17 @@ class SessionTerms:
         if self._sample_sets > 1 and not (settings.resample_each_iteration and settings.sampling != "full"):
             raise PeerError("a second sample set at one level, which the agreed settings do not draw")
         if settings.sampling == "full":
-            if samples is not None:
+            if samples is not None and not settings.moving_mask:
                 raise PeerError("a sample subset under full sampling")
         else:
             expected = sample_count(n_voxels, settings.sample_fraction)
-            if samples is None or len(samples) != expected:
+            # inside its own mask the moving party draws the fraction of the voxels the mask covers: fewer
+            fits = samples is not None and (len(samples) <= expected if settings.moving_mask
+                                            else len(samples) == expected)
+            if not fits:
                 got = "every voxel" if samples is None else f"{len(samples)} samples"
-                raise PeerError(f"{got} where the agreed sampling draws {expected}")
+                at_most = "at most " if settings.moving_mask else ""
+                raise PeerError(f"{got} where the agreed sampling draws {at_most}{expected}")
         kind = "bspline" if self._stage == "bspline" else "affine"
         if basis.get("kind") != kind:
             raise PeerError(f"a {basis.get('kind')} basis in the {self._stage} stage")

@@ -76,6 +76,13 @@ class RecordingBackend(JointBackend):
         self._level = (spec, grid)
         return grid
 
+    @property
+    def fixed_mask(self) -> bool:
+        return self.inner.fixed_mask
+
+    def keep_samples(self, samples: np.ndarray | None, basis):
+        return self.inner.keep_samples(samples, basis)
+
     def set_samples(self, samples: np.ndarray | None, basis):
         applied = self.inner.set_samples(samples, basis)
         spec, grid = self._level
@@ -112,8 +119,8 @@ def recording_moving_party() -> Iterator[Recording]:
     recording = Recording()
     original = roles.register
 
-    def recorded(moving, backend, settings, progress=None, initial=None):
-        return original(moving, RecordingBackend(backend, recording), settings, progress, initial)
+    def recorded(moving, backend, settings, progress=None, initial=None, moving_mask=None):
+        return original(moving, RecordingBackend(backend, recording), settings, progress, initial, moving_mask)
 
     roles.register = recorded
     try:

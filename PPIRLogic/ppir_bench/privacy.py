@@ -40,7 +40,10 @@ SETTINGS = (
     Setting("2D 64², B-spline 20 mm", "slice64", "bspline", Settings(transform="bspline")),
     Setting("2D 64², B-spline 20 mm, finest level", "slice64", "bspline",
             Settings(transform="bspline", bspline_levels=[1])),
-    Setting("3D MNI 4 mm, affine, URS 10 %", "mni4", "affine", Settings(transform="affine", sampling="urs")),
+    Setting("2D 64², B-spline 40 mm, finest level", "slice64", "bspline",
+            Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=40.0)),
+    Setting("3D MNI 4 mm, affine, URS 20 %", "mni4", "affine",
+            Settings(transform="affine", sampling="urs", sample_fraction=0.2)),
 )
 
 

@@ -1,0 +1,178 @@
+"""``ppir bench --suite multimodal``: each metric under each protocol on pairs across scanners and contrasts.
+
+The fixed image is the MNI152 T1 at 2 mm; the moving image is it in another synthetic contrast
+(``ppir data synth --contrast mapped|t2|pet``: an intensity-mapped T1, a T2-like and a PET-like
+image, 2 % noise and a bias field) moved by a known random affine. Every metric (SSD, NCC, MI) runs
+under every protocol as a fresh ``ppir register`` process (affine, levels 4,2,1, URS 10 %, no
+disclosure policy: the policy has its own suite); a run that stops (divergence, a protocol that does
+not serve the metric) is a row with the reason. Next to them: SimpleITK's Mattes MI and, if
+installed, elastix's AdvancedMattesMutualInformation on the same pair.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from ppir.app import data
+from ppir.app.contract import METRICS
+from ppir.app.synth import synthesize
+from ppir.engine.disclosure import DisclosurePolicy
+from ppir.engine.evaluate import disagreement, tre
+from ppir.engine.image import Volume, read_image
+from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.protocols import registry
+
+from ppir_bench.engine import _save, machine
+
+LEVELS = [4, 2, 1]
+REGISTRATION = ["--transform", "affine", "--levels", ",".join(map(str, LEVELS)), "--sampling", "urs",
+                "--sample-fraction", "0.1"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    contrast: str
+    seed: int = 1
+
+
+PAIRS = (Pair("T1 through a scanner curve", "mapped"), Pair("T2-like", "t2"), Pair("PET-like", "pet"))
+
+
+def _fixed_source(factor: int) -> tuple[Volume, Path]:
+    """The MNI152 T1 at ``factor`` mm, and the folder with its tissue maps."""
+    folder = data.fetch(log=lambda *_: None)
+    source = read_image(folder / "mni152_t1_1mm.nii.gz")
+    return (level_image(source, LevelSpec(factor, 0.5 * factor)) if factor > 1 else source), folder
+
+
+def _ppir_row(folder: Path, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume) -> dict:
+    """One fresh ``ppir register`` process; a stopped run keeps its last error line."""
+    name = f"{metric}-{protocol}"
+    policy = folder / "policy-free.toml"
+    DisclosurePolicy.off().write(policy)
+    out, report = folder / f"{name}.h5", folder / f"{name}.json"
+    done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(folder / "fixed.nrrd"),
+                           "--moving", str(folder / "moving.nrrd"), "--metric", metric, "--protocol", protocol,
+                           *REGISTRATION, "--disclosure-policy", str(policy), "--output-transform", str(out),
+                           "--report", str(report)], capture_output=True, text=True, timeout=3600)
+    row = {"metric": metric, "protocol": protocol}
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        row["stopped"] = (lines[-1] if lines else f"exit {done.returncode}").removeprefix("ppir: error: ")
+        return row
+    result = json.loads(report.read_text())
+    traffic = sum(p["bytes_sent"] for p in result["parties"].values())
+    row.update(tre_mm=tre(fixed, sitk.ReadTransform(str(out)), truth)["mean"], wall_s=result["wall_time_s"],
+               iterations=result["iterations"], traffic_mb=traffic / 1e6, transform_file=str(out))
+    return row
+
+
+def simpleitk_mattes(fixed: Volume, moving: Volume, levels: list[int], seed: int = 1) -> sitk.Transform:
+    """SimpleITK's affine registration with Mattes MI (50 bins, 10 % random samples), the same pyramid."""
+    f, m = fixed.to_sitk(), moving.to_sitk()
+    initial = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(fixed.dim),
+                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.1, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=300,
+                                                    gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(levels)
+    method.SetSmoothingSigmasPerLevel([0.5 * s if s > 1 else 0.0 for s in levels])
+    method.SetInitialTransform(initial, inPlace=False)
+    return method.Execute(f, m)
+
+
+def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform) -> list[dict]:
+    start = time.perf_counter()
+    reference = simpleitk_mattes(fixed, moving, LEVELS)
+    rows = [{"metric": "Mattes MI", "protocol": "SimpleITK", "wall_s": time.perf_counter() - start,
+             "tre_mm": tre(fixed, reference, truth)["mean"]}]
+    try:
+        import itk
+        elastix = itk.elastix_registration_method
+    except (ImportError, AttributeError):
+        rows.append({"metric": "AdvancedMattesMutualInformation", "protocol": "elastix",
+                     "stopped": "itk-elastix is not installed (make bench installs it)"})
+        return rows
+    parameters = itk.ParameterObject.New()
+    affine = parameters.GetDefaultParameterMap("affine", len(LEVELS))
+    affine["Metric"] = ["AdvancedMattesMutualInformation"]
+    parameters.AddParameterMap(affine)
+    start = time.perf_counter()
+    f, m = itk.imread(str(folder / "fixed.nrrd"), itk.F), itk.imread(str(folder / "moving.nrrd"), itk.F)
+    _, result = elastix(f, m, parameter_object=parameters, log_to_console=False)
+    field = itk.transformix_deformation_field(m, result, output_directory=str(folder))
+    wall = time.perf_counter() - start
+    vectors = sitk.GetImageFromArray(itk.array_from_image(field).astype(np.float64), isVector=True)
+    vectors.CopyInformation(fixed.to_sitk())
+    rows.append({"metric": "AdvancedMattesMutualInformation", "protocol": "elastix", "wall_s": wall,
+                 "tre_mm": tre(fixed, sitk.DisplacementFieldTransform(vectors), truth)["mean"]})
+    return rows
+
+
+def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, protocols=None, metrics=METRICS,
+             with_peers: bool = True) -> dict:
+    synthesize(source, "affine", pair.seed, folder, 0.02, True, contrast=pair.contrast, tissue_dir=tissues)
+    fixed, moving = read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd")
+    truth = sitk.ReadTransform(str(folder / "ground_truth.h5"))
+    rows = []
+    for metric in metrics:
+        clear = None
+        for protocol in protocols or registry.names():
+            row = _ppir_row(folder, metric, protocol, truth, fixed)
+            if protocol == "clear" and "transform_file" in row:
+                clear = sitk.ReadTransform(row["transform_file"])
+            elif clear is not None and "transform_file" in row:
+                row["rmse_vs_clear_mm"] = disagreement(sitk.ReadTransform(row["transform_file"]), clear,
+                                                       fixed.grid)["rmse"]
+            row.pop("transform_file", None)
+            rows.append(row)
+            log(f"  {pair.name}: {metric} {protocol}: " + (f"stopped: {row['stopped']}" if "stopped" in row else
+                                                          f"TRE {row['tre_mm']:.3f} mm, {row['wall_s']:.1f} s"))
+    peers = _peers(folder, fixed, moving, truth) if with_peers else []
+    for peer in peers:
+        log(f"  {pair.name}: {peer['protocol']}: " + (peer.get("stopped") or f"TRE {peer['tre_mm']:.3f} mm"))
+    initial = tre(fixed, sitk.Transform(fixed.dim, sitk.sitkIdentity), truth)["mean"]
+    return {"pair": pair.name, "contrast": pair.contrast, "size": list(fixed.grid.size),
+            "initial_tre_mm": initial, "runs": rows, "peers": peers}
+
+
+def run_multimodal_suite(out: Path | None, log=print, factor: int = 2, pairs=PAIRS, protocols=None) -> dict:
+    source, tissues = _fixed_source(factor)
+    with tempfile.TemporaryDirectory(prefix="ppir-multimodal-") as tmp:
+        results = {"suite": "multimodal", "machine": machine(), "spacing_mm": float(factor),
+                   "pairs": [run_pair(p, source, tissues, Path(tmp) / p.contrast, log, protocols)
+                             for p in pairs]}
+    _save(out, "multimodal", results, markdown(results))
+    return results
+
+
+def _cell(value, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown(results: dict) -> str:
+    lines = ["| moving image (against the T1) | metric | protocol | TRE mm | wall s | traffic MB | "
+             "RMSE vs clear mm |", "|---|---|---|---|---|---|---|"]
+    for pair in results["pairs"]:
+        for row in pair["runs"] + pair["peers"]:
+            if "stopped" in row:
+                lines.append(f"| {pair['pair']} | {row['metric']} | {row['protocol']} | stopped: {row['stopped']} "
+                             "| | | |")
+                continue
+            lines.append(f"| {pair['pair']} | {row['metric']} | {row['protocol']} | {row['tre_mm']:.3f} | "
+                         f"{row['wall_s']:.1f} | {_cell(row.get('traffic_mb'), '.1f')} | "
+                         f"{_cell(row.get('rmse_vs_clear_mm'), '.2g')} |")
+    return "\n".join(lines) + "\n"

@@ -69,6 +69,9 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
                    help="B-spline penalty weight, relative to the mean Gauss-Newton diagonal (default: 0.1)")
     g.add_argument("--bspline-levels", type=_int_list, default=None, metavar="F,F,...",
                    help="shrink factors for the B-spline stage (default: --levels)")
+    g.add_argument("--histogram-bins", type=int, default=DEFAULTS.histogram_bins, metavar="N",
+                   help="--metric mi: joint-histogram bins on each side, 6 to 64; private protocols send N "
+                        f"masked or encrypted columns per sample and iteration (default: {DEFAULTS.histogram_bins})")
     g.add_argument("--init", choices=INITIALIZATIONS, default=DEFAULTS.initialization,
                    help="start from aligned image centres (geometry only) or the identity (default: centers)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed for sampling (default: {DEFAULTS.seed})")
@@ -90,7 +93,7 @@ def _settings(args: argparse.Namespace) -> Settings:
                     resample_each_iteration=args.resample_each_iteration, max_iterations=args.max_iterations,
                     bspline_spacing_mm=args.bspline_spacing, bspline_levels=args.bspline_levels,
                     bspline_regularization=args.bspline_regularization,
-                    initialization=args.init, seed=args.seed)
+                    histogram_bins=args.histogram_bins, initialization=args.init, seed=args.seed)
 
 
 def _cmd_register(args: argparse.Namespace) -> int:

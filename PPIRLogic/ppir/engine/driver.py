@@ -24,7 +24,7 @@ from ppir.engine.metrics import evaluate as evaluate_metric
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec, default_levels, level_image
 from ppir.engine.sampling import draw_gradient_weighted, draw_uniform
-from ppir.engine.settings import TRANSFORMS, Settings
+from ppir.engine.settings import HISTOGRAM_BINS, TRANSFORMS, Settings
 
 RELATIVE_TOLERANCE = 1e-6
 NOISE_FLOOR = 1e-3
@@ -103,10 +103,11 @@ class Level:
     """One (stage, level): sample set, basis and the moving image at that level."""
 
     def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend,
-                 ledger: DisclosureLedger | None = None, metric: str = "ssd"):
+                 ledger: DisclosureLedger | None = None, metric: str = "ssd", bins: int = HISTOGRAM_BINS):
         self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
         self.ledger = ledger        # the moving party's replica of the fixed party's ledger
         self.metric = metric
+        self.bins = bins            # Mattes MI's histogram bins
         self.joint_products = 0
 
     def can_product(self, reserve: int = 0) -> bool:
@@ -149,7 +150,7 @@ class Level:
         self.joint_products += 1
         if self.metric == "mi":
             return evaluate_mi(self.model, p, g, values, self.backend, self.joint_basis,
-                               self.moving.value_range)
+                               self.moving.value_range, self.bins)
         joint = self.backend.joint_product(g, values)
         return evaluate_metric(self.metric, self.model, p, g, values, joint, self.joint_basis)
 
@@ -191,7 +192,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
     check_plan(policy, settings, fixed)
-    ledger = DisclosureLedger(policy, settings.sampling, settings.metric)
+    ledger = DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins)
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
@@ -216,7 +217,8 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
         grid = backend.start_level(spec)
         if ledger is not None:
             ledger.start_level(spec.factor, grid.n_voxels)
-        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric)
+        level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric,
+                      settings.histogram_bins)
         rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
         last = number == len(specs) - 1
         p, state, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress, last)

@@ -168,6 +168,11 @@ class FixedParty:
         self._gradient_due = False
 
     @property
+    def metric(self) -> str:
+        """The session's metric."""
+        return self._metric
+
+    @property
     def values(self) -> np.ndarray:
         """J at the current samples."""
         return self._values

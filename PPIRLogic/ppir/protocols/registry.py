@@ -36,7 +36,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("clear", "one process, no protection: the accuracy reference", private=False),
     Protocol("mpc", "additive secret sharing over Z_2^64 with a dealer (moving, fixed and dealer processes)",
              private=True, needs_dealer=True, requires="PyTorch and CrypTen",
-             session_module="ppir.protocols.mpc.session", metrics=("ssd", "ncc")),
+             session_module="ppir.protocols.mpc.session"),
     Protocol("fhe", "CKKS homomorphic encryption, two parties, no dealer", private=True,
              requires="TenSEAL", session_module="ppir.protocols.fhe.session",
              preflight="ppir.protocols.fhe.params:check_settings", metrics=("ssd", "ncc")),

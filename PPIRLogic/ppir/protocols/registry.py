@@ -75,8 +75,9 @@ def preflight(name: str, settings) -> None:
     """Refuse, before any work, what ``name`` cannot run: a missing library, or settings it cannot serve."""
     protocol = get(name)
     if settings.metric not in protocol.metrics:
+        able = [other for other, p in PROTOCOLS.items() if settings.metric in p.metrics]
         raise PPIRError(f"the {name.upper()} protocol does not compute {settings.metric.upper()} yet (its joint "
-                        f"histogram is not among its products); use --protocol clear, or --metric "
+                        f"histogram is not among its products); use --protocol {' or '.join(able)}, or --metric "
                         f"{' or '.join(protocol.metrics)}")
     if not protocol.private:
         return

@@ -36,7 +36,8 @@ import torch
 
 from ppir.common.errors import PPIRError
 from ppir.protocols.mpc.protocol import FIXED_BITS, channel_bits
-from ppir.protocols.mpc.ring import RingBasis, decode, encode, random_ring
+from ppir.engine.mutual_information import ParzenWeights
+from ppir.protocols.mpc.ring import RingBasis, decode, random_ring
 
 WEIGHT_BITS = 24        # Parzen weights in [0, 1]: counts up to 2^25 samples stay below 2^49
 BIN_BITS = FIXED_BITS   # the per-bin gradient weights, over their largest magnitude: |v'| <= 1 as |J'| for SSD
@@ -85,16 +86,26 @@ class FixedBins:
         return u1 - b2, self.basis.transpose_apply(e_g * b2[:, None] + r1)
 
 
+def encode_fast(values: np.ndarray, bits: int) -> torch.Tensor:
+    """The fixed-point encoding of ``ring.encode`` (truncation towards zero), without CrypTen's float round trip."""
+    return torch.from_numpy((np.asarray(values, dtype=np.float64) * float(2 ** bits)).astype(np.int64))
+
+
 class MovingHistogram:
     """The moving party's side of one histogram product."""
 
-    def __init__(self, dense_weights: np.ndarray, f: torch.Tensor, seed_a: bytes, seed_r0: bytes):
-        w = encode(dense_weights, WEIGHT_BITS)
-        if tuple(w.shape) != tuple(f.shape):
-            raise PPIRError(f"Parzen weights of shape {tuple(w.shape)} against fixed bins of shape {tuple(f.shape)}")
-        self.e = w - random_ring(seed_a, tuple(w.shape))
-        bins = w.shape[1]
-        self._own = f.T @ w + random_ring(seed_r0, (bins, bins))
+    def __init__(self, weights: ParzenWeights, f: torch.Tensor, seed_a: bytes, seed_r0: bytes):
+        n, bins = len(weights.first), weights.bins
+        if (n, bins) != tuple(f.shape):
+            raise PPIRError(f"Parzen weights of shape {(n, bins)} against fixed bins of shape {tuple(f.shape)}")
+        values = encode_fast(weights.values, WEIGHT_BITS)                # (N, 4): W' is sparse
+        columns = torch.from_numpy(weights.first)[:, None] + torch.arange(4)
+        w = torch.zeros((n, bins), dtype=torch.int64).scatter_(1, columns, values)
+        self.e = w - random_ring(seed_a, (n, bins))
+        own = random_ring(seed_r0, (bins, bins))                         # + F^T W', four columns at a time
+        for j in range(4):
+            own.index_add_(1, columns[:, j], (f * values[:, j:j + 1]).T)
+        self._own = own
 
     def finish(self, fixed_share: torch.Tensor) -> np.ndarray:
         return decode(self._own + fixed_share, WEIGHT_BITS)
@@ -107,12 +118,12 @@ class MovingBinned:
                  seeds: dict[str, bytes]):
         n, d = channels.shape
         self.v_scale = max(float(np.abs(bin_weights).max()), 1e-30)
-        v = encode(bin_weights.astype(np.float64) / self.v_scale, BIN_BITS)
+        v = encode_fast(bin_weights.astype(np.float64) / self.v_scale, BIN_BITS)
         self.scales = np.maximum(np.abs(channels).max(axis=0), 1e-30)
         normalised = channels.astype(np.float64) / self.scales
         # |u'| <= 1, as |J'| for SSD: the same bound keeps every output inside the ring (no cross term here)
         self.bits = channel_bits(np.concatenate([normalised, np.zeros((n, 1))], axis=1), basis)
-        self.g = encode(normalised, self.bits)
+        self.g = encode_fast(normalised, self.bits)
         self.e_v = v - random_ring(seeds["av"], tuple(v.shape))
         self.e_g = self.g - random_ring(seeds["a"], (n, d))
         self._u0 = (f * v).sum(dim=1) + random_ring(seeds["s0"], (n,))

@@ -124,7 +124,7 @@ class MPCBackend(RemoteBackend):
         """MI's joint histogram M^T W (``ppir.protocols.mpc.mutual``)."""
         self._dealer.send(Message(Kind.DEALER_TRIPLE, {"op": "histogram"}))
         seeds = expect(self._dealer, Kind.DEALER_SEEDS).arrays
-        product = MovingHistogram(weights.dense(), self._f, _seed(seeds, "a", "dealer"), _seed(seeds, "r0", "dealer"))
+        product = MovingHistogram(weights, self._f, _seed(seeds, "a", "dealer"), _seed(seeds, "r0", "dealer"))
         self._fixed.send(Message(Kind.PRODUCT, {"op": "histogram"}, {"e": product.e.numpy()}))
         share = _ring(expect(self._fixed, Kind.SHARE).arrays, "h", (self._bins, self._bins), "the fixed party's share")
         return product.finish(share)

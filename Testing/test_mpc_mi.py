@@ -56,6 +56,9 @@ def test_mi_under_mpc_matches_clear_3d(mni_4mm, sample_dir, tmp_path):
         # per evaluation the moving party sends its masked Parzen weights and per-bin weights: 2 x 8 columns
         assert level["moving_bytes_sent"] >= level["joint_products"] * level["samples"] * 16 * 8
     assert transform_rmse(tmp_path / "mpc.h5", tmp_path / "clear.h5", mni_4mm.grid) < 0.05
+    clear = json.loads((tmp_path / "clear.json").read_text())
+    counted = [[(lv["revealed"], lv["products"]) for lv in r["disclosure"]["levels"]] for r in (clear, report)]
+    assert counted[0] == counted[1] and counted[0][0][0] > 0         # the same ledger counts in both protocols
 
 
 def test_mi_under_mpc_matches_clear_2d(slice_2d, tmp_path):

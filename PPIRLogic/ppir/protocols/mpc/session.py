@@ -215,8 +215,8 @@ class FixedHandler:
         self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, **party.statistics()},
                                    {"f": self._level.masked().numpy()}))
 
-    def on_product(self, message: Message) -> int:
-        """Answer one product; returns the number of samples."""
+    def on_product(self, message: Message) -> int | None:
+        """Answer one product message; returns the number of samples (None: a product's second message)."""
         if self._level is None:
             raise PeerError("product message before any sample set")
         op = message.meta.get("op", "ssd")
@@ -260,7 +260,7 @@ class FixedHandler:
         self._channel.send(Message(Kind.SHARE, {}, {"h": share.numpy()}))
         return level.shape[0]
 
-    def _binned(self, message: Message) -> int:
+    def _binned(self, message: Message) -> None:
         """MI: the fixed party's share of Phi^T (g * sum_l M_l v_l), after its histogram."""
         level = self._level
         n = level.shape[0]
@@ -286,7 +286,7 @@ class FixedHandler:
             noise = self._party.binned_noise(tuple(r.shape)) / level.basis.scales[:, None]
             r = r + encode(noise, bits + BIN_BITS + BASIS_BITS)
         self._channel.send(Message(Kind.SHARE, {}, {"f": f.numpy(), "r": r.numpy()}))
-        return n
+        return None         # the histogram's message counted this product
 
     def close(self) -> None:
         if self.dealer is not None:

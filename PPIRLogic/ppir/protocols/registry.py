@@ -39,7 +39,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              session_module="ppir.protocols.mpc.session"),
     Protocol("fhe", "CKKS homomorphic encryption, two parties, no dealer", private=True,
              requires="TenSEAL", session_module="ppir.protocols.fhe.session",
-             preflight="ppir.protocols.fhe.params:check_settings", metrics=("ssd", "ncc")),
+             preflight="ppir.protocols.fhe.params:check_settings"),
 )}
 
 

@@ -47,6 +47,9 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
     return [raw[end - size:end] for end, size in zip(ends, sizes)]
 
 
+NEGLIGIBLE = 1e-6   # MI: a histogram cell or gradient output whose weights sum to less is left out (released as 0)
+
+
 def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
     """s_a = s_J * (power of two >= max |Phi_a|): public geometry and the exponent of max |J|."""
     return fixed_scale(values) * np.array([fixed_scale(column) for column in basis.matrix.T])
@@ -75,6 +78,16 @@ class FixedHandler:
 
     def on_samples(self, party: FixedParty, basis) -> None:
         self._party, self._layout = party, None
+        if party.metric == "mi":         # Mattes MI: the bin memberships, one column per fixed bin
+            if isinstance(basis, BSplineBasis):
+                raise PeerError("FHE computes mutual information for rigid and affine bases only")
+            bins = party.histogram_bins
+            memberships = np.zeros((bins, len(party.bin_indices)))
+            memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
+            blobs = self._keys.encrypt(memberships)
+            self._outputs = basis.matrix.shape[1]
+            self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
+            return
         if isinstance(basis, BSplineBasis):
             try:
                 self._layout = CellLayout(basis)
@@ -90,10 +103,17 @@ class FixedHandler:
         self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), **party.statistics()},
                                    pack(blobs)))
 
-    def on_product(self, message: Message) -> int:
+    def on_product(self, message: Message) -> int | None:
         blobs = unpack(message.arrays)
         if not blobs:
             raise PeerError("empty product message")
+        op = message.meta.get("op", "ssd")
+        if (op in ("histogram", "binned")) != (self._party.metric == "mi"):
+            raise PeerError(f"product message: operation {op!r} in a {self._party.metric.upper()} session")
+        if op in ("histogram", "binned"):
+            return self._mi_product(op, message, blobs)
+        if op != "ssd":
+            raise PeerError(f"product message: unknown operation {op!r}")
         peaks = _peaks(message.meta.get("peaks"), len(blobs))
         self._party.begin_product()
         try:
@@ -108,6 +128,38 @@ class FixedHandler:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
         self._channel.send(reply)
         return int(message.meta.get("samples", 0))
+
+    def _mi_product(self, op: str, message: Message, blobs: list[bytes]) -> int | None:
+        """Mattes MI: the histogram's counts M_l^T W_k (one value per (l, k)), then the gradient's r_ac (one value
+        per (a, c), each summing one term per fixed bin), released as the affine SSD values are."""
+        bins, d = self._party.histogram_bins, self._party.grid.dim
+        rows, columns = (bins, bins) if op == "histogram" else (self._outputs, d)
+        outputs = message.meta.get("outputs")
+        if not isinstance(outputs, list) or len(outputs) != len(blobs) or not all(
+                isinstance(o, list) and len(o) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in o)
+                and 0 <= o[0] < rows and 0 <= o[1] < columns for o in outputs) \
+                or len({tuple(o) for o in outputs}) != len(outputs):
+            raise PeerError(f"{op} product: the released outputs are not {rows} x {columns} distinct cells")
+        scales = message.meta.get("peaks")
+        if not isinstance(scales, list) or len(scales) != len(blobs) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in scales):
+            raise PeerError(f"{op} product: the noise scales are missing or out of range")
+        if op == "histogram":
+            self._party.begin_histogram()
+            noise = self._party.histogram_noise().ravel()[:len(blobs)]          # counts
+        else:
+            try:
+                self._party.begin_binned()
+            except PPIRError as err:
+                raise PeerError(str(err)) from None
+            noise = self._party.binned_noise((len(blobs),))                       # normalised units
+        extra = [int(round(n * scale * 2.0 ** params.PRODUCT_BITS)) for n, scale in zip(noise, scales)]
+        try:
+            values = self._keys.release(blobs, extra, 1 if op == "histogram" else self._party.histogram_bins)
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
+        self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
+        return int(message.meta.get("samples", 0)) if op == "histogram" else None
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
         """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
@@ -146,6 +198,7 @@ class FHEBackend(RemoteBackend):
                  retry_for: float = 10.0):
         super().__init__(fixed, identity, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
                          timeout, retry_for)
+        self._bins = session["histogram_bins"] if session.get("metric") == "mi" else 0
         bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
         self._evaluator = MovingEvaluator(bundle)
 
@@ -159,7 +212,12 @@ class FHEBackend(RemoteBackend):
         self.send_samples(samples, basis)
         reply = expect(self._fixed, Kind.FHE_COLUMNS)
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
-        self._sums = fixed_sums(reply.meta)
+        self._basis = basis
+        if self._bins:
+            if layout is not None or len(self._scales) != self._bins:
+                raise PeerError("the fixed party's bin columns do not match the session's histogram bins")
+        else:
+            self._sums = fixed_sums(reply.meta)
         try:
             if layout is None:
                 self._packed = None
@@ -196,6 +254,61 @@ class FHEBackend(RemoteBackend):
                 a, b = wanted[k]
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
         return JointResult(values[:-1].reshape(q, d), float(values[-1]), *self._sums)
+
+    def _release(self, op: str, masked: dict, cells: list[tuple[int, int]], scales: list[float]) -> dict[int, float]:
+        """Send masked ciphertexts of ``cells`` (those that are not zero), return their released values R'."""
+        order = sorted(masked)
+        if not order:
+            return {}
+        self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples,
+                                                "outputs": [list(cells[k]) for k in order],
+                                                "peaks": [float(scales[k]) for k in order]},
+                                 pack([masked[k][0] for k in order])))
+        released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
+        if len(released) != len(order):
+            raise PeerError("the fixed party returned the wrong number of values")
+        try:
+            return {k: MovingEvaluator.unmask(int(value), masked[k][1]) for k, value in zip(order, released)}
+        except (TypeError, ValueError):
+            raise PeerError("the fixed party's released values are malformed") from None
+
+    def histogram_product(self, weights) -> np.ndarray:
+        """MI's joint histogram: H(l, k) = |W_k|_1 * sum_x (W_k / |W_k|_1)(x) M_l(x), one released value per cell."""
+        bins = self._bins
+        dense = weights.dense().T                                    # (moving bins, N)
+        norms = np.abs(dense).sum(axis=1)
+        normalised = dense / np.where(norms > 0, norms, 1.0)[:, None]
+        cells = [(l, k) for l in range(bins) for k in range(bins) if norms[k] > NEGLIGIBLE]
+        # the policy's noise is sqrt 2 counts per cell: in released units, over |W_k|_1
+        values = self._release("histogram", self._evaluator.masked_sums(normalised, [(l, k) for l, k in cells]),
+                               cells, [1.0 / norms[k] for _, k in cells])
+        h = np.zeros((bins, bins))
+        for index, value in values.items():
+            l, k = cells[index]
+            h[l, k] = value * norms[k]
+        return h
+
+    def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        """MI's gradient: r_ac = sum_l sum_x Phi_a g_c v_l M_l, one released value per (a, c), normalised by the
+        total l1 norm of its B weight rows."""
+        phi = self._basis.matrix                                    # (N, outputs): public
+        bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
+        v = bin_weights.astype(np.float64)
+        rows = (phi.T[:, None, None, :] * channels.T[None, :, None, :] * v.T[None, None, :, :]).reshape(-1, len(v))
+        norms = np.abs(rows).sum(axis=1).reshape(outputs, d, bins).sum(axis=2)
+        # the policy's noise, in units of max |g_c| * max |v| (the clear protocol's), over the release's norm
+        peaks = np.abs(channels).max(axis=0) * max(float(np.abs(v).max()), 1e-30)
+        safe = np.where(norms > 0, norms, 1.0)
+        rows = rows / np.repeat(safe.ravel(), bins)[:, None]
+        cells = [(a, c) for a in range(outputs) for c in range(d) if norms[a, c] > NEGLIGIBLE * peaks[c]]
+        terms = [[(l, (a * d + c) * bins + l) for l in range(bins)] for a, c in cells]
+        values = self._release("binned", self._evaluator.masked_combinations(rows, terms), cells,
+                               [peaks[c] / norms[a, c] for a, c in cells])
+        r = np.zeros((outputs, d))
+        for index, value in values.items():
+            a, c = cells[index]
+            r[a, c] = value * norms[a, c]
+        return r
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

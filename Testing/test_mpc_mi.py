@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 from ppir.app.synth import synthesize
 from ppir.engine import mutual_information as mattes
 from ppir.engine.basis import AffineBasis
@@ -144,3 +145,28 @@ def test_the_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm, tm
         dealer.wait(30)
     log = fixed.stderr.read()
     assert log.count("ended: ") >= len(cases) and "without its histogram" in log
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_mi_under_fhe_matches_clear(dim, slice_2d, mni_4mm, sample_dir, tmp_path):
+    """FHE (two processes, no dealer): one level and few iterations, as every histogram cell is a decryption."""
+    if dim == 2:
+        synthesize(slice_2d, "affine", 2, tmp_path)
+        image, options = slice_2d, ["--transform", "rigid", "--levels", "2"]
+    else:
+        synthesize(mni_4mm, "affine", 1, tmp_path, contrast="pet", tissue_dir=sample_dir)
+        image, options = mni_4mm, ["--levels", "2", "--sampling", "urs", "--sample-fraction", "0.5"]
+    report = clear_and_private("fhe", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", tmp_path, "--metric", "mi",
+                               "--histogram-bins", "6", "--max-iterations", "2", *options)
+    assert report["protocol"] == "fhe" and report["levels"][0]["joint_products"] >= 2
+    assert transform_rmse(tmp_path / "fhe.h5", tmp_path / "clear.h5", image.grid) < 0.05
+
+
+def test_fhe_refuses_mi_with_a_bspline_and_budgets_its_decryptions():
+    from ppir.common.errors import PPIRError
+    from ppir.protocols import registry
+    with pytest.raises(PPIRError, match="rigid and affine transforms only; use --protocol mpc"):
+        registry.preflight("fhe", Settings(metric="mi", transform="bspline"))
+    with pytest.raises(PPIRError, match="could need 11628 decryptions"):      # 3 levels x 51 products x (64 + 12)
+        registry.preflight("fhe", Settings(metric="mi"))
+    registry.preflight("fhe", Settings(metric="mi", max_iterations=16))

@@ -48,11 +48,13 @@ class MovingEvaluator:
         """
         return self.masked_combinations(weights, [[output] for output in outputs])
 
-    def masked_combinations(self, weights: np.ndarray,
-                            outputs: list[list[tuple[int, int]]]) -> dict[int, tuple[bytes, int]]:
+    def masked_combinations(self, weights: np.ndarray, outputs: list[list[tuple[int, int]]],
+                            every_output: bool = False) -> dict[int, tuple[bytes, int]]:
         """``masked_sums`` for outputs that are sums of terms: output k is sum over its (a, b) of
         sum_x weights[b] * C_a (Mattes MI's gradient: one term per fixed bin). The l1 norms of each
         output's weight rows must add up to at most 1; the error bound counts every term's products.
+        ``every_output``: an output whose weights are all zero is still returned, as a fresh encryption
+        of zero, so that which outputs are zero says nothing of the weights.
         """
         mass = np.abs(weights).sum(axis=1)
         if max((sum(mass[b] for _, b in terms) for terms in outputs), default=0.0) > 1.0 + 1e-9:
@@ -67,8 +69,11 @@ class MovingEvaluator:
                         self.evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
                         acc[k] = self.add(acc.get(k), product)
         terms_per_output = max((len(terms) for terms in outputs), default=1)
+        if every_output:
+            for k in range(len(outputs)):
+                acc.setdefault(k, self.zero(2.0 ** params.PRODUCT_BITS))
         masked = {}
-        for k, ciphertext in acc.items():
+        for k, ciphertext in sorted(acc.items()):
             self.rotate_and_sum(ciphertext)
             self.rerandomise(ciphertext)
             mask = self._add_mask(ciphertext, len(self._columns[0]) * terms_per_output)
@@ -119,6 +124,13 @@ class MovingEvaluator:
                 self.evaluator.rotate_vector(out, 1 << bit, self.galois, rotated)
                 out = rotated
         return out
+
+    def zero(self, scale: float) -> seal.Ciphertext:
+        """A fresh public-key encryption of zero at ``scale``."""
+        zero, encrypted = seal.Plaintext(), seal.Ciphertext()
+        self.encoder.encode(0.0, scale, zero)
+        self._encryptor.encrypt(zero, encrypted)
+        return encrypted
 
     def rerandomise(self, ciphertext: seal.Ciphertext) -> None:
         """Add a fresh public-key encryption of zero at the ciphertext's scale."""

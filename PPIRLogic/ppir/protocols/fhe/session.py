@@ -47,7 +47,9 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
     return [raw[end - size:end] for end, size in zip(ends, sizes)]
 
 
-NEGLIGIBLE = 1e-6   # MI: a histogram cell or gradient output whose weights sum to less is left out (released as 0)
+def mi_norms(basis: AffineBasis, bins: int) -> np.ndarray:
+    """MI's gradient normalisers, public: B * sum_x |Phi_a(x)| per basis column a (each at least 1e-30)."""
+    return np.maximum(bins * np.abs(basis.matrix).sum(axis=0), 1e-30)
 
 
 def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
@@ -85,7 +87,7 @@ class FixedHandler:
             memberships = np.zeros((bins, len(party.bin_indices)))
             memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
             blobs = self._keys.encrypt(memberships)
-            self._outputs = basis.matrix.shape[1]
+            self._mi_norms = mi_norms(basis, bins)
             self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
             return
         if isinstance(basis, BSplineBasis):
@@ -130,36 +132,33 @@ class FixedHandler:
         return int(message.meta.get("samples", 0))
 
     def _mi_product(self, op: str, message: Message, blobs: list[bytes]) -> int | None:
-        """Mattes MI: the histogram's counts M_l^T W_k (one value per (l, k)), then the gradient's r_ac (one value
-        per (a, c), each summing one term per fixed bin), released as the affine SSD values are."""
+        """Mattes MI: every histogram cell (l, k) as M_l^T W_k / N, then every gradient output (a, c) as
+        sum_l sum_x Phi_a g_c v_l M_l / nu_ac, released as the affine SSD values are. The normalisers are
+        public (N; nu_ac = B sum_x |Phi_a| times the moving party's channel and bin-weight peaks), so the
+        policy's noise needs nothing from the moving party: 1/N per count unit, 1/(B sum_x |Phi_a|) per
+        normalised unit."""
         bins, d = self._party.histogram_bins, self._party.grid.dim
-        rows, columns = (bins, bins) if op == "histogram" else (self._outputs, d)
-        outputs = message.meta.get("outputs")
-        if not isinstance(outputs, list) or len(outputs) != len(blobs) or not all(
-                isinstance(o, list) and len(o) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in o)
-                and 0 <= o[0] < rows and 0 <= o[1] < columns for o in outputs) \
-                or len({tuple(o) for o in outputs}) != len(outputs):
-            raise PeerError(f"{op} product: the released outputs are not {rows} x {columns} distinct cells")
-        scales = message.meta.get("peaks")
-        if not isinstance(scales, list) or len(scales) != len(blobs) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e12 for v in scales):
-            raise PeerError(f"{op} product: the noise scales are missing or out of range")
+        expected = bins * bins if op == "histogram" else self._mi_norms.size * d
+        if len(blobs) != expected:
+            raise PeerError(f"{op} product: {len(blobs)} ciphertexts, expected {expected}")
         if op == "histogram":
             self._party.begin_histogram()
-            noise = self._party.histogram_noise().ravel()[:len(blobs)]          # counts
+            scales = np.full(expected, 1.0 / len(self._party.values))
+            noise = self._party.histogram_noise().ravel()           # counts
         else:
             try:
                 self._party.begin_binned()
             except PPIRError as err:
                 raise PeerError(str(err)) from None
-            noise = self._party.binned_noise((len(blobs),))                       # normalised units
+            scales = np.repeat(1.0 / self._mi_norms, d)              # row-major (a, c)
+            noise = self._party.binned_noise((expected,))           # normalised units
         extra = [int(round(n * scale * 2.0 ** params.PRODUCT_BITS)) for n, scale in zip(noise, scales)]
         try:
-            values = self._keys.release(blobs, extra, 1 if op == "histogram" else self._party.histogram_bins)
+            values = self._keys.release(blobs, extra, 1 if op == "histogram" else bins)
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
         self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
-        return int(message.meta.get("samples", 0)) if op == "histogram" else None
+        return len(self._party.values) if op == "histogram" else None
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
         """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
@@ -255,60 +254,41 @@ class FHEBackend(RemoteBackend):
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
         return JointResult(values[:-1].reshape(q, d), float(values[-1]), *self._sums)
 
-    def _release(self, op: str, masked: dict, cells: list[tuple[int, int]], scales: list[float]) -> dict[int, float]:
-        """Send masked ciphertexts of ``cells`` (those that are not zero), return their released values R'."""
+    def _release(self, op: str, masked: dict) -> list[float]:
+        """Send every output's masked ciphertext, in order; return the released values R'."""
         order = sorted(masked)
-        if not order:
-            return {}
-        self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples,
-                                                "outputs": [list(cells[k]) for k in order],
-                                                "peaks": [float(scales[k]) for k in order]},
+        self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples},
                                  pack([masked[k][0] for k in order])))
         released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
         if len(released) != len(order):
             raise PeerError("the fixed party returned the wrong number of values")
         try:
-            return {k: MovingEvaluator.unmask(int(value), masked[k][1]) for k, value in zip(order, released)}
+            return [MovingEvaluator.unmask(int(value), masked[k][1]) for k, value in zip(order, released)]
         except (TypeError, ValueError):
             raise PeerError("the fixed party's released values are malformed") from None
 
     def histogram_product(self, weights) -> np.ndarray:
-        """MI's joint histogram: H(l, k) = |W_k|_1 * sum_x (W_k / |W_k|_1)(x) M_l(x), one released value per cell."""
-        bins = self._bins
-        dense = weights.dense().T                                    # (moving bins, N)
-        norms = np.abs(dense).sum(axis=1)
-        normalised = dense / np.where(norms > 0, norms, 1.0)[:, None]
-        cells = [(l, k) for l in range(bins) for k in range(bins) if norms[k] > NEGLIGIBLE]
-        # the policy's noise is sqrt 2 counts per cell: in released units, over |W_k|_1
-        values = self._release("histogram", self._evaluator.masked_sums(normalised, [(l, k) for l, k in cells]),
-                               cells, [1.0 / norms[k] for _, k in cells])
-        h = np.zeros((bins, bins))
-        for index, value in values.items():
-            l, k = cells[index]
-            h[l, k] = value * norms[k]
-        return h
+        """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public)."""
+        bins, n = self._bins, self._n_samples
+        rows = weights.dense().T / n                                  # (moving bins, N); each row's l1 <= 1
+        cells = [(l, k) for l in range(bins) for k in range(bins)]
+        values = self._release("histogram", self._evaluator.masked_combinations(rows, [[cell] for cell in cells],
+                                                                                every_output=True))
+        return np.array(values).reshape(bins, bins) * n
 
     def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
-        """MI's gradient: r_ac = sum_l sum_x Phi_a g_c v_l M_l, one released value per (a, c), normalised by the
-        total l1 norm of its B weight rows."""
+        """MI's gradient: r_ac = nu_ac sum_l sum_x (Phi_a g_c v_l / nu_ac) M_l, every (a, c) released, with
+        nu_ac = B sum_x |Phi_a| max |g_c| max |v| (the l1 norms of an output's B rows add up to at most 1)."""
         phi = self._basis.matrix                                    # (N, outputs): public
         bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
         v = bin_weights.astype(np.float64)
-        rows = (phi.T[:, None, None, :] * channels.T[None, :, None, :] * v.T[None, None, :, :]).reshape(-1, len(v))
-        norms = np.abs(rows).sum(axis=1).reshape(outputs, d, bins).sum(axis=2)
-        # the policy's noise, in units of max |g_c| * max |v| (the clear protocol's), over the release's norm
-        peaks = np.abs(channels).max(axis=0) * max(float(np.abs(v).max()), 1e-30)
-        safe = np.where(norms > 0, norms, 1.0)
-        rows = rows / np.repeat(safe.ravel(), bins)[:, None]
-        cells = [(a, c) for a in range(outputs) for c in range(d) if norms[a, c] > NEGLIGIBLE * peaks[c]]
-        terms = [[(l, (a * d + c) * bins + l) for l in range(bins)] for a, c in cells]
-        values = self._release("binned", self._evaluator.masked_combinations(rows, terms), cells,
-                               [peaks[c] / norms[a, c] for a, c in cells])
-        r = np.zeros((outputs, d))
-        for index, value in values.items():
-            a, c = cells[index]
-            r[a, c] = value * norms[a, c]
-        return r
+        peaks = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
+        nu = mi_norms(self._basis, bins)[:, None] * peaks[None, :]  # (outputs, d)
+        rows = (phi.T[:, None, None, :] * channels.T[None, :, None, :] * v.T[None, None, :, :]
+                / nu[:, :, None, None]).reshape(-1, len(v))
+        terms = [[(l, (a * d + c) * bins + l) for l in range(bins)] for a in range(outputs) for c in range(d)]
+        values = self._release("binned", self._evaluator.masked_combinations(rows, terms, every_output=True))
+        return np.array(values).reshape(outputs, d) * nu
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

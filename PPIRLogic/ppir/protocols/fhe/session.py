@@ -151,7 +151,7 @@ class FixedHandler:
             except PPIRError as err:
                 raise PeerError(str(err)) from None
             scales = np.repeat(1.0 / self._mi_norms, d)              # row-major (a, c)
-            noise = self._party.binned_noise((expected,))           # normalised units
+            noise = self._party.binned_noise((self._mi_norms.size, d)).ravel()     # normalised units, (a, c)
         extra = [int(round(n * scale * 2.0 ** params.PRODUCT_BITS)) for n, scale in zip(noise, scales)]
         try:
             values = self._keys.release(blobs, extra, 1 if op == "histogram" else bins)

@@ -170,3 +170,39 @@ def test_fhe_refuses_mi_with_a_bspline_and_budgets_its_decryptions():
     with pytest.raises(PPIRError, match="could need 11628 decryptions"):      # 3 levels x 51 products x (64 + 12)
         registry.preflight("fhe", Settings(metric="mi"))
     registry.preflight("fhe", Settings(metric="mi", max_iterations=16))
+
+
+def test_the_fhe_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm, tmp_path):
+    from ppir.engine.pyramid import LevelSpec
+    from ppir.protocols.fhe.session import FHEBackend, pack
+    from ppir.protocols.net.channel import Identity
+    from ppir.protocols.net.framing import Message
+    from ppir.protocols.runtime import Kind
+    synthesize(mni_4mm, "affine", 3, tmp_path)
+    ids = parties(tmp_path / "ids", ("moving", "fixed"))
+    fixed, fixed_at = _start(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",
+                              "--identity", str(ids["fixed"]), "--sessions", "0"])
+    settings = Settings(metric="mi", levels=[2], sampling="urs", sample_fraction=0.25, max_iterations=5)
+    bins = settings.histogram_bins
+    cases = [({"op": "histogram"}, 1, "1 ciphertexts, expected 64"),
+             ({"op": "binned"}, 12, "without its histogram"),
+             ({}, 4, "operation 'ssd' in a MI session")]
+    try:
+        for meta, count, reason in cases:
+            backend = FHEBackend(fixed_at, Identity.load(ids["moving"]), settings.to_dict())
+            try:
+                grid = backend.start_level(LevelSpec(2, 1.0))
+                n = int(round(grid.n_voxels * 0.25))
+                samples = np.sort(np.random.default_rng(0).choice(grid.n_voxels, n, replace=False))
+                backend.set_samples(samples, AffineBasis(grid.points(samples), grid.center()))
+                backend._fixed.send(Message(Kind.PRODUCT, meta, pack([b"not a ciphertext"] * count)))
+                reply = backend._fixed.recv()
+                assert reply.kind == Kind.ERROR and reason in reply.meta["reason"], (reason, reply.meta)
+            finally:
+                backend.abort("test over")
+                backend.close()
+        assert fixed.poll() is None and bins == 8
+    finally:
+        fixed.terminate()
+        fixed.wait(30)
+    assert fixed.stderr.read().count("ended: ") >= len(cases)

@@ -528,8 +528,8 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
                             "cost on a 1260x1090 2D pair; serve: one fixed party serving 1, 4 and 8 concurrent "
                             "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes); privacy: the default "
                             "disclosure policy's cost and the reconstruction attack per level; mi: the journal's private MI "
-                            "setting, 3D affine Mattes MI at 120x110x140 with 10%% samples, clear and MPC, PET-like "
-                            "and T2-like (about 2 minutes) (default: quick)")
+                            "setting, 3D affine Mattes MI at 120x110x140 with 10%% samples, clear, MPC and FHE on a "
+                            "PET-like pair, clear and MPC on a T2-like one (about 8 minutes) (default: quick)")
     bench.add_argument("--out", type=Path, default=None,
                        help="folder for the results: results.json, results.md, matrix.png, scaling.png "
                             "(engine.* / mpc.* / serve.json / mi.json for those suites)")

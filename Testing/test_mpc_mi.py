@@ -7,14 +7,13 @@ import subprocess
 
 import numpy as np
 import pytest
+from identities import parties
 from ppir.app.synth import synthesize
 from ppir.engine import mutual_information as mattes
 from ppir.engine.basis import AffineBasis
-from ppir.engine.image import read_image
 from ppir.engine.settings import Settings
 from ppir.protocols.mpc import mutual
 from ppir.protocols.mpc.ring import RingBasis, new_seed, random_ring
-from identities import parties
 from private_runs import PY, clear_and_private, transform_rmse
 
 

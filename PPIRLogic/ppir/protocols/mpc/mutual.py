@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ppir.common.errors import PPIRError
-from ppir.protocols.mpc.protocol import FIXED_BITS, channel_bits
 from ppir.engine.mutual_information import ParzenWeights
+from ppir.protocols.mpc.protocol import FIXED_BITS, channel_bits
 from ppir.protocols.mpc.ring import RingBasis, decode, random_ring
 
 WEIGHT_BITS = 24        # Parzen weights in [0, 1]: counts up to 2^25 samples stay below 2^49

@@ -14,6 +14,8 @@ from ppir.common.errors import PPIRError
 from ppir.engine.joint import FixedParty, JointResult, PartyStats
 from ppir.engine.settings import MAX_HISTOGRAM_BINS
 from ppir.protocols.mpc.mutual import (
+    BIN_BITS,
+    WEIGHT_BITS,
     FixedBins,
     MovingBinned,
     MovingHistogram,
@@ -28,7 +30,6 @@ from ppir.protocols.mpc.protocol import (
     MovingProduct,
     dealer_share,
 )
-from ppir.protocols.mpc.mutual import BIN_BITS, WEIGHT_BITS
 from ppir.protocols.mpc.ring import BASIS_BITS, RingBasis, encode, new_seed, random_ring
 from ppir.protocols.net.channel import Channel, Identity, PeerError
 from ppir.protocols.net.framing import Message
@@ -286,7 +287,7 @@ class FixedHandler:
             noise = self._party.binned_noise(tuple(r.shape)) / level.basis.scales[:, None]
             r = r + encode(noise, bits + BIN_BITS + BASIS_BITS)
         self._channel.send(Message(Kind.SHARE, {}, {"f": f.numpy(), "r": r.numpy()}))
-        return None         # the histogram's message counted this product
+        # returns None: the histogram's message counted this product
 
     def close(self) -> None:
         if self.dealer is not None:

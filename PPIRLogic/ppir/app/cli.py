@@ -49,7 +49,8 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
                    help="transform model; bspline runs an affine stage first (default: affine)")
     g.add_argument("--metric", choices=METRICS, default=DEFAULTS.metric,
                    help="similarity: ssd (same scanner and contrast), ncc (normalised cross-correlation: "
-                        "robust to gain and offset between scanners) (default: ssd)")
+                        "robust to gain and offset between scanners), mi (Mattes mutual information: other "
+                        "contrasts and modalities; FHE: rigid and affine only) (default: ssd)")
     g.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS.sampling,
                    help="which fixed voxels enter the sums: all, a uniform random subset, or a "
                         "gradient-magnitude-weighted subset (default: full)")
@@ -70,8 +71,9 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bspline-levels", type=_int_list, default=None, metavar="F,F,...",
                    help="shrink factors for the B-spline stage (default: --levels)")
     g.add_argument("--histogram-bins", type=int, default=DEFAULTS.histogram_bins, metavar="N",
-                   help="--metric mi: joint-histogram bins on each side, 6 to 64; private protocols send N "
-                        f"masked or encrypted columns per sample and iteration (default: {DEFAULTS.histogram_bins})")
+                   help="--metric mi: joint-histogram bins on each side, 6 to 64; more bins cost more privately "
+                        "(MPC: two masked columns per bin, sample and iteration; FHE: one decryption per histogram "
+                        f"cell) and reveal a finer histogram (default: {DEFAULTS.histogram_bins})")
     g.add_argument("--init", choices=INITIALIZATIONS, default=DEFAULTS.initialization,
                    help="start from aligned image centres (geometry only) or the identity (default: centers)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed for sampling (default: {DEFAULTS.seed})")
@@ -529,7 +531,7 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
                             "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes); privacy: the default "
                             "disclosure policy's cost and the reconstruction attack per level; mi: the journal's private MI "
                             "setting, 3D affine Mattes MI at 120x110x140 with 10%% samples, clear, MPC and FHE on a "
-                            "PET-like pair, clear and MPC on a T2-like one (about 8 minutes) (default: quick)")
+                            "PET-like pair, clear and MPC on a T2-like one (about 5 minutes) (default: quick)")
     bench.add_argument("--out", type=Path, default=None,
                        help="folder for the results: results.json, results.md, matrix.png, scaling.png "
                             "(engine.* / mpc.* / serve.json / mi.json for those suites)")

@@ -111,7 +111,7 @@ def test_mi_products_are_counted_noised_and_ordered(slice_2d):
 
 
 def test_every_protocol_computes_mi():
-    """MI's products are in every protocol (FHE's own limits: tests in test_mpc_mi.py)."""
+    """MI's products are in every protocol (FHE's own limits: tests in test_private_mi.py)."""
     for protocol in registry.names():
         assert "mi" in registry.get(protocol).metrics
         registry.preflight(protocol, Settings(metric="mi", max_iterations=16))

@@ -1,4 +1,4 @@
-"""Mattes mutual information under MPC: the shared products against the clear ones, real registrations against
+"""Mattes mutual information under MPC and FHE: the shared products against the clear ones, real registrations against
 the clear run (three processes over loopback TLS), and a fixed party that refuses malformed MI messages and serves on."""
 from __future__ import annotations
 

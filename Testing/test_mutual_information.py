@@ -110,11 +110,11 @@ def test_mi_products_are_counted_noised_and_ordered(slice_2d):
         backend.binned_product(np.zeros((3000, 2)), np.zeros((3000, mattes.BINS)))
 
 
-@pytest.mark.parametrize("protocol", ["mpc", "fhe"])
-def test_private_protocols_refuse_mi_before_any_work(protocol):
-    with pytest.raises(PPIRError, match=f"the {protocol.upper()} protocol does not compute MI.*--protocol clear"):
-        registry.preflight(protocol, Settings(metric="mi"))
-    registry.preflight("clear", Settings(metric="mi"))
+def test_every_protocol_computes_mi():
+    """MI's products are in every protocol (FHE's own limits: tests in test_private_mi.py)."""
+    for protocol in registry.names():
+        assert "mi" in registry.get(protocol).metrics
+        registry.preflight(protocol, Settings(metric="mi", max_iterations=16))
 
 
 def test_mi_registers_other_contrasts(tmp_path, mni_4mm, sample_dir):

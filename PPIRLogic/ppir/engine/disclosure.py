@@ -170,18 +170,18 @@ def values_per_sample_set(metric: str) -> int:
     return len(fixed_statistics(metric))
 
 
-def product_values(outputs: int, dim: int, metric: str = "ssd") -> int:
+def product_values(outputs: int, dim: int, metric: str = "ssd", bins: int = BINS) -> int:
     """Values one product reveals for ``outputs`` basis functions: r (outputs x d), and the cross term, or,
     for Mattes MI, the joint histogram (bins x bins) instead."""
-    return outputs * dim + (BINS * BINS if metric == "mi" else 1)
+    return outputs * dim + (bins * bins if metric == "mi" else 1)
 
 
-def values_per_product(basis, dim: int, metric: str = "ssd") -> int:
+def values_per_product(basis, dim: int, metric: str = "ssd", bins: int = BINS) -> int:
     """Values one product reveals: r for every output the samples touch, and the cross term (or MI's histogram)."""
     if hasattr(basis, "control"):
         touched = np.unique(np.asarray(basis.phi.indices)).size if basis.n_samples else 0
-        return product_values(touched, dim, metric)
-    return product_values(basis.matrix.shape[1], dim, metric)
+        return product_values(touched, dim, metric, bins)
+    return product_values(basis.matrix.shape[1], dim, metric, bins)
 
 
 def output_scales(basis) -> np.ndarray:
@@ -238,8 +238,10 @@ class LevelAccount:
 class DisclosureLedger:
     """The fixed party's running account of one session, checked before every release."""
 
-    def __init__(self, policy: DisclosurePolicy, sampling: str, metric: str = "ssd", fixed_mask: bool = False):
-        """``fixed_mask``: the fixed party applies a mask of its own to every sample set (``offer``)."""
+    def __init__(self, policy: DisclosurePolicy, sampling: str, metric: str = "ssd", bins: int = BINS,
+                 fixed_mask: bool = False):
+        """``bins``: MI's histogram bins; ``fixed_mask``: the fixed party applies a mask of its own to every
+        sample set (``offer``)."""
         if sampling == "gms" and not policy.allow_gms:
             raise DisclosureRefused("the fixed party's disclosure policy refuses GMS sampling (its sample indices "
                                     "trace the moving image's edges, and the policy keeps samples data-independent); "
@@ -248,6 +250,7 @@ class DisclosureLedger:
         self.fixed_mask = fixed_mask
         self._per_sample_set = values_per_sample_set(metric)
         self._metric = metric
+        self._bins = bins
         self._releases_per_product = 2 if metric == "mi" else 1     # MI: the histogram, then its gradient
         self.levels: dict[int, LevelAccount] = {}
         self._level: LevelAccount | None = None
@@ -315,7 +318,7 @@ class DisclosureLedger:
             level.sampled[:] = True
         else:
             level.sampled[samples] = True
-        self._per_product = values_per_product(basis, dim, self._metric)
+        self._per_product = values_per_product(basis, dim, self._metric, self._bins)
         level.revealed += self._per_sample_set     # the sample set's sum of squares (and sum, for NCC; none for MI)
         for _ in range(self._per_sample_set):
             self._release()
@@ -379,7 +382,7 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
     from ppir.engine.bspline import control_grid_for
     from ppir.engine.pyramid import level_grid
     from ppir.engine.sampling import sample_count
-    DisclosureLedger(policy, settings.sampling, settings.metric)      # GMS
+    DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins)      # GMS
     if settings.resample_each_iteration and settings.sampling != "full" and policy.max_sample_sets < 2:
         raise DisclosureRefused("the fixed party allows one sample set per level: drop --resample-each-iteration")
     offered = 1.0 if settings.sampling == "full" else settings.sample_fraction
@@ -394,7 +397,7 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
     revealed: dict[int, int] = {}
     for stage in (linear, "bspline") if settings.transform == "bspline" else (linear,):
         points = control_grid_for(fixed, settings.bspline_spacing_mm).n_points if stage == "bspline" else d + 1
-        per_product = product_values(points, d, settings.metric)
+        per_product = product_values(points, d, settings.metric, settings.histogram_bins)
         for factor in settings.stage_levels(stage):
             n = level_grid(fixed, factor).n_voxels
             samples = n if settings.sampling == "full" else sample_count(n, settings.sample_fraction)
@@ -421,6 +424,7 @@ def _fitting_spacing(fixed, settings, room: float, d: int) -> float:
     """The smallest control-point spacing (in steps of 25 %) whose two products fit in ``room`` values."""
     from ppir.engine.bspline import control_grid_for
     spacing = settings.bspline_spacing_mm
-    while spacing < 1e4 and 2 * product_values(control_grid_for(fixed, spacing).n_points, d, settings.metric) > room:
+    while spacing < 1e4 and 2 * product_values(control_grid_for(fixed, spacing).n_points, d, settings.metric,
+                                             settings.histogram_bins) > room:
         spacing *= 1.25
     return round(spacing, 1)

@@ -25,7 +25,7 @@ from ppir.engine.metrics import evaluate as evaluate_metric
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec, default_levels, level_image
 from ppir.engine.sampling import draw_gradient_weighted, draw_uniform
-from ppir.engine.settings import TRANSFORMS, Settings
+from ppir.engine.settings import HISTOGRAM_BINS, TRANSFORMS, Settings
 
 RELATIVE_TOLERANCE = 1e-6
 NOISE_FLOOR = 1e-3
@@ -104,10 +104,12 @@ class Level:
     """One (stage, level): sample set, basis and the moving image at that level."""
 
     def __init__(self, model, moving: MovingLevel, grid: Grid, backend: JointBackend,
-                 ledger: DisclosureLedger | None = None, metric: str = "ssd", moving_mask: Volume | None = None):
+                 ledger: DisclosureLedger | None = None, metric: str = "ssd", bins: int = HISTOGRAM_BINS,
+                 moving_mask: Volume | None = None):
         self.model, self.moving, self.grid, self.backend = model, moving, grid, backend
         self.ledger = ledger        # the moving party's replica of the fixed party's ledger
         self.metric = metric
+        self.bins = bins            # Mattes MI's histogram bins
         self.moving_mask = moving_mask      # the moving party's own mask, on the moving image's full-resolution grid
         self.joint_products = 0
 
@@ -164,7 +166,7 @@ class Level:
         self.joint_products += 1
         if self.metric == "mi":
             return evaluate_mi(self.model, p, g, values, self.backend, self.joint_basis,
-                               self.moving.value_range)
+                               self.moving.value_range, self.bins)
         joint = self.backend.joint_product(g, values)
         return evaluate_metric(self.metric, self.model, p, g, values, joint, self.joint_basis)
 
@@ -215,7 +217,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
     check_plan(policy, settings, fixed, backend.fixed_mask)
-    ledger = DisclosureLedger(policy, settings.sampling, settings.metric, backend.fixed_mask)
+    ledger = DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins, backend.fixed_mask)
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]
@@ -242,7 +244,7 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
         if ledger is not None:
             ledger.start_level(spec.factor, grid.n_voxels)
         level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric,
-                      moving_mask)
+                      settings.histogram_bins, moving_mask)
         rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])
         last = number == len(specs) - 1
         p, state, iterations = _optimise(level, p, settings, rng, stage, number, len(specs), progress, last)

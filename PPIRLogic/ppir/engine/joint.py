@@ -143,6 +143,7 @@ class FixedParty:
         self._values: np.ndarray | None = None
         self._basis = None
         self._metric = "ssd"
+        self.histogram_bins = mattes.BINS
         self.scale = 1.0                # s_J: the power of two the protocols divide J by
         self._sensitivity = 0.0         # of one product's normalised release, outputs over output_scales
         self.output_scales = np.ones(0)  # w_a: the noise on output a is w_a times the rescaled release's
@@ -162,9 +163,11 @@ class FixedParty:
 
     def open(self, settings: Settings) -> None:
         """Start the session's ledger (refuses what the policy never allows, such as GMS)."""
-        self.ledger = DisclosureLedger(self.policy, settings.sampling, settings.metric, self.masked)
+        self.ledger = DisclosureLedger(self.policy, settings.sampling, settings.metric, settings.histogram_bins,
+                                       self.masked)
         self._metric = settings.metric
         self._moving_mask = settings.moving_mask
+        self.histogram_bins = settings.histogram_bins
 
     def start_level(self, spec: LevelSpec) -> Grid:
         self._level = level_image(self._fixed, spec)
@@ -198,9 +201,14 @@ class FixedParty:
         self._sq_sensitivity = span * span
         if self._metric == "mi":
             level = self._level.array
-            self._bins = mattes.fixed_bins(self._values, float(level.min()), float(level.max()))
+            self._bins = mattes.fixed_bins(self._values, float(level.min()), float(level.max()), self.histogram_bins)
             self._mi_sensitivity = sensitivity(basis, self.grid.dim, 2.0)
         self._gradient_due = False
+
+    @property
+    def metric(self) -> str:
+        """The session's metric."""
+        return self._metric
 
     @property
     def values(self) -> np.ndarray:
@@ -253,21 +261,43 @@ class FixedParty:
         changing bin moves one row of Parzen weights, L2 norm <= 1, from one histogram row to another),
         and the gradient product that follows, ``sensitivity(basis, d, 2)`` (|v'| <= 1 either side).
         """
-        self.begin_product()
-        h = mattes.histogram(self._bins, weights)
-        self._gradient_due = True
-        return h + self.noise(h.shape, math.sqrt(2.0))
+        self.begin_histogram()
+        h = mattes.histogram(self._bins, weights, self.histogram_bins)
+        return h + self.histogram_noise()
 
-    def clear_binned(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
-        """Phi^T (g * v_{l(x)}(x)) computed here, with the policy's noise (only after a histogram)."""
+    def begin_histogram(self) -> None:
+        """MI: pass the ledger before a histogram is answered (the histogram and its gradient are one product)."""
+        self.begin_product()
+        self._gradient_due = True
+
+    def begin_binned(self) -> None:
+        """MI: a gradient product is answered only once, after its histogram (PPIRError otherwise)."""
         if not self._gradient_due:
             raise PPIRError("a mutual-information gradient product without its histogram")
         self._gradient_due = False
+
+    def histogram_noise(self) -> np.ndarray:
+        """The policy's noise on a joint histogram, in counts (sensitivity sqrt 2)."""
+        return self.noise((self.histogram_bins, self.histogram_bins), math.sqrt(2.0))
+
+    def binned_noise(self, shape) -> np.ndarray:
+        """The policy's noise on an MI gradient product (outputs, channels), in units of the normalised channels
+        and bin weights, each output's row times its w_a (``output_noise``)."""
+        return self.output_noise(shape, self._mi_sensitivity)
+
+    @property
+    def bin_indices(self) -> np.ndarray:
+        """MI: each sample's fixed bin l(x) (the fixed party's own)."""
+        return self._bins
+
+    def clear_binned(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        """Phi^T (g * v_{l(x)}(x)) computed here, with the policy's noise (only after a histogram)."""
+        self.begin_binned()
         u = np.take_along_axis(bin_weights, self._bins[:, None], axis=1)[:, 0].astype(np.float64)
         r = self._basis.transpose_apply(channels, u)
         if self.policy.noise_multiplier > 0:
             scales = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(bin_weights).max()), 1e-30)
-            r = r + self.output_noise(r.shape, self._mi_sensitivity) * scales[None, :]
+            r = r + self.binned_noise(r.shape) * scales[None, :]
         return r
 
 

@@ -85,9 +85,9 @@ def evaluate(metric: str, model, p: np.ndarray, channels: np.ndarray, values: np
 
 
 def evaluate_mi(model, p: np.ndarray, channels: np.ndarray, values: np.ndarray, backend, joint_basis,
-                moving_range: tuple[float, float]) -> Evaluation:
+                moving_range: tuple[float, float], bins: int = mattes.BINS) -> Evaluation:
     """Mattes MI's terms: the joint histogram, then the gradient, both joint products through ``backend``."""
-    weights, derivative, delta = mattes.parzen(values, *moving_range)
+    weights, derivative, delta = mattes.parzen(values, *moving_range, bins)
     terms = mattes.entropies(backend.histogram_product(weights))
     r = backend.binned_product(channels, mattes.bin_weights(weights, derivative, terms.log_ratio))
     gradient = -0.5 / (terms.total * delta) * model.gradient_vector(r, p)

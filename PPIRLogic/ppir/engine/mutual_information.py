@@ -25,8 +25,7 @@ import numpy as np
 
 from ppir.common.errors import PPIRError
 from ppir.engine.basis import cubic_weights
-
-BINS = 32           # histogram bins on each side (SimpleITK's default is 50, the journal's code uses 8)
+from ppir.engine.settings import HISTOGRAM_BINS as BINS   # default bins on each side (--histogram-bins)
 
 
 @dataclass(frozen=True)

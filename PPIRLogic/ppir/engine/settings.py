@@ -15,6 +15,8 @@ TRANSFORMS = ("rigid", "affine", "bspline")
 SAMPLINGS = ("full", "urs", "gms")
 INITIALIZATIONS = ("centers", "identity")
 METRICS = ("ssd", "ncc", "mi")
+HISTOGRAM_BINS = 8      # Mattes MI: bins on each side (the journal code's choice; see docs/method.md)
+MAX_HISTOGRAM_BINS = 64
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Settings:
     bspline_spacing_mm: float = 20.0
     bspline_levels: list[int] | None = None
     bspline_regularization: float = 0.1
+    histogram_bins: int = HISTOGRAM_BINS
     initialization: str = "centers"
     seed: int = 0
     moving_mask: bool = False   # the moving party draws its samples inside its own mask (the mask is never sent)
@@ -55,6 +58,8 @@ class Settings:
             raise PPIRError("B-spline regularization must be >= 0")
         if self.bspline_spacing_mm <= 0:
             raise PPIRError("B-spline control-point spacing must be positive")
+        if not isinstance(self.histogram_bins, int) or not 6 <= self.histogram_bins <= MAX_HISTOGRAM_BINS:
+            raise PPIRError(f"histogram bins must be an integer from 6 to {MAX_HISTOGRAM_BINS}, got {self.histogram_bins}")
         if self.initialization not in INITIALIZATIONS:
             raise PPIRError(f"unknown initialization {self.initialization!r}; choose from {', '.join(INITIALIZATIONS)}")
         if not isinstance(self.moving_mask, bool):

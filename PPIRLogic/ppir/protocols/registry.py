@@ -36,10 +36,10 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("clear", "one process, no protection: the accuracy reference", private=False),
     Protocol("mpc", "additive secret sharing over Z_2^64 with a dealer (moving, fixed and dealer processes)",
              private=True, needs_dealer=True, requires="PyTorch and CrypTen",
-             session_module="ppir.protocols.mpc.session", metrics=("ssd", "ncc")),
+             session_module="ppir.protocols.mpc.session"),
     Protocol("fhe", "CKKS homomorphic encryption, two parties, no dealer", private=True,
              requires="TenSEAL", session_module="ppir.protocols.fhe.session",
-             preflight="ppir.protocols.fhe.params:check_settings", metrics=("ssd", "ncc")),
+             preflight="ppir.protocols.fhe.params:check_settings"),
 )}
 
 
@@ -75,8 +75,9 @@ def preflight(name: str, settings) -> None:
     """Refuse, before any work, what ``name`` cannot run: a missing library, or settings it cannot serve."""
     protocol = get(name)
     if settings.metric not in protocol.metrics:
+        able = [other for other, p in PROTOCOLS.items() if settings.metric in p.metrics]
         raise PPIRError(f"the {name.upper()} protocol does not compute {settings.metric.upper()} yet (its joint "
-                        f"histogram is not among its products); use --protocol clear, or --metric "
+                        f"histogram is not among its products); use --protocol {' or '.join(able)}, or --metric "
                         f"{' or '.join(protocol.metrics)}")
     if not protocol.private:
         return

@@ -343,6 +343,8 @@ def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dea
                 handler.on_samples(party, basis)
             elif message.kind == Kind.PRODUCT:
                 n_samples = handler.on_product(message)
+                if n_samples is None:       # the second message of one product (MI's gradient)
+                    continue
                 products += 1
                 if progress:
                     sent, received = totals(handler.channels)

@@ -46,21 +46,37 @@ class MovingEvaluator:
         encoding's precision) is left out: its sum is 0. Each weight row must have l1 norm <= 1
         (the bound the fixed party's flooding assumes).
         """
-        if np.abs(weights).sum(axis=1).max(initial=0.0) > 1.0 + 1e-9:
-            raise ValueError("weights must have l1 norm <= 1")
+        return self.masked_combinations(weights, [[output] for output in outputs])
+
+    def masked_combinations(self, weights: np.ndarray, outputs: list[list[tuple[int, int]]],
+                            every_output: bool = False) -> dict[int, tuple[bytes, int]]:
+        """``masked_sums`` for outputs that are sums of terms: output k is sum over its (a, b) of
+        sum_x weights[b] * C_a (Mattes MI's gradient: one term per fixed bin). The l1 norms of each
+        output's weight rows must add up to at most 1; the error bound counts every term's products.
+        ``every_output``: an output whose weights are all zero is still returned, as a fresh encryption
+        of zero, so that which outputs are zero says nothing of the weights.
+        """
+        mass = np.abs(weights).sum(axis=1)
+        if max((sum(mass[b] for _, b in terms) for terms in outputs), default=0.0) > 1.0 + 1e-9:
+            raise ValueError("each output's weights must have l1 norm <= 1 in total")
         acc: dict[int, seal.Ciphertext] = {}
         for chunk in range(len(self._columns[0])):
-            plains = self._encode_chunk(weights, chunk, {b for _, b in outputs})
-            for k, (a, b) in enumerate(outputs):
-                if b in plains:
-                    product = seal.Ciphertext()
-                    self.evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
-                    acc[k] = self.add(acc.get(k), product)
+            plains = self._encode_chunk(weights, chunk, {b for terms in outputs for _, b in terms})
+            for k, terms in enumerate(outputs):
+                for a, b in terms:
+                    if b in plains:
+                        product = seal.Ciphertext()
+                        self.evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
+                        acc[k] = self.add(acc.get(k), product)
+        terms_per_output = max((len(terms) for terms in outputs), default=1)
+        if every_output:
+            for k in range(len(outputs)):
+                acc.setdefault(k, self.zero(2.0 ** params.PRODUCT_BITS))
         masked = {}
-        for k, ciphertext in acc.items():
+        for k, ciphertext in sorted(acc.items()):
             self.rotate_and_sum(ciphertext)
             self.rerandomise(ciphertext)
-            mask = self._add_mask(ciphertext, len(self._columns[0]))
+            mask = self._add_mask(ciphertext, len(self._columns[0]) * terms_per_output)
             masked[k] = (dump(ciphertext), mask)
         return masked
 
@@ -109,6 +125,13 @@ class MovingEvaluator:
                 out = rotated
         return out
 
+    def zero(self, scale: float) -> seal.Ciphertext:
+        """A fresh public-key encryption of zero at ``scale``."""
+        zero, encrypted = seal.Plaintext(), seal.Ciphertext()
+        self.encoder.encode(0.0, scale, zero)
+        self._encryptor.encrypt(zero, encrypted)
+        return encrypted
+
     def rerandomise(self, ciphertext: seal.Ciphertext) -> None:
         """Add a fresh public-key encryption of zero at the ciphertext's scale."""
         zero, encrypted = seal.Plaintext(), seal.Ciphertext()
@@ -116,10 +139,11 @@ class MovingEvaluator:
         self._encryptor.encrypt(zero, encrypted)
         self.evaluator.add_inplace(ciphertext, encrypted)
 
-    def _add_mask(self, ciphertext: seal.Ciphertext, chunks: int) -> int:
-        """Add V (all slots) and U (constant coefficient); returns U."""
+    def _add_mask(self, ciphertext: seal.Ciphertext, products: int) -> int:
+        """Add V (all slots) and U (constant coefficient); returns U. ``products``: plaintext products per slot
+        summed into the ciphertext (the chunks, times the terms of a combination)."""
         plain = seal.Plaintext()
-        v = masks.zero_mean_slots(params.SLOTS, params.slot_mask_width(chunks))
+        v = masks.zero_mean_slots(params.SLOTS, params.slot_mask_width(products))
         self.encoder.encode(v.tolist(), ciphertext.scale, plain)
         self.evaluator.add_plain_inplace(ciphertext, plain)
         u = masks.integer(params.MASK_RANGE_BITS)

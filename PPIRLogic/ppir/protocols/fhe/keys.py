@@ -57,10 +57,14 @@ class FixedKeys:
         self._chunks = -(-columns.shape[1] // params.SLOTS)
         return blobs
 
-    def release(self, blobs: list[bytes], noise: list[int]) -> list[int]:
-        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136)."""
+    def release(self, blobs: list[bytes], noise: list[int], terms: int = 1) -> list[int]:
+        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136).
+
+        ``terms``: columns combined per output (Mattes MI's gradient sums one per fixed bin): the flooding
+        covers the error of chunks x terms plaintext products.
+        """
         self._spend(len(blobs))
-        flood = params.flood_width(self._chunks)
+        flood = params.flood_width(self._chunks * terms)
         return [self._constant_coefficient(self._decrypt(blob, params.PRODUCT_BITS)) + masks.symmetric_integer(flood)
                 + extra for blob, extra in zip(blobs, noise, strict=True)]
 

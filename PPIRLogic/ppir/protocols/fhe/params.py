@@ -100,9 +100,16 @@ def describe() -> dict:
 
 
 def check_settings(settings) -> None:
-    """Refuse settings whose products could need more decryptions than one session may release."""
+    """Refuse settings whose products could need more decryptions than one session may release (and MI with
+    a B-spline: its gradient product is implemented for the single-value releases of rigid and affine bases)."""
     d, products = 3, settings.max_iterations + 1
-    releases = len(settings.levels) * products * (d * (d + 1) + 1)
+    per_product = d * (d + 1) + 1
+    if settings.metric == "mi":
+        if settings.transform == "bspline":
+            raise PPIRError("FHE computes mutual information for rigid and affine transforms only; use --protocol mpc "
+                            "for a B-spline with --metric mi")
+        per_product = settings.histogram_bins ** 2 + d * (d + 1)     # the histogram's counts, then r
+    releases = len(settings.levels) * products * per_product
     if settings.transform == "bspline":
         releases += len(settings.stage_levels("bspline")) * products * (d + 1)
     if releases > MAX_RELEASED:

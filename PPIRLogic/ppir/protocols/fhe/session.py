@@ -47,6 +47,11 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
     return [raw[end - size:end] for end, size in zip(ends, sizes)]
 
 
+def mi_norms(basis: AffineBasis, bins: int) -> np.ndarray:
+    """MI's gradient normalisers, public: B * sum_x |Phi_a(x)| per basis column a (each at least 1e-30)."""
+    return np.maximum(bins * np.abs(basis.matrix).sum(axis=0), 1e-30)
+
+
 def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
     """s_a = s_J * (power of two >= max |Phi_a|): public geometry and the exponent of max |J|."""
     return fixed_scale(values) * np.array([fixed_scale(column) for column in basis.matrix.T])
@@ -75,6 +80,16 @@ class FixedHandler:
 
     def on_samples(self, party: FixedParty, basis) -> None:
         self._party, self._layout = party, None
+        if party.metric == "mi":         # Mattes MI: the bin memberships, one column per fixed bin
+            if isinstance(basis, BSplineBasis):
+                raise PeerError("FHE computes mutual information for rigid and affine bases only")
+            bins = party.histogram_bins
+            memberships = np.zeros((bins, len(party.bin_indices)))
+            memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
+            blobs = self._keys.encrypt(memberships)
+            self._mi_norms = mi_norms(basis, bins)
+            self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
+            return
         if isinstance(basis, BSplineBasis):
             try:
                 self._layout = CellLayout(basis)
@@ -90,10 +105,17 @@ class FixedHandler:
         self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), **party.statistics()},
                                    pack(blobs)))
 
-    def on_product(self, message: Message) -> int:
+    def on_product(self, message: Message) -> int | None:
         blobs = unpack(message.arrays)
         if not blobs:
             raise PeerError("empty product message")
+        op = message.meta.get("op", "ssd")
+        if (op in ("histogram", "binned")) != (self._party.metric == "mi"):
+            raise PeerError(f"product message: operation {op!r} in a {self._party.metric.upper()} session")
+        if op in ("histogram", "binned"):
+            return self._mi_product(op, message, blobs)
+        if op != "ssd":
+            raise PeerError(f"product message: unknown operation {op!r}")
         peaks = _peaks(message.meta.get("peaks"), len(blobs))
         self._party.begin_product()
         try:
@@ -108,6 +130,35 @@ class FixedHandler:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
         self._channel.send(reply)
         return int(message.meta.get("samples", 0))
+
+    def _mi_product(self, op: str, message: Message, blobs: list[bytes]) -> int | None:
+        """Mattes MI: every histogram cell (l, k) as M_l^T W_k / N, then every gradient output (a, c) as
+        sum_l sum_x Phi_a g_c v_l M_l / nu_ac, released as the affine SSD values are. The normalisers are
+        public (N; nu_ac = B sum_x |Phi_a| times the moving party's channel and bin-weight peaks), so the
+        policy's noise needs nothing from the moving party: 1/N per count unit, 1/(B sum_x |Phi_a|) per
+        normalised unit."""
+        bins, d = self._party.histogram_bins, self._party.grid.dim
+        expected = bins * bins if op == "histogram" else self._mi_norms.size * d
+        if len(blobs) != expected:
+            raise PeerError(f"{op} product: {len(blobs)} ciphertexts, expected {expected}")
+        if op == "histogram":
+            self._party.begin_histogram()
+            scales = np.full(expected, 1.0 / len(self._party.values))
+            noise = self._party.histogram_noise().ravel()           # counts
+        else:
+            try:
+                self._party.begin_binned()
+            except PPIRError as err:
+                raise PeerError(str(err)) from None
+            scales = np.repeat(1.0 / self._mi_norms, d)              # row-major (a, c)
+            noise = self._party.binned_noise((self._mi_norms.size, d)).ravel()     # normalised units, (a, c)
+        extra = [int(round(n * scale * 2.0 ** params.PRODUCT_BITS)) for n, scale in zip(noise, scales)]
+        try:
+            values = self._keys.release(blobs, extra, 1 if op == "histogram" else bins)
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
+        self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
+        return len(self._party.values) if op == "histogram" else None
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
         """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
@@ -148,6 +199,7 @@ class FHEBackend(RemoteBackend):
                  retry_for: float = 10.0):
         super().__init__(fixed, identity, {"protocol": "fhe", "fhe": params.describe(), "settings": session},
                          timeout, retry_for)
+        self._bins = session["histogram_bins"] if session.get("metric") == "mi" else 0
         bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
         self._evaluator = MovingEvaluator(bundle)
 
@@ -161,7 +213,12 @@ class FHEBackend(RemoteBackend):
         self.send_samples(samples, basis)
         reply = expect(self._fixed, Kind.FHE_COLUMNS)
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
-        self._sums = fixed_sums(reply.meta)
+        self._basis = basis
+        if self._bins:
+            if layout is not None or len(self._scales) != self._bins:
+                raise PeerError("the fixed party's bin columns do not match the session's histogram bins")
+        else:
+            self._sums = fixed_sums(reply.meta)
         try:
             if layout is None:
                 self._packed = None
@@ -198,6 +255,42 @@ class FHEBackend(RemoteBackend):
                 a, b = wanted[k]
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
         return JointResult(values[:-1].reshape(q, d), float(values[-1]), *self._sums)
+
+    def _release(self, op: str, masked: dict) -> list[float]:
+        """Send every output's masked ciphertext, in order; return the released values R'."""
+        order = sorted(masked)
+        self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples},
+                                 pack([masked[k][0] for k in order])))
+        released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
+        if len(released) != len(order):
+            raise PeerError("the fixed party returned the wrong number of values")
+        try:
+            return [MovingEvaluator.unmask(int(value), masked[k][1]) for k, value in zip(order, released)]
+        except (TypeError, ValueError):
+            raise PeerError("the fixed party's released values are malformed") from None
+
+    def histogram_product(self, weights) -> np.ndarray:
+        """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public)."""
+        bins, n = self._bins, self._n_samples
+        rows = weights.dense().T / n                                  # (moving bins, N); each row's l1 <= 1
+        cells = [(l, k) for l in range(bins) for k in range(bins)]
+        values = self._release("histogram", self._evaluator.masked_combinations(rows, [[cell] for cell in cells],
+                                                                                every_output=True))
+        return np.array(values).reshape(bins, bins) * n
+
+    def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        """MI's gradient: r_ac = nu_ac sum_l sum_x (Phi_a g_c v_l / nu_ac) M_l, every (a, c) released, with
+        nu_ac = B sum_x |Phi_a| max |g_c| max |v| (the l1 norms of an output's B rows add up to at most 1)."""
+        phi = self._basis.matrix                                    # (N, outputs): public
+        bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
+        v = bin_weights.astype(np.float64)
+        peaks = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
+        nu = mi_norms(self._basis, bins)[:, None] * peaks[None, :]  # (outputs, d)
+        rows = (phi.T[:, None, None, :] * channels.T[None, :, None, :] * v.T[None, None, :, :]
+                / nu[:, :, None, None]).reshape(-1, len(v))
+        terms = [[(l, (a * d + c) * bins + l) for l in range(bins)] for a in range(outputs) for c in range(d)]
+        values = self._release("binned", self._evaluator.masked_combinations(rows, terms, every_output=True))
+        return np.array(values).reshape(outputs, d) * nu
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

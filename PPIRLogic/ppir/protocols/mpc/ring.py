@@ -63,6 +63,11 @@ class RingBasis:
             self._index = torch.from_numpy(basis.phi.indices.astype(np.int64).reshape(basis.n_samples, -1))
             self._outputs = basis.control.n_points
 
+    @property
+    def outputs(self) -> int:
+        """The number of basis functions (rows of Phi^T)."""
+        return int(self._dense.shape[1]) if hasattr(self, "_dense") else int(self._outputs)
+
     def effective(self) -> AffineBasis | BSplineBasis:
         """The basis as the integers represent it: what the revealed results are exactly a product with."""
         if hasattr(self, "_dense"):

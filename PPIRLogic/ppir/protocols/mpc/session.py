@@ -10,7 +10,18 @@ import threading
 import numpy as np
 import torch
 
+from ppir.common.errors import PPIRError
 from ppir.engine.joint import FixedParty, JointResult, PartyStats
+from ppir.engine.settings import MAX_HISTOGRAM_BINS
+from ppir.protocols.mpc.mutual import (
+    BIN_BITS,
+    WEIGHT_BITS,
+    FixedBins,
+    MovingBinned,
+    MovingHistogram,
+    dealer_binned,
+    dealer_histogram,
+)
 from ppir.protocols.mpc.protocol import (
     FIXED_BITS,
     MAX_CHANNEL_BITS,
@@ -38,6 +49,25 @@ from ppir.protocols.runtime import (
 )
 
 PAIR_SECONDS = 60.0   # how long the dealer waits for the second party of a session
+MAX_CHANNELS = 16     # moving channels per product (SSD: d + 1; MI's gradient: d)
+BINNED_SEEDS = ("av", "s0", "a", "r0")      # the moving party's seeds for an MI gradient product
+
+
+def _seed(arrays: dict, name: str, party: str) -> bytes:
+    """A 256-bit seed from a message's arrays (a PeerError if it is missing or malformed)."""
+    seed = arrays.get(name)
+    if seed is None or seed.dtype != np.uint8 or seed.shape != (32,):
+        raise PeerError(f"the {party} party's seed {name!r} is missing or malformed")
+    return seed.tobytes()
+
+
+def _ring(arrays: dict, name: str, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """A ring array of exactly ``shape`` from a message (a PeerError naming ``what`` otherwise)."""
+    value = arrays.get(name)
+    if value is None or value.dtype != np.int64 or tuple(value.shape) != tuple(shape):
+        got = "nothing" if value is None else f"{value.dtype} {tuple(value.shape)}"
+        raise PeerError(f"{what}: {name!r} must be int64 of shape {tuple(shape)}, got {got}")
+    return torch.from_numpy(value)
 
 
 class MPCBackend(RemoteBackend):
@@ -55,6 +85,7 @@ class MPCBackend(RemoteBackend):
         self._dealer_stats = PartyStats()
         hello = {"protocol": "mpc", "dealer": {"address": dealer, "fingerprint": self._dealer.peer.fingerprint},
                  "fixed_bits": FIXED_BITS, "basis_bits": BASIS_BITS, "settings": session}
+        self._bins = session["histogram_bins"] if session.get("metric") == "mi" else 0
         try:
             super().__init__(fixed, identity, hello, timeout, retry_for)
         except BaseException:
@@ -76,13 +107,42 @@ class MPCBackend(RemoteBackend):
 
     def set_samples(self, samples: np.ndarray | None, basis):
         self.send_samples(samples, basis)
-        self._dealer.send(Message(Kind.DEALER_LEVEL, {"samples": int(basis.n_samples)}))
+        self._ring_basis = RingBasis(basis)
+        n = int(basis.n_samples)
+        if self._bins:      # MI: the fixed party's bin memberships, masked once per sample set
+            self._dealer.send(Message(Kind.DEALER_LEVEL, {"samples": n, "columns": self._bins}))
+            reply = expect(self._fixed, Kind.FIXED_MASKED)
+            self._f = _ring(reply.arrays, "f", (n, self._bins), "the fixed party's masked bins")
+            return self._ring_basis.effective()
+        self._dealer.send(Message(Kind.DEALER_LEVEL, {"samples": n}))
         reply = expect(self._fixed, Kind.FIXED_MASKED)
         self._f = torch.from_numpy(reply.arrays["f"])
         self._fixed_scale = float(reply.meta["scale"])
         self._sums = fixed_sums(reply.meta)
-        self._ring_basis = RingBasis(basis)
         return self._ring_basis.effective()
+
+    def histogram_product(self, weights) -> np.ndarray:
+        """MI's joint histogram M^T W (``ppir.protocols.mpc.mutual``)."""
+        self._dealer.send(Message(Kind.DEALER_TRIPLE, {"op": "histogram"}))
+        seeds = expect(self._dealer, Kind.DEALER_SEEDS).arrays
+        product = MovingHistogram(weights, self._f, _seed(seeds, "a", "dealer"), _seed(seeds, "r0", "dealer"))
+        self._fixed.send(Message(Kind.PRODUCT, {"op": "histogram"}, {"e": product.e.numpy()}))
+        share = _ring(expect(self._fixed, Kind.SHARE).arrays, "h", (self._bins, self._bins), "the fixed party's share")
+        return product.finish(share)
+
+    def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        """MI's gradient product Phi^T (g * sum_l M_l v_l) (``ppir.protocols.mpc.mutual``)."""
+        n, d = channels.shape
+        self._dealer.send(Message(Kind.DEALER_TRIPLE, {"op": "binned", "channels": d}))
+        arrays = expect(self._dealer, Kind.DEALER_SEEDS).arrays
+        seeds = {name: _seed(arrays, name, "dealer") for name in BINNED_SEEDS}
+        product = MovingBinned(channels, bin_weights, self._ring_basis, self._f, seeds)
+        self._fixed.send(Message(Kind.PRODUCT, {"op": "binned", "d": d, "bits": product.bits},
+                                 {"e": product.e_v.numpy(), "g": product.e_g.numpy()}))
+        reply = expect(self._fixed, Kind.SHARE).arrays
+        f = _ring(reply, "f", (n,), "the fixed party's opening")
+        r = _ring(reply, "r", (self._ring_basis.outputs, d), "the fixed party's share")
+        return product.finish(f, r)
 
     def joint_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         self._dealer.send(Message(Kind.DEALER_TRIPLE, {"channels": channels.shape[1] + 1}))
@@ -146,14 +206,29 @@ class FixedHandler:
 
     def on_samples(self, party: FixedParty, basis) -> None:
         self._party = party
-        seed_b = expect(self.dealer, Kind.DEALER_SEED_B).arrays["b"].tobytes()
+        seed_b = _seed(expect(self.dealer, Kind.DEALER_SEED_B).arrays, "b", "dealer")
+        if party.metric == "mi":
+            self._level = FixedBins(party.bin_indices, party.histogram_bins, seed_b, RingBasis(basis))
+            self._channel.send(Message(Kind.FIXED_MASKED, {}, {"f": self._level.masked().numpy()}))
+            return
         scale = party.scale
         self._level = FixedLevel.start(party.values, scale, seed_b, RingBasis(basis))
         self._channel.send(Message(Kind.FIXED_MASKED, {"scale": scale, **party.statistics()},
                                    {"f": self._level.masked().numpy()}))
 
-    def on_product(self, message: Message) -> int:
-        """Answer one product; returns the number of samples."""
+    def on_product(self, message: Message) -> int | None:
+        """Answer one product message; returns the number of samples (None: a product's second message)."""
+        if self._level is None:
+            raise PeerError("product message before any sample set")
+        op = message.meta.get("op", "ssd")
+        if (op in ("histogram", "binned")) != (self._party.metric == "mi"):
+            raise PeerError(f"product message: operation {op!r} in a {self._party.metric.upper()} session")
+        if op == "histogram":
+            return self._histogram(message)
+        if op == "binned":
+            return self._binned(message)
+        if op != "ssd":
+            raise PeerError(f"product message: unknown operation {op!r}")
         e = torch.from_numpy(message.arrays.get("e", np.zeros((0, 0), np.int64)))
         d = int(message.meta.get("d", -1))
         if self._level is None or e.ndim != 2 or e.shape[0] != self._level.b.shape[0] or not 0 < d < e.shape[1]:
@@ -173,6 +248,46 @@ class FixedHandler:
             cross = cross + encode(np.array([self._party.noise(())]), bits + FIXED_BITS)[0]
         self._channel.send(Message(Kind.SHARE, {}, {"r": r.numpy(), "cross": cross.reshape(1).numpy()}))
         return int(e.shape[0])
+
+    def _histogram(self, message: Message) -> int:
+        """MI: the fixed party's share of the joint histogram M^T W, with the policy's noise."""
+        level = self._level
+        e = _ring(message.arrays, "e", level.shape, "histogram product")
+        self._party.begin_histogram()
+        r1 = _ring(expect(self.dealer, Kind.DEALER_SHARE).arrays, "r1", (level.shape[1],) * 2, "the dealer's share")
+        share = level.histogram_share(e, r1)
+        if self._party.policy.noise_multiplier > 0:      # in counts, in the weights' fixed point
+            share = share + encode(self._party.histogram_noise(), WEIGHT_BITS)
+        self._channel.send(Message(Kind.SHARE, {}, {"h": share.numpy()}))
+        return level.shape[0]
+
+    def _binned(self, message: Message) -> None:
+        """MI: the fixed party's share of Phi^T (g * sum_l M_l v_l), after its histogram."""
+        level = self._level
+        n = level.shape[0]
+        d = message.meta.get("d")
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 < d <= self._party.grid.dim:
+            raise PeerError(f"gradient product: {d!r} channels for a {self._party.grid.dim}D image")
+        bits = message.meta.get("bits")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_CHANNEL_BITS <= bits <= MAX_CHANNEL_BITS:
+            raise PeerError(f"gradient product: channel precision {bits!r} outside "
+                            f"[{MIN_CHANNEL_BITS}, {MAX_CHANNEL_BITS}] bits")
+        e_v = _ring(message.arrays, "e", level.shape, "gradient product")
+        e_g = _ring(message.arrays, "g", (n, d), "gradient product")
+        try:
+            self._party.begin_binned()
+        except PPIRError as err:
+            raise PeerError(str(err)) from None
+        share = expect(self.dealer, Kind.DEALER_SHARE).arrays
+        s1 = _ring(share, "s1", (n,), "the dealer's share")
+        r1 = _ring(share, "r1", (n, d), "the dealer's share")
+        b2 = random_ring(_seed(share, "b", "dealer"), (n,))
+        f, r = level.binned_share(e_v, e_g, s1, b2, r1)
+        if self._party.policy.noise_multiplier > 0:      # normalised units, in the product's fixed point
+            noise = self._party.binned_noise(tuple(r.shape)) / level.basis.scales[:, None]
+            r = r + encode(noise, bits + BIN_BITS + BASIS_BITS)
+        self._channel.send(Message(Kind.SHARE, {}, {"f": f.numpy(), "r": r.numpy()}))
+        # returns None: the histogram's message counted this product
 
     def close(self) -> None:
         if self.dealer is not None:
@@ -236,6 +351,32 @@ class DealerHub:
         return None
 
 
+def _seeds(names) -> dict[str, bytes]:
+    return {name: new_seed() for name in names}
+
+
+def _as_arrays(seeds: dict[str, bytes]) -> dict[str, np.ndarray]:
+    return {name: np.frombuffer(seed, np.uint8) for name, seed in seeds.items()}
+
+
+def _serve_mi(message: Message, moving: Channel, fixed: Channel, b: torch.Tensor | None) -> None:
+    """The correlated randomness of one MI product (``ppir.protocols.mpc.mutual``); seeds go first."""
+    if b is None or b.ndim != 2:
+        raise PeerError("an MI product requested before a sample set of bins")
+    if message.meta["op"] == "histogram":
+        seeds = _seeds(("a", "r0"))
+        moving.send(Message(Kind.DEALER_SEEDS, {}, _as_arrays(seeds)))
+        fixed.send(Message(Kind.DEALER_SHARE, {}, {"r1": dealer_histogram(seeds["a"], seeds["r0"], b).numpy()}))
+        return
+    d = field(message, "channels", int)
+    if not 0 < d <= MAX_CHANNELS:
+        raise PeerError(f"an MI gradient product with {d} channels")
+    seeds = _seeds(BINNED_SEEDS + ("b",))
+    moving.send(Message(Kind.DEALER_SEEDS, {}, _as_arrays({name: seeds[name] for name in BINNED_SEEDS})))
+    s1, r1 = dealer_binned(seeds, b, d)
+    fixed.send(Message(Kind.DEALER_SHARE, {}, {"s1": s1.numpy(), "r1": r1.numpy(), **_as_arrays({"b": seeds["b"]})}))
+
+
 def serve_dealer_session(moving: Channel, fixed: Channel) -> str:
     """Serve one session's correlated randomness; the dealer's cost goes to the moving party at the end."""
     clock = _Clock()
@@ -247,12 +388,18 @@ def serve_dealer_session(moving: Channel, fixed: Channel) -> str:
             samples = field(message, "samples", int)
             if not 0 < samples <= 1 << 25:
                 raise PeerError(f"sample count {samples} out of range")
+            columns = message.meta.get("columns")           # MI: the fixed bins, masked as a matrix
+            if columns is not None and (not isinstance(columns, int) or isinstance(columns, bool)
+                                        or not 1 < columns <= MAX_HISTOGRAM_BINS):
+                raise PeerError(f"bin count {columns!r} out of range")
             seed_b = new_seed()
-            b = random_ring(seed_b, (samples,))
+            b = random_ring(seed_b, (samples,) if columns is None else (samples, columns))
             fixed.send(Message(Kind.DEALER_SEED_B, {}, {"b": np.frombuffer(seed_b, np.uint8)}))
+        elif message.kind == Kind.DEALER_TRIPLE and message.meta.get("op") in ("histogram", "binned"):
+            _serve_mi(message, moving, fixed, b)
         elif message.kind == Kind.DEALER_TRIPLE:
             channels = field(message, "channels", int)
-            if b is None or not 1 < channels <= 16:
+            if b is None or b.ndim != 1 or not 1 < channels <= MAX_CHANNELS:
                 raise PeerError("triple requested before any sample set or with a bad channel count")
             seed_a, seed_r0 = new_seed(), new_seed()
             # seeds first: the moving party prepares its product while the dealer computes r1

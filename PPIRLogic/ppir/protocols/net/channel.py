@@ -111,6 +111,11 @@ class Channel:
         self.limits = limits
         self._sock = sock
         self._sock.settimeout(timeout)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):     # request/reply: no Nagle delay on a message's tail
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass                     # a connection already gone: its first read or write says so
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._in, self._out, server_side=server)
         self._tls_call(self._tls.do_handshake)

@@ -36,7 +36,7 @@ demo: venv
 	done
 
 test: venv
-	$(BIN)/python -m pytest Testing -q
+	$(BIN)/python -m pytest Testing -q -n 2 --dist worksteal
 
 # The quick benchmark suite (a few minutes): tables and plots in out/bench/.
 bench: venv

@@ -17,7 +17,8 @@ from PPIRLib import jobs, presets, sampledata  # noqa: E402
 
 def test_the_shipped_presets_load_in_order_and_each_is_a_command_line_ppir_accepts(tmp_path):
     shipped = presets.load_presets()
-    assert [p.title for p in shipped] == ["Brain MRI, affine", "Brain MRI, B-spline", "Brain MRI, two scanners (NCC)"]
+    assert [p.title for p in shipped] == ["Brain MRI, affine", "Brain MRI, B-spline", "Brain MRI, two scanners (NCC)",
+                                         "Brain, two modalities (MI)"]
     assert {p.settings["transform"] for p in shipped} == {"affine", "bspline"} and "ncc" in {
         p.settings["metric"] for p in shipped}
     (tmp_path / "identity.pem").write_text("a certificate")

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 from ppir.app import data
 from ppir.app.contract import METRICS
@@ -30,7 +29,8 @@ from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.protocols import registry
 
-from ppir_bench.engine import _save, machine
+from ppir_bench.engine import _save, machine, simpleitk_affine
+from ppir_bench.suite import ELASTIX_MISSING, elastix_affine
 
 LEVELS = [4, 2, 1]
 REGISTRATION = ["--transform", "affine", "--levels", ",".join(map(str, LEVELS)), "--max-iterations", "16",
@@ -76,50 +76,18 @@ def _ppir_row(folder: Path, metric: str, protocol: str, truth: sitk.Transform, f
     return row
 
 
-def simpleitk_mattes(fixed: Volume, moving: Volume, levels: list[int], seed: int = 1) -> sitk.Transform:
-    """SimpleITK's affine registration with Mattes MI (50 bins, 10 % random samples), the same pyramid."""
-    f, m = fixed.to_sitk(), moving.to_sitk()
-    initial = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(fixed.dim),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.1, seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=300,
-                                                    gradientMagnitudeTolerance=1e-8)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(levels)
-    method.SetSmoothingSigmasPerLevel([0.5 * s if s > 1 else 0.0 for s in levels])
-    method.SetInitialTransform(initial, inPlace=False)
-    return method.Execute(f, m)
-
-
 def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform) -> list[dict]:
+    """SimpleITK's Mattes MI (50 bins, 10 % random samples) and elastix's, the same pyramid."""
     start = time.perf_counter()
-    reference = simpleitk_mattes(fixed, moving, LEVELS)
+    reference = simpleitk_affine(fixed, moving, LEVELS, mattes_bins=50, sample_fraction=0.1, iterations=300)
     rows = [{"metric": "Mattes MI", "protocol": "SimpleITK", "wall_s": time.perf_counter() - start,
              "tre_mm": tre(fixed, reference, truth)["mean"]}]
-    try:
-        import itk
-        elastix = itk.elastix_registration_method
-    except (ImportError, AttributeError):
-        rows.append({"metric": "AdvancedMattesMutualInformation", "protocol": "elastix",
-                     "stopped": "itk-elastix is not installed (make bench installs it)"})
-        return rows
-    parameters = itk.ParameterObject.New()
-    affine = parameters.GetDefaultParameterMap("affine", len(LEVELS))
-    affine["Metric"] = ["AdvancedMattesMutualInformation"]
-    parameters.AddParameterMap(affine)
-    start = time.perf_counter()
-    f, m = itk.imread(str(folder / "fixed.nrrd"), itk.F), itk.imread(str(folder / "moving.nrrd"), itk.F)
-    _, result = elastix(f, m, parameter_object=parameters, log_to_console=False)
-    field = itk.transformix_deformation_field(m, result, output_directory=str(folder))
-    wall = time.perf_counter() - start
-    vectors = sitk.GetImageFromArray(itk.array_from_image(field).astype(np.float64), isVector=True)
-    vectors.CopyInformation(fixed.to_sitk())
-    rows.append({"metric": "AdvancedMattesMutualInformation", "protocol": "elastix", "wall_s": wall,
-                 "tre_mm": tre(fixed, sitk.DisplacementFieldTransform(vectors), truth)["mean"]})
+    found = elastix_affine(folder, fixed, len(LEVELS), "AdvancedMattesMutualInformation")
+    peer = {"metric": "AdvancedMattesMutualInformation", "protocol": "elastix"}
+    if found is None:
+        rows.append({**peer, "stopped": ELASTIX_MISSING})
+    else:
+        rows.append({**peer, "wall_s": found[1], "tre_mm": tre(fixed, found[0], truth)["mean"]})
     return rows
 
 

@@ -124,15 +124,30 @@ def _peers(fixed: Volume, moving: Volume, truth: sitk.Transform, levels: list[in
     reference = simpleitk_affine(fixed, moving, levels)
     rows = [{"protocol": "SimpleITK", "transform": "affine", "sampling": "full", "wall_s": time.perf_counter() - start,
              "tre_mm": tre(fixed, reference, truth)["mean"]}]
+    found = elastix_affine(folder, fixed, len(levels), "AdvancedMeanSquares")
+    if found is None:
+        rows.append({"protocol": "elastix", "skipped": ELASTIX_MISSING})
+        return rows
+    transform, wall = found
+    rows.append({"protocol": "elastix", "transform": "affine", "sampling": "random (elastix default)",
+                 "wall_s": wall, "tre_mm": tre(fixed, transform, truth)["mean"]})
+    return rows
+
+
+ELASTIX_MISSING = "itk-elastix is not installed (make bench installs it)"
+
+
+def elastix_affine(folder: Path, fixed: Volume, levels: int, metric: str) -> tuple[sitk.Transform, float] | None:
+    """elastix's default affine registration of ``folder``'s fixed.nrrd and moving.nrrd with ``metric``:
+    the transform (as a displacement field on the fixed grid) and the wall time; None without itk-elastix."""
     try:
         import itk
         elastix = itk.elastix_registration_method
     except (ImportError, AttributeError):
-        rows.append({"protocol": "elastix", "skipped": "itk-elastix is not installed (make bench installs it)"})
-        return rows
+        return None
     parameters = itk.ParameterObject.New()
-    affine = parameters.GetDefaultParameterMap("affine", len(levels))
-    affine["Metric"] = ["AdvancedMeanSquares"]
+    affine = parameters.GetDefaultParameterMap("affine", levels)
+    affine["Metric"] = [metric]
     parameters.AddParameterMap(affine)
     start = time.perf_counter()
     f = itk.imread(str(folder / "fixed.nrrd"), itk.F)
@@ -142,9 +157,7 @@ def _peers(fixed: Volume, moving: Volume, truth: sitk.Transform, levels: list[in
     wall = time.perf_counter() - start
     vectors = sitk.GetImageFromArray(itk.array_from_image(field).astype(np.float64), isVector=True)
     vectors.CopyInformation(fixed.to_sitk())
-    rows.append({"protocol": "elastix", "transform": "affine", "sampling": "random (elastix default)",
-                 "wall_s": wall, "tre_mm": tre(fixed, sitk.DisplacementFieldTransform(vectors), truth)["mean"]})
-    return rows
+    return sitk.DisplacementFieldTransform(vectors), wall
 
 
 def _model_runs(pair: Pair, transform: str, folder: Path, repeats: int, log) -> list[dict]:

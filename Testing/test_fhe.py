@@ -138,6 +138,50 @@ def test_packed_release_is_padded_and_flooded(keys):
     assert 1e-3 < spread / (params.POLY_DEGREE * width / 2.0 ** params.PACKED_PRODUCT_BITS) < 10
 
 
+def test_periodic_releases_hold_every_output_whole_with_consistent_noise(keys):
+    """Mattes MI's packed releases: each output in every slot of its residue class (never a partial sum), the
+    policy's noise one draw per output, the same in all of its copies."""
+    from ppir.protocols.fhe import packed
+    rng = np.random.default_rng(4)
+    n, bins, outputs = 9000, 3, 5                        # 5 outputs: P = 8, three residues empty
+    p = packed.period(outputs)
+    labels = rng.integers(0, bins, n)
+    memberships = np.zeros((bins, n))
+    memberships[labels, np.arange(n)] = 1.0
+    evaluator = MovingEvaluator(keys.public_bundle())
+    evaluator.set_columns(keys.encrypt(memberships, params.PACKED_DELTA_FIXED), bins)
+    weights = []
+    for _ in range(2):                                   # two weight sets, each output's rows of l1 norm <= 1
+        rows = np.zeros((p, n))
+        rows[:outputs] = rng.uniform(-1, 1, (outputs, n))
+        weights.append(rows / (2 * np.abs(rows).sum(axis=1, keepdims=True).clip(1e-30)))
+    releases = [[(0, 0), (1, 1)], [(2, 0)], [(1, 1), (2, 1)]]
+    want = np.array([sum(weights[b] @ memberships[a] for a, b in terms) for terms in releases])
+    noise = np.zeros((len(releases), p))
+    noise[:, :outputs] = rng.normal(0, 1e-3, (len(releases), outputs))
+    products = packed.periodic_products(evaluator, weights, releases, p)
+    parms_id = products[0].parms_id()
+    masked = [packed.masked(evaluator, c) for c in products]
+    width = packed.periodic_flood_width(keys.chunks * 2 * p, p)
+    released = keys.release_packed([blob for blob, _ in masked], [width] * len(masked),
+                                   [packed.periodic_noise(row, p) for row in noise])
+    for k, (values, (_, pad)) in enumerate(zip(released, masked)):
+        slots = packed.unmask(evaluator, values, pad, parms_id).reshape(-1, p)
+        assert np.abs(slots - (want[k] + noise[k])).max() < 1e-8         # every copy the whole output plus its noise
+        assert np.abs(packed.periodic_values(slots.ravel(), p) - want[k] - noise[k]).max() < 1e-9
+    # the noise polynomial alone: exactly periodic (averaging the copies cannot shrink it), any P
+    for q in (2, 4, 64):
+        z = rng.normal(size=q)
+        coefficients = np.array([[c % prime for c in packed.periodic_noise(z, q)] for prime in keys._primes],
+                                dtype=np.uint64)
+        ntt = seal_raw.to_ntt(keys._context, keys._evaluator, parms_id, coefficients)
+        plain = seal_raw.plaintext(evaluator.context, parms_id, 2.0 ** params.PACKED_PRODUCT_BITS, ntt.ravel())
+        slots = np.asarray(evaluator.encoder.decode_double(plain)).reshape(-1, q)
+        assert np.abs(slots - z).max() < 1e-12
+    with pytest.raises(ValueError, match="l1 norm"):
+        packed.periodic_products(evaluator, [weights[0] * 3], [[(0, 0)]], p)
+
+
 def test_decryption_budget_is_enforced(keys):
     keys.released = params.MAX_RELEASED
     try:

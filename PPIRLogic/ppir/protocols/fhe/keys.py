@@ -40,6 +40,11 @@ class FixedKeys:
         self._chunks = 0
         self.released = 0
 
+    @property
+    def chunks(self) -> int:
+        """Ciphertexts per column of the last encryption (its samples over the slots)."""
+        return self._chunks
+
     def public_bundle(self) -> dict[str, bytes]:
         """What the moving party needs to compute on the ciphertexts: no secret key."""
         return {"parms": dump(self._parms), "galois": self._galois, "public": self._public}
@@ -57,14 +62,10 @@ class FixedKeys:
         self._chunks = -(-columns.shape[1] // params.SLOTS)
         return blobs
 
-    def release(self, blobs: list[bytes], noise: list[int], terms: int = 1) -> list[int]:
-        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136).
-
-        ``terms``: columns combined per output (Mattes MI's gradient sums one per fixed bin): the flooding
-        covers the error of chunks x terms plaintext products.
-        """
+    def release(self, blobs: list[bytes], noise: list[int]) -> list[int]:
+        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136)."""
         self._spend(len(blobs))
-        flood = params.flood_width(self._chunks * terms)
+        flood = params.flood_width(self._chunks)
         return [self._constant_coefficient(self._decrypt(blob, params.PRODUCT_BITS)) + masks.symmetric_integer(flood)
                 + extra for blob, extra in zip(blobs, noise, strict=True)]
 

@@ -148,18 +148,11 @@ class PackedProducts:
 
     def masked(self, ciphertext: seal.Ciphertext) -> tuple[bytes, np.ndarray]:
         """The re-randomised ciphertext plus a pad uniform over R_q, and the pad's residues."""
-        self._ev.rerandomise(ciphertext)
-        pad = masks.uniform_residues(self._ev.primes, params.POLY_DEGREE)
-        plain = seal_raw.plaintext(self._ev.context, ciphertext.parms_id(), ciphertext.scale, pad.ravel())
-        self._ev.evaluator.add_plain_inplace(ciphertext, plain)
-        return dump(ciphertext), pad
+        return masked(self._ev, ciphertext)
 
     def unmask(self, released: np.ndarray, pad: np.ndarray) -> np.ndarray:
         """Decoded slots (real parts) of a released decryption once the pad is removed."""
-        plain_residues = seal_raw.subtract_residues(released.reshape(pad.shape), pad, self._ev.primes)
-        plain = seal_raw.plaintext(self._ev.context, self._parms_id, 2.0 ** params.PACKED_PRODUCT_BITS,
-                                   plain_residues.ravel())
-        return np.asarray(self._ev.encoder.decode_double(plain))
+        return unmask(self._ev, released, pad, self._parms_id)
 
     def _sums(self, dense: np.ndarray) -> list[seal.Ciphertext | None]:
         """sum_o E_ot * encode(dense[o]) for t = 0..3 (None where every row encodes to zero)."""
@@ -182,3 +175,122 @@ class PackedProducts:
                 total = self._ev.rotate_left(total, stride)
             total = self._ev.add(total, term)
         return total
+
+
+def masked(ev: MovingEvaluator, ciphertext: seal.Ciphertext) -> tuple[bytes, np.ndarray]:
+    """A product for a packed release: re-randomised, plus a pad uniform over R_q; returns it and the pad's residues."""
+    ev.rerandomise(ciphertext)
+    pad = masks.uniform_residues(ev.primes, params.POLY_DEGREE)
+    plain = seal_raw.plaintext(ev.context, ciphertext.parms_id(), ciphertext.scale, pad.ravel())
+    ev.evaluator.add_plain_inplace(ciphertext, plain)
+    return dump(ciphertext), pad
+
+
+def unmask(ev: MovingEvaluator, released: np.ndarray, pad: np.ndarray, parms_id) -> np.ndarray:
+    """Decoded slots (real parts) of a packed release once the pad is removed."""
+    plain_residues = seal_raw.subtract_residues(released.reshape(pad.shape), pad, ev.primes)
+    plain = seal_raw.plaintext(ev.context, parms_id, 2.0 ** params.PACKED_PRODUCT_BITS, plain_residues.ravel())
+    return np.asarray(ev.encoder.decode_double(plain))
+
+
+# Periodic packed releases (Mattes MI under FHE): up to P outputs in one ciphertext, output m in every slot i with
+# i = m (mod P). The moving party computes, for the fixed party's chunked columns C_a (samples in slot order) and
+# its weight rows w_(b, m) (one per output m of a term b),
+#
+#     Q_r = sum_chunks sum_(a, b) C_a * encode(w'_(b, r)),   w'_(b, r)[j] = w_(b, (j - r) mod P)[j]
+#
+# (r = 0..P-1: each sample meets every output once), then sum_r rot_r(Q_r) (Horner: P - 1 rotations by one slot)
+# and sums the SLOTS / P copies cyclically (rotations by SLOTS / 2, ..., P). Slot i then holds
+# sum_x sum_(a, b) C_a(x) w_(b, i mod P)(x): every slot a whole output, no partial sum over a subset of samples.
+# One release replaces P single-value releases: P - 1 + log2(SLOTS / P) rotations instead of P log2(SLOTS).
+# A slot vector with period P is exactly a polynomial whose only non-zero coefficients sit at multiples of
+# N / (2P) (the invariants of the rotation by P), so the policy's noise goes in there (``periodic_noise``):
+# one draw per output, the same in every copy, which averaging the copies cannot shrink.
+
+
+def period(outputs: int) -> int:
+    """P: the power of two (at least 2) that holds ``outputs`` outputs."""
+    return max(2, 1 << (max(outputs, 1) - 1).bit_length())
+
+
+def interleave(rows: np.ndarray, r: int) -> np.ndarray:
+    """w'_r from one term's rows (P, samples): sample j's weight of output (j - r) mod P."""
+    p, n = rows.shape
+    j = np.arange(n)
+    return rows[(j - r) % p, j]
+
+
+def periodic_rotations(p: int) -> int:
+    """Power-of-two rotations of a periodic release: P - 1 by one slot, then log2(SLOTS / P)."""
+    return p - 1 + (params.SLOTS // p).bit_length() - 1
+
+
+def periodic_flood_width(products: int, p: int) -> int:
+    """The fixed party's flooding of a periodic release: ``products`` plaintext products (chunks x terms x P), each
+    output's weights of l1 norm <= 1 (mass P in all), SLOTS / P copies summed."""
+    return params.packed_flood_width(products, periodic_rotations(p), params.SLOTS // p, float(p))
+
+
+def periodic_noise(values: np.ndarray, p: int) -> list[int]:
+    """Integer coefficients (scale 2**PACKED_PRODUCT_BITS) of the polynomial whose slots are ``values`` (P reals,
+    output m in every slot i = m mod P; imaginary parts zero): non-zero only at multiples of N / (2P).
+
+    Slot i evaluates at zeta^(3^i), zeta = exp(i pi / N), so with Y = X^(N / 2P) it is sum_t c_t w_m^t,
+    w_m = exp(i pi g_m / 2P), g_m = 3^m mod 4P; inverting over the P slots and their conjugates,
+    c_t = (1 / P) Re sum_m z_m w_m^-t.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (p,) or p < 2 or p & (p - 1) or p > params.SLOTS:
+        raise ValueError("periodic noise: P values, P a power of two in [2, slots]")
+    g = np.array([pow(3, m, 4 * p) for m in range(p)])
+    t = np.arange(2 * p)
+    c = (values[:, None] * np.exp(-1j * np.pi * np.outer(g, t) / (2 * p))).real.sum(axis=0) / p
+    coefficients = [0] * params.POLY_DEGREE
+    stride = params.POLY_DEGREE // (2 * p)
+    for k, value in enumerate(c):
+        coefficients[k * stride] = int(round(value * 2.0 ** params.PACKED_PRODUCT_BITS))
+    return coefficients
+
+
+def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: list[list[tuple[int, int]]],
+                      p: int) -> list[seal.Ciphertext]:
+    """One ciphertext per release: release k holds sum over its terms (a, b) of C_a times weights[b] (P, samples), output
+    m in slots m mod P. Each output's rows over a release's terms must have l1 norm <= 1 in all (the flooding's bound).
+    A release whose weights all encode to zero is a fresh encryption of zero (which outputs are zero says nothing)."""
+    for terms in releases:
+        mass = sum(np.abs(weights[b]).sum(axis=1) for _, b in terms)
+        if np.max(mass, initial=0.0) > 1.0 + 1e-9:
+            raise ValueError("each output's weights must have l1 norm <= 1 in total")
+    columns = ev.columns
+    acc: list[list[seal.Ciphertext | None]] = [[None] * p for _ in releases]
+    used = sorted({b for terms in releases for _, b in terms})
+    for chunk in range(len(columns[0])):
+        lo = chunk * params.SLOTS
+        for b in used:
+            block = weights[b][:, lo:lo + params.SLOTS]
+            for r in range(p):
+                plain = ev.encode(interleave(block, r), params.PACKED_DELTA_MOVING)
+                if plain is None:
+                    continue
+                for k, terms in enumerate(releases):
+                    for a, _ in (term for term in terms if term[1] == b):
+                        product = seal.Ciphertext()
+                        ev.evaluator.multiply_plain(columns[a][chunk], plain, product)
+                        acc[k][r] = ev.add(acc[k][r], product)
+    out = []
+    for parts in acc:
+        total = None
+        for part in reversed(parts):             # sum_r rot_r(Q_r), Horner
+            if total is not None:
+                total = ev.rotate_left(total, 1)
+            total = ev.add(total, part)
+        if total is None:
+            total = ev.zero(2.0 ** params.PACKED_PRODUCT_BITS)
+        ev.rotate_and_sum(total, p)
+        out.append(total)
+    return out
+
+
+def periodic_values(slots: np.ndarray, p: int) -> np.ndarray:
+    """The P outputs of a decoded periodic release: each the mean of its SLOTS / P copies."""
+    return np.asarray(slots, dtype=np.float64).reshape(-1, p).mean(axis=0)

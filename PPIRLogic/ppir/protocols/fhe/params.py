@@ -17,7 +17,7 @@ integer U in [0, 2**177) to the constant coefficient (statistical distance <= 2*
 fixed party returns only the constant coefficient, exactly (CRT), plus uniform flooding 2**42
 times wider than the error bound.
 
-Packed release (B-spline; ``packed.py``): scales 2**110 x 2**60 = 2**170; the moving party adds a
+Packed release (B-spline, and Mattes MI's periodic releases; ``packed.py``): scales 2**110 x 2**60 = 2**170; the moving party adds a
 polynomial uniform over R_q (a one-time pad: the fixed party sees nothing of the result); the fixed
 party floods every coefficient with uniform noise 2**42 * N times wider than the error bound.
 
@@ -108,7 +108,7 @@ def check_settings(settings) -> None:
         if settings.transform == "bspline":
             raise PPIRError("FHE computes mutual information for rigid and affine transforms only; use --protocol mpc "
                             "for a B-spline with --metric mi")
-        per_product = settings.histogram_bins ** 2 + d * (d + 1)     # the histogram's counts, then r
+        per_product = settings.histogram_bins + d     # packed: one release per histogram row, one per gradient channel
     releases = len(settings.levels) * products * per_product
     if settings.transform == "bspline":
         releases += len(settings.stage_levels("bspline")) * products * (d + 1)

@@ -14,6 +14,11 @@ B-spline bases have thousands of outputs: they go through the packed products of
 ``ppir.fhe.packed`` instead (Enc(J) in a cell layout once per sample set; per product one
 ciphertext per gradient channel and one for the cross term, each released whole).
 
+Mattes MI (rigid and affine): Enc(M_l), the fixed bins' membership columns, once per sample set; per
+evaluation one periodic packed release per histogram row l and one per gradient channel
+(``ppir.fhe.packed.periodic_products``: every output in every slot of its residue class, padded,
+flooded, with the policy's noise the same in every copy).
+
 Masks, flooding and parameters: ``ppir.fhe.params``; what each party learns: docs/security.md.
 """
 from __future__ import annotations
@@ -23,9 +28,10 @@ import numpy as np
 from ppir.common.errors import PPIRError
 from ppir.engine.basis import AffineBasis, BSplineBasis
 from ppir.engine.joint import FixedParty, JointResult, fixed_scale
-from ppir.protocols.fhe import params
+from ppir.protocols.fhe import masks, params
 from ppir.protocols.fhe.evaluator import MovingEvaluator
 from ppir.protocols.fhe.keys import FixedKeys
+from ppir.protocols.fhe import packed
 from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
 from ppir.protocols.net.channel import Channel, Identity, PeerError
 from ppir.protocols.net.framing import Message
@@ -86,7 +92,7 @@ class FixedHandler:
             bins = party.histogram_bins
             memberships = np.zeros((bins, len(party.bin_indices)))
             memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
-            blobs = self._keys.encrypt(memberships)
+            blobs = self._keys.encrypt(memberships, params.PACKED_DELTA_FIXED)
             self._mi_norms = mi_norms(basis, bins)
             self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
             return
@@ -132,32 +138,43 @@ class FixedHandler:
         return int(message.meta.get("samples", 0))
 
     def _mi_product(self, op: str, message: Message, blobs: list[bytes]) -> int | None:
-        """Mattes MI: every histogram cell (l, k) as M_l^T W_k / N, then every gradient output (a, c) as
-        sum_l sum_x Phi_a g_c v_l M_l / nu_ac, released as the affine SSD values are. The normalisers are
-        public (N; nu_ac = B sum_x |Phi_a| times the moving party's channel and bin-weight peaks), so the
-        policy's noise needs nothing from the moving party: 1/N per count unit, 1/(B sum_x |Phi_a|) per
-        normalised unit."""
-        bins, d = self._party.histogram_bins, self._party.grid.dim
-        expected = bins * bins if op == "histogram" else self._mi_norms.size * d
+        """Mattes MI, in periodic packed releases (``ppir.fhe.packed``): the histogram as one release per fixed
+        bin l (cell (l, k) = M_l^T W_k / N in the slots k mod P), then the gradient as one release per channel c
+        (output (a, c) = sum_l sum_x Phi_a g_c v_l M_l / nu_ac in the slots a mod P); every cell and output is
+        released. The normalisers are public (N; nu_ac = B sum_x |Phi_a| times the moving party's channel and
+        bin-weight peaks), so the policy's noise needs nothing from the moving party: 1/N per count unit,
+        1/(B sum_x |Phi_a|) per normalised unit, one draw per output, the same in all its slots, and so is the
+        uniform flooding a single-value release had (``params.flood_width``)."""
+        bins, d, q = self._party.histogram_bins, self._party.grid.dim, self._mi_norms.size
+        expected = bins if op == "histogram" else d
         if len(blobs) != expected:
             raise PeerError(f"{op} product: {len(blobs)} ciphertexts, expected {expected}")
         if op == "histogram":
             self._party.begin_histogram()
-            scales = np.full(expected, 1.0 / len(self._party.values))
-            noise = self._party.histogram_noise().ravel()           # counts
+            p = packed.period(bins)
+            released = self._party.histogram_noise() / len(self._party.values)      # counts -> released units, (l, k)
+            terms = 1
         else:
             try:
                 self._party.begin_binned()
             except PPIRError as err:
                 raise PeerError(str(err)) from None
-            scales = np.repeat(1.0 / self._mi_norms, d)              # row-major (a, c)
-            noise = self._party.binned_noise((self._mi_norms.size, d)).ravel()     # normalised units, (a, c)
-        extra = [int(round(n * scale * 2.0 ** params.PRODUCT_BITS)) for n, scale in zip(noise, scales)]
+            p = packed.period(q)
+            noise = self._party.binned_noise((q, d))                      # normalised units, (a, c)
+            released = (noise / self._mi_norms[:, None]).T                # (c, a)
+            terms = bins
+        # every output also gets the uniform flooding of the single value it replaces (released units), one draw
+        # for all its copies: the moving party learns each output to the precision it did from a single value
+        single = params.flood_width(self._keys.chunks * terms) * 2.0 ** -params.PRODUCT_BITS
+        values = np.zeros((expected, p))
+        values[:, :released.shape[1]] = released + masks.uniform(released.size, single).reshape(released.shape)
+        width = packed.periodic_flood_width(self._keys.chunks * terms * p, p)
         try:
-            values = self._keys.release(blobs, extra, 1 if op == "histogram" else bins)
+            residues = self._keys.release_packed(blobs, [width] * expected,
+                                                 [packed.periodic_noise(row, p) for row in values])
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
-        self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
+        self._channel.send(Message(Kind.FHE_VALUES, {}, {"residues": residues}))
         return len(self._party.values) if op == "histogram" else None
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
@@ -256,41 +273,52 @@ class FHEBackend(RemoteBackend):
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
         return JointResult(values[:-1].reshape(q, d), float(values[-1]), *self._sums)
 
-    def _release(self, op: str, masked: dict) -> list[float]:
-        """Send every output's masked ciphertext, in order; return the released values R'."""
-        order = sorted(masked)
-        self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples},
-                                 pack([masked[k][0] for k in order])))
-        released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
-        if len(released) != len(order):
-            raise PeerError("the fixed party returned the wrong number of values")
+    def _release(self, op: str, weights: list[np.ndarray], releases: list[list[tuple[int, int]]],
+                 p: int) -> np.ndarray:
+        """Periodic packed releases (``ppir.fhe.packed``): one padded ciphertext per release, each output m in
+        the slots m mod P; returns the released outputs (releases, P)."""
         try:
-            return [MovingEvaluator.unmask(int(value), masked[k][1]) for k, value in zip(order, released)]
-        except (TypeError, ValueError):
-            raise PeerError("the fixed party's released values are malformed") from None
+            products = packed.periodic_products(self._evaluator, weights, releases, p)
+            parms_id = products[0].parms_id()
+            masked = [packed.masked(self._evaluator, ciphertext) for ciphertext in products]
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
+        self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples},
+                                 pack([blob for blob, _ in masked])))
+        residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
+        if residues is None or residues.shape != (len(masked), masked[0][1].size) or residues.dtype != np.uint64:
+            raise PeerError("the fixed party returned the wrong number of values")
+        return np.array([packed.periodic_values(packed.unmask(self._evaluator, values, pad, parms_id), p)
+                         for values, (_, pad) in zip(residues, masked)])
 
     def histogram_product(self, weights) -> np.ndarray:
-        """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public)."""
+        """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public):
+        one release per fixed bin l, cell (l, k) in the slots k mod P."""
         bins, n = self._bins, self._n_samples
-        rows = weights.dense().T / n                                  # (moving bins, N); each row's l1 <= 1
-        cells = [(l, k) for l in range(bins) for k in range(bins)]
-        values = self._release("histogram", self._evaluator.masked_combinations(rows, [[cell] for cell in cells],
-                                                                                every_output=True))
-        return np.array(values).reshape(bins, bins) * n
+        p = packed.period(bins)
+        rows = np.zeros((p, n))
+        rows[:bins] = weights.dense().T / n                           # (moving bins, N); each row's l1 <= 1
+        values = self._release("histogram", [rows], [[(l, 0)] for l in range(bins)], p)
+        return values[:, :bins] * n
 
     def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
         """MI's gradient: r_ac = nu_ac sum_l sum_x (Phi_a g_c v_l / nu_ac) M_l, every (a, c) released, with
-        nu_ac = B sum_x |Phi_a| max |g_c| max |v| (the l1 norms of an output's B rows add up to at most 1)."""
+        nu_ac = B sum_x |Phi_a| max |g_c| max |v| (the l1 norms of an output's B rows add up to at most 1):
+        one release per channel c, output (a, c) in the slots a mod P."""
         phi = self._basis.matrix                                    # (N, outputs): public
         bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
+        p = packed.period(outputs)
         v = bin_weights.astype(np.float64)
         peaks = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
         nu = mi_norms(self._basis, bins)[:, None] * peaks[None, :]  # (outputs, d)
-        rows = (phi.T[:, None, None, :] * channels.T[None, :, None, :] * v.T[None, None, :, :]
-                / nu[:, :, None, None]).reshape(-1, len(v))
-        terms = [[(l, (a * d + c) * bins + l) for l in range(bins)] for a in range(outputs) for c in range(d)]
-        values = self._release("binned", self._evaluator.masked_combinations(rows, terms, every_output=True))
-        return np.array(values).reshape(outputs, d) * nu
+        weights = []                                                # term (c, l): rows (P, N), output a in row a
+        for c in range(d):
+            for l in range(bins):
+                rows = np.zeros((p, len(v)))
+                rows[:outputs] = phi.T * (channels[:, c] * v[:, l])[None, :] / nu[:, c, None]
+                weights.append(rows)
+        values = self._release("binned", weights, [[(l, c * bins + l) for l in range(bins)] for c in range(d)], p)
+        return values[:, :outputs].T * nu
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

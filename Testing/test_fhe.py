@@ -148,21 +148,26 @@ def test_periodic_releases_hold_every_output_whole_with_consistent_noise(keys):
     labels = rng.integers(0, bins, n)
     memberships = np.zeros((bins, n))
     memberships[labels, np.arange(n)] = 1.0
+    phi = rng.uniform(-1, 1, (n, outputs))              # public columns, interleaved by the fixed party
+    columns = np.vstack([memberships, packed.fixed_interleave(memberships, phi, p)])
     evaluator = MovingEvaluator(keys.public_bundle())
-    evaluator.set_columns(keys.encrypt(memberships, params.PACKED_DELTA_FIXED), bins)
+    evaluator.set_columns(keys.encrypt(columns, params.PACKED_DELTA_FIXED), len(columns))
     weights = []
     for _ in range(2):                                   # two weight sets, each output's rows of l1 norm <= 1
         rows = np.zeros((p, n))
         rows[:outputs] = rng.uniform(-1, 1, (outputs, n))
         weights.append(rows / (2 * np.abs(rows).sum(axis=1, keepdims=True).clip(1e-30)))
-    releases = [[(0, 0), (1, 1)], [(2, 0)], [(1, 1), (2, 1)]]
-    want = np.array([sum(weights[b] @ memberships[a] for a, b in terms) for terms in releases])
+    weights.append(rng.uniform(-1, 1, n) / (4 * n))     # one row per term, used with P interleaved columns
+    fixed_side = [(tuple(bins + l * p + r for r in range(p)), 2) for l in (0, 2)]
+    releases = [[(0, 0), (1, 1)], [(2, 0)], [(1, 1), (2, 1)], fixed_side]
+    want = np.array([sum(weights[b] @ memberships[a] for a, b in terms) for terms in releases[:3]]
+                    + [np.r_[sum((memberships[l] * weights[2]) @ phi for l in (0, 2)), np.zeros(p - outputs)]])
     noise = np.zeros((len(releases), p))
     noise[:, :outputs] = rng.normal(0, 1e-3, (len(releases), outputs))
     products = packed.periodic_products(evaluator, weights, releases, p)
     parms_id = products[0].parms_id()
     masked = [packed.masked(evaluator, c) for c in products]
-    width = packed.periodic_flood_width(keys.chunks * 2 * p, p)
+    width = packed.periodic_flood_width(keys.chunks * 2 * p, p)     # at most two terms a release
     released = keys.release_packed([blob for blob, _ in masked], [width] * len(masked),
                                    [packed.periodic_noise(row, p) for row in noise])
     for k, (values, (_, pad)) in enumerate(zip(released, masked)):

@@ -200,6 +200,8 @@ def unmask(ev: MovingEvaluator, released: np.ndarray, pad: np.ndarray, parms_id)
 #     Q_r = sum_chunks sum_(a, b) C_a * encode(w'_(b, r)),   w'_(b, r)[j] = w_(b, (j - r) mod P)[j]
 #
 # (r = 0..P-1: each sample meets every output once), then sum_r rot_r(Q_r) (Horner: P - 1 rotations by one slot)
+# When the outputs are public columns Phi_a (MI's gradient), the fixed party interleaves instead: it encrypts
+# C_(l, r)[j] = M_l[j] Phi_((j - r) mod P)[j] / s and the moving party encodes one plaintext per term, used P times.
 # and sums the SLOTS / P copies cyclically (rotations by SLOTS / 2, ..., P). Slot i then holds
 # sum_x sum_(a, b) C_a(x) w_(b, i mod P)(x): every slot a whole output, no partial sum over a subset of samples.
 # One release replaces P single-value releases: P - 1 + log2(SLOTS / P) rotations instead of P log2(SLOTS).
@@ -252,13 +254,27 @@ def periodic_noise(values: np.ndarray, p: int) -> list[int]:
     return coefficients
 
 
-def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: list[list[tuple[int, int]]],
+def fixed_interleave(columns: np.ndarray, phi: np.ndarray, p: int) -> np.ndarray:
+    """The fixed party's side of a periodic release whose outputs are public basis columns: rows l * P + r hold
+    columns[l][j] * phi[j, (j - r) mod P] (zero for residues >= phi's columns), so that one moving plaintext
+    per term, multiplied into the P rows of its l, puts output a in the slots a mod P."""
+    n, q = phi.shape
+    padded = np.zeros((n, p))
+    padded[:, :q] = phi
+    j = np.arange(n)
+    return np.stack([column * padded[j, (j - r) % p] for column in columns for r in range(p)])
+
+
+def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: list[list[tuple]],
                       p: int) -> list[seal.Ciphertext]:
-    """One ciphertext per release: release k holds sum over its terms (a, b) of C_a times weights[b] (P, samples), output
-    m in slots m mod P. Each output's rows over a release's terms must have l1 norm <= 1 in all (the flooding's bound).
-    A release whose weights all encode to zero is a fresh encryption of zero (which outputs are zero says nothing)."""
+    """One ciphertext per release, output m of release k in every slot m mod P. A term (a, b) is either a column a
+    with weight rows weights[b] (P, samples), row m for output m (the moving party interleaves them), or a tuple a
+    of P columns (the fixed party has interleaved them: ``fixed_interleave``) with one weight row weights[b]
+    (samples,) multiplied into each. Each output's weights over a release's terms must have l1 norm <= 1 in all
+    (so no output exceeds 1 and the products' l1 norms add up to at most P: the flooding's bound). A release whose
+    weights all encode to zero is a fresh encryption of zero (which outputs are zero says nothing)."""
     for terms in releases:
-        mass = sum(np.abs(weights[b]).sum(axis=1) for _, b in terms)
+        mass = sum(np.abs(weights[b]).sum(axis=-1) * np.ones(p) for _, b in terms)
         if np.max(mass, initial=0.0) > 1.0 + 1e-9:
             raise ValueError("each output's weights must have l1 norm <= 1 in total")
     columns = ev.columns
@@ -267,15 +283,18 @@ def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: 
     for chunk in range(len(columns[0])):
         lo = chunk * params.SLOTS
         for b in used:
-            block = weights[b][:, lo:lo + params.SLOTS]
-            for r in range(p):
-                plain = ev.encode(interleave(block, r), params.PACKED_DELTA_MOVING)
-                if plain is None:
-                    continue
-                for k, terms in enumerate(releases):
-                    for a, _ in (term for term in terms if term[1] == b):
+            block = weights[b][..., lo:lo + params.SLOTS]
+            if block.ndim == 2:
+                plains = [ev.encode(interleave(block, r), params.PACKED_DELTA_MOVING) for r in range(p)]
+            else:
+                plains = [ev.encode(block, params.PACKED_DELTA_MOVING)] * p
+            for k, terms in enumerate(releases):
+                for a, _ in (term for term in terms if term[1] == b):
+                    for r, plain in enumerate(plains):
+                        if plain is None:
+                            continue
                         product = seal.Ciphertext()
-                        ev.evaluator.multiply_plain(columns[a][chunk], plain, product)
+                        ev.evaluator.multiply_plain(columns[a if isinstance(a, int) else a[r]][chunk], plain, product)
                         acc[k][r] = ev.add(acc[k][r], product)
     out = []
     for parts in acc:

@@ -54,8 +54,19 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
 
 
 def mi_norms(basis: AffineBasis, bins: int) -> np.ndarray:
-    """MI's gradient normalisers, public: B * sum_x |Phi_a(x)| per basis column a (each at least 1e-30)."""
+    """B * sum_x |Phi_a(x)| per basis column a (each at least 1e-30): the single-value releases' normalisers, which
+    size the flooding each gradient output still gets."""
     return np.maximum(bins * np.abs(basis.matrix).sum(axis=0), 1e-30)
+
+
+def basis_scales(basis: AffineBasis) -> np.ndarray:
+    """s_a, the power of two >= max |Phi_a| per basis column (public geometry): Phi_a / s_a is encrypted."""
+    return np.array([fixed_scale(column) for column in basis.matrix.T])
+
+
+def mi_columns(basis: AffineBasis, bins: int) -> int:
+    """Encrypted columns of an MI sample set: B memberships M_l, then B * P interleaved M_l * Phi / s."""
+    return bins * (1 + packed.period(basis.matrix.shape[1]))
 
 
 def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
@@ -92,8 +103,11 @@ class FixedHandler:
             bins = party.histogram_bins
             memberships = np.zeros((bins, len(party.bin_indices)))
             memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
-            blobs = self._keys.encrypt(memberships, params.PACKED_DELTA_FIXED)
+            scales = basis_scales(basis)
+            interleaved = packed.fixed_interleave(memberships, basis.matrix / scales, packed.period(scales.size))
+            blobs = self._keys.encrypt(np.vstack([memberships, interleaved]), params.PACKED_DELTA_FIXED)
             self._mi_norms = mi_norms(basis, bins)
+            self._gradient_norms = len(party.bin_indices) * bins * scales     # N B s_a, public
             self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
             return
         if isinstance(basis, BSplineBasis):
@@ -161,13 +175,15 @@ class FixedHandler:
                 raise PeerError(str(err)) from None
             p = packed.period(q)
             noise = self._party.binned_noise((q, d))                      # normalised units, (a, c)
-            released = (noise / self._mi_norms[:, None]).T                # (c, a)
+            released = (noise / self._gradient_norms[:, None]).T          # (c, a)
             terms = bins
         # every output also gets the uniform flooding of the single value it replaces (released units), one draw
         # for all its copies: the moving party learns each output to the precision it did from a single value
         single = params.flood_width(self._keys.chunks * terms) * 2.0 ** -params.PRODUCT_BITS
+        if op == "binned":           # as wide in r as a single value's was: released here over N B s_a, there over B sum |Phi_a|
+            single = single * self._mi_norms / self._gradient_norms
         values = np.zeros((expected, p))
-        values[:, :released.shape[1]] = released + masks.uniform(released.size, single).reshape(released.shape)
+        values[:, :released.shape[1]] = released + masks.uniform(released.size, 1.0).reshape(released.shape) * single
         width = packed.periodic_flood_width(self._keys.chunks * terms * p, p)
         try:
             residues = self._keys.release_packed(blobs, [width] * expected,
@@ -239,7 +255,8 @@ class FHEBackend(RemoteBackend):
         try:
             if layout is None:
                 self._packed = None
-                self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+                self._evaluator.set_columns(unpack(reply.arrays), mi_columns(basis, self._bins) if self._bins
+                                            else len(self._scales))
             else:
                 self._packed = PackedProducts(self._evaluator, layout, unpack(reply.arrays))
                 self._first_axes = split_weights(basis.support_weights)[0]
@@ -302,23 +319,20 @@ class FHEBackend(RemoteBackend):
         return values[:, :bins] * n
 
     def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
-        """MI's gradient: r_ac = nu_ac sum_l sum_x (Phi_a g_c v_l / nu_ac) M_l, every (a, c) released, with
-        nu_ac = B sum_x |Phi_a| max |g_c| max |v| (the l1 norms of an output's B rows add up to at most 1):
-        one release per channel c, output (a, c) in the slots a mod P."""
+        """MI's gradient: r_ac = nu_c s_a sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c), every (a, c) released, with
+        nu_c = N B max |g_c| max |v| (an output's B weight rows have l1 norm <= 1 in all): one release per channel c,
+        output (a, c) in the slots a mod P; the fixed party has interleaved M_l Phi_a / s_a, so each (c, l) is one
+        plaintext per chunk."""
         phi = self._basis.matrix                                    # (N, outputs): public
-        bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
+        bins, (outputs, d), n = self._bins, (phi.shape[1], channels.shape[1]), len(bin_weights)
         p = packed.period(outputs)
         v = bin_weights.astype(np.float64)
         peaks = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
-        nu = mi_norms(self._basis, bins)[:, None] * peaks[None, :]  # (outputs, d)
-        weights = []                                                # term (c, l): rows (P, N), output a in row a
-        for c in range(d):
-            for l in range(bins):
-                rows = np.zeros((p, len(v)))
-                rows[:outputs] = phi.T * (channels[:, c] * v[:, l])[None, :] / nu[:, c, None]
-                weights.append(rows)
-        values = self._release("binned", weights, [[(l, c * bins + l) for l in range(bins)] for c in range(d)], p)
-        return values[:, :outputs].T * nu
+        nu = n * bins * peaks                                       # (d,)
+        weights = [channels[:, c] * v[:, l] / nu[c] for c in range(d) for l in range(bins)]
+        releases = [[(tuple(bins + l * p + r for r in range(p)), c * bins + l) for l in range(bins)] for c in range(d)]
+        values = self._release("binned", weights, releases, p)
+        return values[:, :outputs].T * nu[None, :] * basis_scales(self._basis)[:, None]
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

@@ -138,9 +138,9 @@ def test_packed_release_is_padded_and_flooded(keys):
     assert 1e-3 < spread / (params.POLY_DEGREE * width / 2.0 ** params.PACKED_PRODUCT_BITS) < 10
 
 
-def test_periodic_releases_hold_every_output_whole_with_consistent_noise(keys):
-    """Mattes MI's packed releases: each output in every slot of its residue class (never a partial sum), the
-    policy's noise one draw per output, the same in all of its copies."""
+def test_periodic_releases_recover_every_output_and_nothing_else(keys):
+    """Mattes MI's packed releases: P outputs per ciphertext, the fixed party returning only its period-P part (P
+    integers, flooded, with the policy's noise), whatever the moving party sent."""
     from ppir.protocols.fhe import packed
     rng = np.random.default_rng(4)
     n, bins, outputs = 9000, 3, 5                        # 5 outputs: P = 8, three residues empty
@@ -168,21 +168,28 @@ def test_periodic_releases_hold_every_output_whole_with_consistent_noise(keys):
     parms_id = products[0].parms_id()
     masked = [packed.masked(evaluator, c) for c in products]
     width = packed.periodic_flood_width(keys.chunks * 2 * p, p)     # at most two terms a release
-    released = keys.release_packed([blob for blob, _ in masked], [width] * len(masked),
-                                   [packed.periodic_noise(row, p) for row in noise])
-    for k, (values, (_, pad)) in enumerate(zip(released, masked)):
-        slots = packed.unmask(evaluator, values, pad, parms_id).reshape(-1, p)
-        assert np.abs(slots - (want[k] + noise[k])).max() < 1e-8         # every copy the whole output plus its noise
-        assert np.abs(packed.periodic_values(slots.ravel(), p) - want[k] - noise[k]).max() < 1e-9
-    # the noise polynomial alone: exactly periodic (averaging the copies cannot shrink it), any P
-    for q in (2, 4, 64):
-        z = rng.normal(size=q)
-        coefficients = np.array([[c % prime for c in packed.periodic_noise(z, q)] for prime in keys._primes],
-                                dtype=np.uint64)
-        ntt = seal_raw.to_ntt(keys._context, keys._evaluator, parms_id, coefficients)
-        plain = seal_raw.plaintext(evaluator.context, parms_id, 2.0 ** params.PACKED_PRODUCT_BITS, ntt.ravel())
-        slots = np.asarray(evaluator.encoder.decode_double(plain)).reshape(-1, q)
-        assert np.abs(slots - z).max() < 1e-12
+    released = keys.release_periodic([blob for blob, _ in masked], p, width,
+                                     [packed.periodic_noise(row, p) for row in noise])
+    assert [len(row) for row in released] == [p] * len(releases)   # P integers per ciphertext, nothing else
+    for k, (row, (_, pad)) in enumerate(zip(released, masked)):
+        got = packed.periodic_outputs(row, pad, evaluator, parms_id, p)
+        assert np.abs(got - want[k] - noise[k]).max() < 1e-9
+    # released again: fresh flooding; without the pad: uniform-looking residues of q
+    again = keys.release_periodic([masked[0][0]], p, width, [[0] * p])[0]
+    assert again != released[0]
+    # a moving party that skips the rotations (one sample's product in each slot) still learns P numbers only,
+    # each a mean over 4096 / P slots
+    one = [row[:, :params.SLOTS] for row in weights[:1]]
+    evaluator.set_columns(keys.encrypt(memberships[:, :params.SLOTS], params.PACKED_DELTA_FIXED), bins)
+    product = seal.Ciphertext()
+    evaluator.evaluator.multiply_plain(evaluator.columns[0][0], evaluator.encode(one[0][0], params.PACKED_DELTA_MOVING),
+                                       product)
+    blob, pad = packed.masked(evaluator, product)
+    row = keys.release_periodic([blob], p, width, [[0] * p])[0]
+    got = packed.periodic_outputs(row, pad, evaluator, parms_id, p)
+    slot_values = memberships[0, :params.SLOTS] * one[0][0]
+    means = slot_values.reshape(-1, p).mean(axis=0) * params.SLOTS / p
+    assert np.abs(got - means).max() < 1e-9
     with pytest.raises(ValueError, match="l1 norm"):
         packed.periodic_products(evaluator, [weights[0] * 3], [[(0, 0)]], p)
 

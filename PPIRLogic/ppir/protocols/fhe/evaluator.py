@@ -105,11 +105,10 @@ class MovingEvaluator:
         """The fixed party's encrypted columns, chunk by chunk."""
         return self._columns
 
-    def rotate_and_sum(self, ciphertext: seal.Ciphertext, period: int = 1) -> None:
-        """Every slot becomes the sum of all slots (log2(slots) rotations); with ``period`` P, of the slots equal
-        to it modulo P (log2(slots / P) rotations)."""
+    def rotate_and_sum(self, ciphertext: seal.Ciphertext) -> None:
+        """Every slot becomes the sum of all slots (log2(slots) rotations)."""
         step = params.SLOTS // 2
-        while step >= period:
+        while step:
             rotated = seal.Ciphertext()
             self.evaluator.rotate_vector(ciphertext, step, self.galois, rotated)
             self.evaluator.add_inplace(ciphertext, rotated)

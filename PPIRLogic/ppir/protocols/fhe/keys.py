@@ -16,6 +16,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from ppir.protocols.fhe import masks, params, seal_raw
+from ppir.protocols.fhe.packed import fold
 from ppir.protocols.fhe.seal_io import context, dump, load, parameters, rotation_elements
 from ppir.protocols.net.channel import PeerError
 
@@ -83,6 +84,24 @@ class FixedKeys:
                                     np.array(flood, dtype=np.uint64))
             released.append(seal_raw.add_residues(seal_raw.residues(plain).reshape(noise.shape), noise, self._primes))
         return np.array(released).reshape(len(blobs), -1)
+
+    def release_periodic(self, blobs: list[bytes], p: int, width: int, noise: list[list[int]]) -> list[list[int]]:
+        """Per padded ciphertext, the P integers of its period-P part (``ppir.fhe.packed``: c_0 and c_t - c_(2P-t) of
+        the coefficients at multiples of N / 2P, exactly, modulo q and centred), each plus uniform flooding of
+        half-width ``width`` and ``noise`` (the policy's, P integers per ciphertext). Nothing else of the decryption
+        leaves: the other coefficients are the moving party's partial sums."""
+        self._spend(len(blobs))
+        q = 1
+        for prime in self._primes:
+            q *= prime
+        released = []
+        for blob, extra in zip(blobs, noise, strict=True):
+            plain = self._decrypt(blob, params.PACKED_PRODUCT_BITS)
+            ntt = seal_raw.residues(plain).reshape(len(self._primes), params.POLY_DEGREE)
+            coefficients = seal_raw.from_ntt(self._context, self._evaluator, plain.parms_id(), ntt)
+            values = [v - q if v > q // 2 else v for v in fold(coefficients, p, self._primes)]
+            released.append([v + masks.symmetric_integer(width) + e for v, e in zip(values, extra, strict=True)])
+        return released
 
     def _spend(self, count: int) -> None:
         if self.released + count > params.MAX_RELEASED:

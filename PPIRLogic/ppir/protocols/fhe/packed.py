@@ -193,21 +193,25 @@ def unmask(ev: MovingEvaluator, released: np.ndarray, pad: np.ndarray, parms_id)
     return np.asarray(ev.encoder.decode_double(plain))
 
 
-# Periodic packed releases (Mattes MI under FHE): up to P outputs in one ciphertext, output m in every slot i with
-# i = m (mod P). The moving party computes, for the fixed party's chunked columns C_a (samples in slot order) and
-# its weight rows w_(b, m) (one per output m of a term b),
+# Periodic packed releases (Mattes MI under FHE): up to P outputs in one ciphertext, output m in the slots i = m (mod P).
+# The moving party computes, for the fixed party's chunked columns C_a (samples in slot order) and its weight rows
+# w_(b, m) (one per output m of a term b),
 #
 #     Q_r = sum_chunks sum_(a, b) C_a * encode(w'_(b, r)),   w'_(b, r)[j] = w_(b, (j - r) mod P)[j]
 #
-# (r = 0..P-1: each sample meets every output once), then sum_r rot_r(Q_r) (Horner: P - 1 rotations by one slot)
+# (r = 0..P-1: each sample meets every output once), then sum_r rot_r(Q_r) (Horner: P - 1 rotations by one slot):
+# summed over the SLOTS / P copies i, i + P, ..., slot i would hold sum_x sum_(a, b) C_a(x) w_(b, i mod P)(x).
 # When the outputs are public columns Phi_a (MI's gradient), the fixed party interleaves instead: it encrypts
 # C_(l, r)[j] = M_l[j] Phi_((j - r) mod P)[j] / s and the moving party encodes one plaintext per term, used P times.
-# and sums the SLOTS / P copies cyclically (rotations by SLOTS / 2, ..., P). Slot i then holds
-# sum_x sum_(a, b) C_a(x) w_(b, i mod P)(x): every slot a whole output, no partial sum over a subset of samples.
-# One release replaces P single-value releases: P - 1 + log2(SLOTS / P) rotations instead of P log2(SLOTS).
-# A slot vector with period P is exactly a polynomial whose only non-zero coefficients sit at multiples of
-# N / (2P) (the invariants of the rotation by P), so the policy's noise goes in there (``periodic_noise``):
-# one draw per output, the same in every copy, which averaging the copies cannot shrink.
+#
+# The fixed party does the summing over the copies, in the clear, on the padded decryption: a slot vector of period
+# P is exactly a polynomial whose only non-zero coefficients sit at multiples of N / (2P) (the invariants of the
+# rotation by P), and keeping those coefficients is the mean over the copies. With Y = X^(N / 2P) and c_t the
+# coefficient of Y^t (t < 2P), the real part of slot m is c_0 + sum_(0<t<P) (c_t - c_(2P-t)) cos(pi g_m t / 2P),
+# g_m = 3^m mod 4P; so the fixed party releases exactly P integers per ciphertext, c_0 and c_t - c_(2P-t), each
+# flooded, plus the policy's noise: whatever the moving party sends, it learns P real numbers per release, as from P
+# single values, never a partial sum over a subset of samples. P releases' worth of single values cost P log2(SLOTS)
+# rotations; a periodic release P - 1.
 
 
 def period(outputs: int) -> int:
@@ -222,36 +226,50 @@ def interleave(rows: np.ndarray, r: int) -> np.ndarray:
     return rows[(j - r) % p, j]
 
 
-def periodic_rotations(p: int) -> int:
-    """Power-of-two rotations of a periodic release: P - 1 by one slot, then log2(SLOTS / P)."""
-    return p - 1 + (params.SLOTS // p).bit_length() - 1
-
-
 def periodic_flood_width(products: int, p: int) -> int:
-    """The fixed party's flooding of a periodic release: ``products`` plaintext products (chunks x terms x P), each
-    output's weights of l1 norm <= 1 (mass P in all), SLOTS / P copies summed."""
-    return params.packed_flood_width(products, periodic_rotations(p), params.SLOTS // p, float(p))
+    """Half-width of the fixed party's flooding of each of a periodic release's P integers (each the difference of
+    two coefficients): 2**-42 over the P of them. ``products``: plaintext products (chunks x terms x P), each output's
+    weights of l1 norm <= 1 (mass P in all), P - 1 rotations, no copies summed homomorphically."""
+    bound = params.coefficient_error_bound(products, p - 1, 1, params.PACKED_DELTA_MOVING, float(p))
+    return int(2.0 ** params.FLOOD_BITS * p * 2 * bound)
+
+
+def real_basis(p: int) -> np.ndarray:
+    """A (P, P): the real part of slot m is sum_t A[m, t] d_t for the released d_0 = c_0, d_t = c_t - c_(2P-t)."""
+    g = np.array([pow(3, m, 4 * p) for m in range(p)])
+    return np.cos(np.pi * np.outer(g, np.arange(p)) / (2 * p))
+
+
+def fold(coefficients: np.ndarray, p: int, primes: list[int]) -> list[int]:
+    """The P released integers d_t modulo q (not centred) from a polynomial's coefficient residues (primes, N)."""
+    stride = params.POLY_DEGREE // (2 * p)
+    c = coefficients[:, ::stride].astype(object)                 # (primes, 2P): the coefficients of Y^t
+    q = np.array(primes, dtype=object)[:, None]
+    d = np.concatenate([c[:, :1], (c[:, 1:p] - c[:, :p:-1]) % q], axis=1)
+    return [seal_raw.crt(list(d[:, t]), primes) for t in range(p)]
 
 
 def periodic_noise(values: np.ndarray, p: int) -> list[int]:
-    """Integer coefficients (scale 2**PACKED_PRODUCT_BITS) of the polynomial whose slots are ``values`` (P reals,
-    output m in every slot i = m mod P; imaginary parts zero): non-zero only at multiples of N / (2P).
-
-    Slot i evaluates at zeta^(3^i), zeta = exp(i pi / N), so with Y = X^(N / 2P) it is sum_t c_t w_m^t,
-    w_m = exp(i pi g_m / 2P), g_m = 3^m mod 4P; inverting over the P slots and their conjugates,
-    c_t = (1 / P) Re sum_m z_m w_m^-t.
-    """
+    """The released integers d_t (scale 2**PACKED_PRODUCT_BITS, the fixed party's mean over SLOTS / P copies) whose
+    outputs are ``values`` (P reals): what the fixed party adds for the policy's noise, the same in every copy."""
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (p,) or p < 2 or p & (p - 1) or p > params.SLOTS:
         raise ValueError("periodic noise: P values, P a power of two in [2, slots]")
-    g = np.array([pow(3, m, 4 * p) for m in range(p)])
-    t = np.arange(2 * p)
-    c = (values[:, None] * np.exp(-1j * np.pi * np.outer(g, t) / (2 * p))).real.sum(axis=0) / p
-    coefficients = [0] * params.POLY_DEGREE
-    stride = params.POLY_DEGREE // (2 * p)
-    for k, value in enumerate(c):
-        coefficients[k * stride] = int(round(value * 2.0 ** params.PACKED_PRODUCT_BITS))
-    return coefficients
+    d = np.linalg.solve(real_basis(p), values * p / params.SLOTS)
+    return [int(round(x * 2.0 ** params.PACKED_PRODUCT_BITS)) for x in d]
+
+
+def periodic_outputs(released: list[int], pad: np.ndarray, ev: MovingEvaluator, parms_id, p: int) -> np.ndarray:
+    """The P outputs of a released periodic ciphertext once the moving party's pad (NTT residues) is removed."""
+    q = 1
+    for prime in ev.primes:
+        q *= prime
+    pad_values = fold(seal_raw.from_ntt(ev.context, ev.evaluator, parms_id, pad), p, ev.primes)
+    d = []
+    for value, removed in zip(released, pad_values, strict=True):
+        centred = (int(value) - removed) % q
+        d.append(float(centred - q if centred > q // 2 else centred))
+    return real_basis(p) @ (np.array(d) * 2.0 ** -params.PACKED_PRODUCT_BITS) * (params.SLOTS / p)
 
 
 def fixed_interleave(columns: np.ndarray, phi: np.ndarray, p: int) -> np.ndarray:
@@ -305,11 +323,5 @@ def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: 
             total = ev.add(total, part)
         if total is None:
             total = ev.zero(2.0 ** params.PACKED_PRODUCT_BITS)
-        ev.rotate_and_sum(total, p)
         out.append(total)
     return out
-
-
-def periodic_values(slots: np.ndarray, p: int) -> np.ndarray:
-    """The P outputs of a decoded periodic release: each the mean of its SLOTS / P copies."""
-    return np.asarray(slots, dtype=np.float64).reshape(-1, p).mean(axis=0)

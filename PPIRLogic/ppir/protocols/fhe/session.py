@@ -14,10 +14,10 @@ B-spline bases have thousands of outputs: they go through the packed products of
 ``ppir.fhe.packed`` instead (Enc(J) in a cell layout once per sample set; per product one
 ciphertext per gradient channel and one for the cross term, each released whole).
 
-Mattes MI (rigid and affine): Enc(M_l), the fixed bins' membership columns, once per sample set; per
-evaluation one periodic packed release per histogram row l and one per gradient channel
-(``ppir.fhe.packed.periodic_products``: every output in every slot of its residue class, padded,
-flooded, with the policy's noise the same in every copy).
+Mattes MI (rigid and affine): Enc(M_l), the fixed bins' membership columns, and Enc(M_l Phi_a / s_a)
+interleaved, once per sample set; per evaluation one periodic release per histogram row l and one per
+gradient channel (``ppir.fhe.packed``): a padded ciphertext whose period-P part holds P outputs; the
+fixed party returns only that part, as P flooded integers with the policy's noise.
 
 Masks, flooding and parameters: ``ppir.fhe.params``; what each party learns: docs/security.md.
 """
@@ -186,11 +186,10 @@ class FixedHandler:
         values[:, :released.shape[1]] = released + masks.uniform(released.size, 1.0).reshape(released.shape) * single
         width = packed.periodic_flood_width(self._keys.chunks * terms * p, p)
         try:
-            residues = self._keys.release_packed(blobs, [width] * expected,
-                                                 [packed.periodic_noise(row, p) for row in values])
+            released = self._keys.release_periodic(blobs, p, width, [packed.periodic_noise(row, p) for row in values])
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
-        self._channel.send(Message(Kind.FHE_VALUES, {}, {"residues": residues}))
+        self._channel.send(Message(Kind.FHE_VALUES, {"values": [[str(v) for v in row] for row in released]}))
         return len(self._party.values) if op == "histogram" else None
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
@@ -302,11 +301,15 @@ class FHEBackend(RemoteBackend):
             raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
         self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples},
                                  pack([blob for blob, _ in masked])))
-        residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
-        if residues is None or residues.shape != (len(masked), masked[0][1].size) or residues.dtype != np.uint64:
+        released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values")
+        if not isinstance(released, list) or len(released) != len(masked) or not all(
+                isinstance(row, list) and len(row) == p for row in released):
             raise PeerError("the fixed party returned the wrong number of values")
-        return np.array([packed.periodic_values(packed.unmask(self._evaluator, values, pad, parms_id), p)
-                         for values, (_, pad) in zip(residues, masked)])
+        try:
+            return np.array([packed.periodic_outputs([int(v) for v in row], pad, self._evaluator, parms_id, p)
+                             for row, (_, pad) in zip(released, masked)])
+        except (TypeError, ValueError):
+            raise PeerError("the fixed party's released values are malformed") from None
 
     def histogram_product(self, weights) -> np.ndarray:
         """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public):

@@ -165,14 +165,14 @@ def test_periodic_releases_recover_every_output_and_nothing_else(keys):
     noise = np.zeros((len(releases), p))
     noise[:, :outputs] = rng.normal(0, 1e-3, (len(releases), outputs))
     products = packed.periodic_products(evaluator, weights, releases, p)
-    parms_id = products[0].parms_id()
+    folding = packed.Folding(evaluator.context, evaluator.evaluator, evaluator.primes)
     masked = [packed.masked(evaluator, c) for c in products]
     width = packed.periodic_flood_width(keys.chunks * 2 * p, p)     # at most two terms a release
     released = keys.release_periodic([blob for blob, _ in masked], p, width,
                                      [packed.periodic_noise(row, p) for row in noise])
     assert [len(row) for row in released] == [p] * len(releases)   # P integers per ciphertext, nothing else
     for k, (row, (_, pad)) in enumerate(zip(released, masked)):
-        got = packed.periodic_outputs(row, pad, evaluator, parms_id, p)
+        got = packed.periodic_outputs(row, pad, folding, evaluator.primes, p)
         assert np.abs(got - want[k] - noise[k]).max() < 1e-9
     # released again: fresh flooding; without the pad: uniform-looking residues of q
     again = keys.release_periodic([masked[0][0]], p, width, [[0] * p])[0]
@@ -186,7 +186,7 @@ def test_periodic_releases_recover_every_output_and_nothing_else(keys):
                                        product)
     blob, pad = packed.masked(evaluator, product)
     row = keys.release_periodic([blob], p, width, [[0] * p])[0]
-    got = packed.periodic_outputs(row, pad, evaluator, parms_id, p)
+    got = packed.periodic_outputs(row, pad, folding, evaluator.primes, p)
     slot_values = memberships[0, :params.SLOTS] * one[0][0]
     means = slot_values.reshape(-1, p).mean(axis=0) * params.SLOTS / p
     assert np.abs(got - means).max() < 1e-9

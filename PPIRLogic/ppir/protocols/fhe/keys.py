@@ -16,7 +16,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from ppir.protocols.fhe import masks, params, seal_raw
-from ppir.protocols.fhe.packed import fold
+from ppir.protocols.fhe.packed import Folding
 from ppir.protocols.fhe.seal_io import context, dump, load, parameters, rotation_elements
 from ppir.protocols.net.channel import PeerError
 
@@ -39,6 +39,7 @@ class FixedKeys:
         self._decryptor = seal.Decryptor(self._context, self._secret)
         self._primes = [m.value() for m in self._parms.coeff_modulus()][:-1]
         self._chunks = 0
+        self._folding = Folding(self._context, self._evaluator, self._primes)
         self.released = 0
 
     @property
@@ -98,8 +99,7 @@ class FixedKeys:
         for blob, extra in zip(blobs, noise, strict=True):
             plain = self._decrypt(blob, params.PACKED_PRODUCT_BITS)
             ntt = seal_raw.residues(plain).reshape(len(self._primes), params.POLY_DEGREE)
-            coefficients = seal_raw.from_ntt(self._context, self._evaluator, plain.parms_id(), ntt)
-            values = [v - q if v > q // 2 else v for v in fold(coefficients, p, self._primes)]
+            values = [v - q if v > q // 2 else v for v in self._folding(ntt, p)]
             released.append([v + masks.symmetric_integer(width) + e for v, e in zip(values, extra, strict=True)])
         return released
 

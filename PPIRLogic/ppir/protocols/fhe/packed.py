@@ -240,13 +240,39 @@ def real_basis(p: int) -> np.ndarray:
     return np.cos(np.pi * np.outer(g, np.arange(p)) / (2 * p))
 
 
-def fold(coefficients: np.ndarray, p: int, primes: list[int]) -> list[int]:
-    """The P released integers d_t modulo q (not centred) from a polynomial's coefficient residues (primes, N)."""
-    stride = params.POLY_DEGREE // (2 * p)
-    c = coefficients[:, ::stride].astype(object)                 # (primes, 2P): the coefficients of Y^t
-    q = np.array(primes, dtype=object)[:, None]
-    d = np.concatenate([c[:, :1], (c[:, 1:p] - c[:, :p:-1]) % q], axis=1)
-    return [seal_raw.crt(list(d[:, t]), primes) for t in range(p)]
+class Folding:
+    """The P released integers d_t (modulo q, not centred) of an NTT-form polynomial, without leaving the NTT
+    domain: the coefficient of X^(tS) (S = N / 2P) is N^-1 sum_i v_i w_i^-t, where w_i, the value of X^S at NTT
+    position i, takes one of 2P values, so it is a sum over 2P classes of positions. The classes and their w come
+    once from SEAL's own NTT of X^S (``seal_raw.to_ntt``)."""
+
+    def __init__(self, context: seal.SEALContext, evaluator: seal.Evaluator, primes: list[int]):
+        self._context, self._evaluator, self._primes = context, evaluator, primes
+        self._classes: dict[int, list[tuple[np.ndarray, list[int]]]] = {}
+
+    def _of(self, p: int) -> list[tuple[np.ndarray, list[int]]]:
+        if p not in self._classes:
+            monomial = np.zeros((len(self._primes), params.POLY_DEGREE), dtype=np.uint64)
+            monomial[:, params.POLY_DEGREE // (2 * p)] = 1
+            ntt = seal_raw.to_ntt(self._context, self._evaluator, self._context.first_parms_id(), monomial)
+            self._classes[p] = [(labels, [int(v) for v in values]) for values, labels in
+                                (np.unique(row, return_inverse=True) for row in ntt)]
+        return self._classes[p]
+
+    def __call__(self, ntt: np.ndarray, p: int) -> list[int]:
+        """``ntt``: the polynomial's NTT residues (primes, N)."""
+        low, n = np.uint64((1 << 30) - 1), params.POLY_DEGREE
+        d = []
+        for row, prime, (labels, roots) in zip(ntt, self._primes, self._of(p), strict=True):
+            counts = len(roots)
+            lo = np.bincount(labels, weights=(row & low).astype(np.float64), minlength=counts)
+            hi = np.bincount(labels, weights=(row >> np.uint64(30)).astype(np.float64), minlength=counts)
+            sums = [(int(h) << 30) + int(l) for h, l in zip(hi, lo)]
+            scale = pow(n, -1, prime)
+            c = [sum(total * pow(root, -t, prime) for total, root in zip(sums, roots)) * scale % prime
+                 for t in range(2 * p)]
+            d.append([c[0]] + [(c[t] - c[2 * p - t]) % prime for t in range(1, p)])
+        return [seal_raw.crt([row[t] for row in d], self._primes) for t in range(p)]
 
 
 def periodic_noise(values: np.ndarray, p: int) -> list[int]:
@@ -259,12 +285,12 @@ def periodic_noise(values: np.ndarray, p: int) -> list[int]:
     return [int(round(x * 2.0 ** params.PACKED_PRODUCT_BITS)) for x in d]
 
 
-def periodic_outputs(released: list[int], pad: np.ndarray, ev: MovingEvaluator, parms_id, p: int) -> np.ndarray:
+def periodic_outputs(released: list[int], pad: np.ndarray, folding: Folding, primes: list[int], p: int) -> np.ndarray:
     """The P outputs of a released periodic ciphertext once the moving party's pad (NTT residues) is removed."""
     q = 1
-    for prime in ev.primes:
+    for prime in primes:
         q *= prime
-    pad_values = fold(seal_raw.from_ntt(ev.context, ev.evaluator, parms_id, pad), p, ev.primes)
+    pad_values = folding(pad, p)
     d = []
     for value, removed in zip(released, pad_values, strict=True):
         centred = (int(value) - removed) % q

@@ -17,9 +17,12 @@ integer U in [0, 2**177) to the constant coefficient (statistical distance <= 2*
 fixed party returns only the constant coefficient, exactly (CRT), plus uniform flooding 2**42
 times wider than the error bound.
 
-Packed release (B-spline, and Mattes MI's periodic releases; ``packed.py``): scales 2**110 x 2**60 = 2**170; the moving party adds a
+Packed release (B-spline; ``packed.py``): scales 2**110 x 2**60 = 2**170; the moving party adds a
 polynomial uniform over R_q (a one-time pad: the fixed party sees nothing of the result); the fixed
 party floods every coefficient with uniform noise 2**42 * N times wider than the error bound.
+
+Periodic release (Mattes MI; ``packed.py``): the same scales and pad; the fixed party returns only the P
+integers of the decryption's period-P part, each flooded 2**42 * 2P times wider than its error bound.
 
 Every returned ciphertext is re-randomised first with an encryption of zero under the fixed party's
 public key, so its second component says nothing of the moving party's weights (RLWE).

@@ -70,19 +70,6 @@ def to_ntt(context: seal.SEALContext, evaluator: seal.Evaluator, parms_id: list[
     return residues(ciphertext)[:primes * n].reshape(primes, n)
 
 
-def from_ntt(context: seal.SEALContext, evaluator: seal.Evaluator, parms_id: list[int],
-             ntt: np.ndarray) -> np.ndarray:
-    """Coefficient residues (primes, N) of a polynomial given by its NTT-domain residues: ``to_ntt`` backwards
-    (the second component is the NTT of 1, all ones)."""
-    primes, n = ntt.shape
-    members = (struct.pack("<4Q", *parms_id) + struct.pack("<B", 1) + struct.pack("<QQQ", 2, n, primes)
-               + struct.pack("<d", 1.0) + struct.pack("<Q", 1)
-               + _array(np.concatenate([ntt.ravel(), np.ones(primes * n, dtype=np.uint64)])))
-    ciphertext = load(seal.Ciphertext(), context, _header(len(members)) + members)
-    evaluator.transform_from_ntt_inplace(ciphertext)
-    return residues(ciphertext)[:primes * n].reshape(primes, n)
-
-
 def crt(values: list[int], primes: list[int]) -> int:
     """The integer modulo prod(primes) with the given residues (not centred)."""
     modulus, value = 1, 0

@@ -234,6 +234,7 @@ class FHEBackend(RemoteBackend):
         self._bins = session["histogram_bins"] if session.get("metric") == "mi" else 0
         bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
         self._evaluator = MovingEvaluator(bundle)
+        self._folding = packed.Folding(self._evaluator.context, self._evaluator.evaluator, self._evaluator.primes)
 
     def set_samples(self, samples: np.ndarray | None, basis):
         layout = None
@@ -295,7 +296,6 @@ class FHEBackend(RemoteBackend):
         the slots m mod P; returns the released outputs (releases, P)."""
         try:
             products = packed.periodic_products(self._evaluator, weights, releases, p)
-            parms_id = products[0].parms_id()
             masked = [packed.masked(self._evaluator, ciphertext) for ciphertext in products]
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
@@ -306,7 +306,7 @@ class FHEBackend(RemoteBackend):
                 isinstance(row, list) and len(row) == p for row in released):
             raise PeerError("the fixed party returned the wrong number of values")
         try:
-            return np.array([packed.periodic_outputs([int(v) for v in row], pad, self._evaluator, parms_id, p)
+            return np.array([packed.periodic_outputs([int(v) for v in row], pad, self._folding, self._evaluator.primes, p)
                              for row, (_, pad) in zip(released, masked)])
         except (TypeError, ValueError):
             raise PeerError("the fixed party's released values are malformed") from None

@@ -152,13 +152,13 @@ class FixedHandler:
         return int(message.meta.get("samples", 0))
 
     def _mi_product(self, op: str, message: Message, blobs: list[bytes]) -> int | None:
-        """Mattes MI, in periodic packed releases (``ppir.fhe.packed``): the histogram as one release per fixed
-        bin l (cell (l, k) = M_l^T W_k / N in the slots k mod P), then the gradient as one release per channel c
-        (output (a, c) = sum_l sum_x Phi_a g_c v_l M_l / nu_ac in the slots a mod P); every cell and output is
-        released. The normalisers are public (N; nu_ac = B sum_x |Phi_a| times the moving party's channel and
-        bin-weight peaks), so the policy's noise needs nothing from the moving party: 1/N per count unit,
-        1/(B sum_x |Phi_a|) per normalised unit, one draw per output, the same in all its slots, and so is the
-        uniform flooding a single-value release had (``params.flood_width``)."""
+        """Mattes MI, in periodic releases (``ppir.fhe.packed``): the histogram as one release per fixed bin l
+        (cell (l, k) = M_l^T W_k / N at residue k mod P), then the gradient as one release per channel c (output
+        (a, c) = sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c) at residue a mod P); of each decryption only the
+        period-P part leaves, as P integers, so every cell and output is released and nothing else. The
+        normalisers are public (N; N B s_a, times the moving party's channel and bin-weight peaks in nu_c), so the
+        policy's noise needs nothing from the moving party: 1/N per count unit, 1/(N B s_a) per normalised unit,
+        one draw per output, and so is the uniform flooding a single-value release had (``params.flood_width``)."""
         bins, d, q = self._party.histogram_bins, self._party.grid.dim, self._mi_norms.size
         expected = bins if op == "histogram" else d
         if len(blobs) != expected:
@@ -180,7 +180,7 @@ class FixedHandler:
         # every output also gets the uniform flooding of the single value it replaces (released units), one draw
         # for all its copies: the moving party learns each output to the precision it did from a single value
         single = params.flood_width(self._keys.chunks * terms) * 2.0 ** -params.PRODUCT_BITS
-        if op == "binned":           # as wide in r as a single value's was: released here over N B s_a, there over B sum |Phi_a|
+        if op == "binned":      # as wide in r as a single value's: released over N B s_a here, over B sum |Phi_a| there
             single = single * self._mi_norms / self._gradient_norms
         values = np.zeros((expected, p))
         values[:, :released.shape[1]] = released + masks.uniform(released.size, 1.0).reshape(released.shape) * single

@@ -138,6 +138,62 @@ def test_packed_release_is_padded_and_flooded(keys):
     assert 1e-3 < spread / (params.POLY_DEGREE * width / 2.0 ** params.PACKED_PRODUCT_BITS) < 10
 
 
+def test_periodic_releases_recover_every_output_and_nothing_else(keys):
+    """Mattes MI's packed releases: P outputs per ciphertext, the fixed party returning only its period-P part (P
+    integers, flooded, with the policy's noise), whatever the moving party sent."""
+    from ppir.protocols.fhe import packed
+    rng = np.random.default_rng(4)
+    n, bins, outputs = 9000, 3, 5                        # 5 outputs: P = 8, three residues empty
+    p = packed.period(outputs)
+    labels = rng.integers(0, bins, n)
+    memberships = np.zeros((bins, n))
+    memberships[labels, np.arange(n)] = 1.0
+    phi = rng.uniform(-1, 1, (n, outputs))              # public columns, interleaved by the fixed party
+    columns = np.vstack([memberships, packed.fixed_interleave(memberships, phi, p)])
+    evaluator = MovingEvaluator(keys.public_bundle())
+    evaluator.set_columns(keys.encrypt(columns, params.PACKED_DELTA_FIXED), len(columns))
+    weights = []
+    for _ in range(2):                                   # two weight sets, each output's rows of l1 norm <= 1
+        rows = np.zeros((p, n))
+        rows[:outputs] = rng.uniform(-1, 1, (outputs, n))
+        weights.append(rows / (2 * np.abs(rows).sum(axis=1, keepdims=True).clip(1e-30)))
+    weights.append(rng.uniform(-1, 1, n) / (4 * n))     # one row per term, used with P interleaved columns
+    fixed_side = [(tuple(bins + l * p + r for r in range(p)), 2) for l in (0, 2)]
+    releases = [[(0, 0), (1, 1)], [(2, 0)], [(1, 1), (2, 1)], fixed_side]
+    want = np.array([sum(weights[b] @ memberships[a] for a, b in terms) for terms in releases[:3]]
+                    + [np.r_[sum((memberships[l] * weights[2]) @ phi for l in (0, 2)), np.zeros(p - outputs)]])
+    noise = np.zeros((len(releases), p))
+    noise[:, :outputs] = rng.normal(0, 1e-3, (len(releases), outputs))
+    products = packed.periodic_products(evaluator, weights, releases, p)
+    folding = packed.Folding(evaluator.context, evaluator.evaluator, evaluator.primes)
+    masked = [packed.masked(evaluator, c) for c in products]
+    width = packed.periodic_flood_width(keys.chunks * 2 * p, p)     # at most two terms a release
+    released = keys.release_periodic([blob for blob, _ in masked], p, width,
+                                     [packed.periodic_noise(row, p) for row in noise])
+    assert [len(row) for row in released] == [p] * len(releases)   # P integers per ciphertext, nothing else
+    for k, (row, (_, pad)) in enumerate(zip(released, masked)):
+        got = packed.periodic_outputs(row, pad, folding, evaluator.primes, p)
+        assert np.abs(got - want[k] - noise[k]).max() < 1e-9
+    # released again: fresh flooding; without the pad: uniform-looking residues of q
+    again = keys.release_periodic([masked[0][0]], p, width, [[0] * p])[0]
+    assert again != released[0]
+    # a moving party that skips the rotations (one sample's product in each slot) still learns P numbers only,
+    # each a mean over 4096 / P slots
+    one = [row[:, :params.SLOTS] for row in weights[:1]]
+    evaluator.set_columns(keys.encrypt(memberships[:, :params.SLOTS], params.PACKED_DELTA_FIXED), bins)
+    product = seal.Ciphertext()
+    evaluator.evaluator.multiply_plain(evaluator.columns[0][0], evaluator.encode(one[0][0], params.PACKED_DELTA_MOVING),
+                                       product)
+    blob, pad = packed.masked(evaluator, product)
+    row = keys.release_periodic([blob], p, width, [[0] * p])[0]
+    got = packed.periodic_outputs(row, pad, folding, evaluator.primes, p)
+    slot_values = memberships[0, :params.SLOTS] * one[0][0]
+    means = slot_values.reshape(-1, p).mean(axis=0) * params.SLOTS / p
+    assert np.abs(got - means).max() < 1e-9
+    with pytest.raises(ValueError, match="l1 norm"):
+        packed.periodic_products(evaluator, [weights[0] * 3], [[(0, 0)]], p)
+
+
 def test_decryption_budget_is_enforced(keys):
     keys.released = params.MAX_RELEASED
     try:

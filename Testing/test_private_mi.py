@@ -148,7 +148,7 @@ def test_the_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm, tm
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_mi_under_fhe_matches_clear(dim, slice_2d, mni_4mm, sample_dir, tmp_path):
-    """FHE (two processes, no dealer): one level and one iteration, as every histogram cell is a decryption."""
+    """FHE (two processes, no dealer): one level and one iteration (6 bins: a period of 8 slots, two of them empty)."""
     if dim == 2:
         synthesize(slice_2d, "affine", 2, tmp_path)
         image, options = slice_2d, ["--transform", "rigid", "--levels", "2"]
@@ -166,8 +166,9 @@ def test_fhe_refuses_mi_with_a_bspline_and_budgets_its_decryptions():
     from ppir.protocols import registry
     with pytest.raises(PPIRError, match="rigid and affine transforms only; use --protocol mpc"):
         registry.preflight("fhe", Settings(metric="mi", transform="bspline"))
-    with pytest.raises(PPIRError, match="could need 11628 decryptions"):      # 3 levels x 51 products x (64 + 12)
-        registry.preflight("fhe", Settings(metric="mi"))
+    with pytest.raises(PPIRError, match="could need 5355 decryptions"):      # 3 levels x 51 products x (32 + 3)
+        registry.preflight("fhe", Settings(metric="mi", histogram_bins=32))
+    registry.preflight("fhe", Settings(metric="mi"))         # 3 x 51 x (8 + 3): one release per histogram row
     registry.preflight("fhe", Settings(metric="mi", max_iterations=16))
 
 
@@ -183,8 +184,9 @@ def test_the_fhe_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm
                               "--identity", str(ids["fixed"]), "--sessions", "0"])
     settings = Settings(metric="mi", levels=[2], sampling="urs", sample_fraction=0.25, max_iterations=5)
     bins = settings.histogram_bins
-    cases = [({"op": "histogram"}, 1, "1 ciphertexts, expected 64"),
-             ({"op": "binned"}, 12, "without its histogram"),
+    cases = [({"op": "histogram"}, 64, "64 ciphertexts, expected 8"),
+             ({"op": "histogram"}, 8, "malformed"),
+             ({"op": "binned"}, 3, "without its histogram"),
              ({}, 4, "operation 'ssd' in a MI session")]
     try:
         for meta, count, reason in cases:

@@ -48,13 +48,10 @@ class MovingEvaluator:
         """
         return self.masked_combinations(weights, [[output] for output in outputs])
 
-    def masked_combinations(self, weights: np.ndarray, outputs: list[list[tuple[int, int]]],
-                            every_output: bool = False) -> dict[int, tuple[bytes, int]]:
+    def masked_combinations(self, weights: np.ndarray, outputs: list[list[tuple[int, int]]]) -> dict[int, tuple[bytes, int]]:
         """``masked_sums`` for outputs that are sums of terms: output k is sum over its (a, b) of
-        sum_x weights[b] * C_a (Mattes MI's gradient: one term per fixed bin). The l1 norms of each
-        output's weight rows must add up to at most 1; the error bound counts every term's products.
-        ``every_output``: an output whose weights are all zero is still returned, as a fresh encryption
-        of zero, so that which outputs are zero says nothing of the weights.
+        sum_x weights[b] * C_a. The l1 norms of each output's weight rows must add up to at most 1; the
+        error bound counts every term's products.
         """
         mass = np.abs(weights).sum(axis=1)
         if max((sum(mass[b] for _, b in terms) for terms in outputs), default=0.0) > 1.0 + 1e-9:
@@ -69,9 +66,6 @@ class MovingEvaluator:
                         self.evaluator.multiply_plain(self._columns[a][chunk], plains[b], product)
                         acc[k] = self.add(acc.get(k), product)
         terms_per_output = max((len(terms) for terms in outputs), default=1)
-        if every_output:
-            for k in range(len(outputs)):
-                acc.setdefault(k, self.zero(2.0 ** params.PRODUCT_BITS))
         masked = {}
         for k, ciphertext in sorted(acc.items()):
             self.rotate_and_sum(ciphertext)
@@ -105,6 +99,11 @@ class MovingEvaluator:
     def unmask(released: int, removed: int) -> float:
         """The sum R' from a released constant coefficient and the mask that was added to it."""
         return math.ldexp(float(released - removed), -params.PRODUCT_BITS)
+
+    @property
+    def columns(self) -> list[list[seal.Ciphertext]]:
+        """The fixed party's encrypted columns, chunk by chunk."""
+        return self._columns
 
     def rotate_and_sum(self, ciphertext: seal.Ciphertext) -> None:
         """Every slot becomes the sum of all slots (log2(slots) rotations)."""

@@ -16,6 +16,7 @@ import numpy as np
 import tenseal.sealapi as seal
 
 from ppir.protocols.fhe import masks, params, seal_raw
+from ppir.protocols.fhe.packed import Folding
 from ppir.protocols.fhe.seal_io import context, dump, load, parameters, rotation_elements
 from ppir.protocols.net.channel import PeerError
 
@@ -38,7 +39,13 @@ class FixedKeys:
         self._decryptor = seal.Decryptor(self._context, self._secret)
         self._primes = [m.value() for m in self._parms.coeff_modulus()][:-1]
         self._chunks = 0
+        self._folding = Folding(self._context, self._evaluator, self._primes)
         self.released = 0
+
+    @property
+    def chunks(self) -> int:
+        """Ciphertexts per column of the last encryption (its samples over the slots)."""
+        return self._chunks
 
     def public_bundle(self) -> dict[str, bytes]:
         """What the moving party needs to compute on the ciphertexts: no secret key."""
@@ -57,14 +64,10 @@ class FixedKeys:
         self._chunks = -(-columns.shape[1] // params.SLOTS)
         return blobs
 
-    def release(self, blobs: list[bytes], noise: list[int], terms: int = 1) -> list[int]:
-        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136).
-
-        ``terms``: columns combined per output (Mattes MI's gradient sums one per fixed bin): the flooding
-        covers the error of chunks x terms plaintext products.
-        """
+    def release(self, blobs: list[bytes], noise: list[int]) -> list[int]:
+        """The flooded constant coefficient of each masked ciphertext plus ``noise`` (integers, scale 2**136)."""
         self._spend(len(blobs))
-        flood = params.flood_width(self._chunks * terms)
+        flood = params.flood_width(self._chunks)
         return [self._constant_coefficient(self._decrypt(blob, params.PRODUCT_BITS)) + masks.symmetric_integer(flood)
                 + extra for blob, extra in zip(blobs, noise, strict=True)]
 
@@ -82,6 +85,23 @@ class FixedKeys:
                                     np.array(flood, dtype=np.uint64))
             released.append(seal_raw.add_residues(seal_raw.residues(plain).reshape(noise.shape), noise, self._primes))
         return np.array(released).reshape(len(blobs), -1)
+
+    def release_periodic(self, blobs: list[bytes], p: int, width: int, noise: list[list[int]]) -> list[list[int]]:
+        """Per padded ciphertext, the P integers of its period-P part (``ppir.fhe.packed``: c_0 and c_t - c_(2P-t) of
+        the coefficients at multiples of N / 2P, exactly, modulo q and centred), each plus uniform flooding of
+        half-width ``width`` and ``noise`` (the policy's, P integers per ciphertext). Nothing else of the decryption
+        leaves: the other coefficients are the moving party's partial sums."""
+        self._spend(len(blobs))
+        q = 1
+        for prime in self._primes:
+            q *= prime
+        released = []
+        for blob, extra in zip(blobs, noise, strict=True):
+            plain = self._decrypt(blob, params.PACKED_PRODUCT_BITS)
+            ntt = seal_raw.residues(plain).reshape(len(self._primes), params.POLY_DEGREE)
+            values = [v - q if v > q // 2 else v for v in self._folding(ntt, p)]
+            released.append([v + masks.symmetric_integer(width) + e for v, e in zip(values, extra, strict=True)])
+        return released
 
     def _spend(self, count: int) -> None:
         if self.released + count > params.MAX_RELEASED:

@@ -148,18 +148,11 @@ class PackedProducts:
 
     def masked(self, ciphertext: seal.Ciphertext) -> tuple[bytes, np.ndarray]:
         """The re-randomised ciphertext plus a pad uniform over R_q, and the pad's residues."""
-        self._ev.rerandomise(ciphertext)
-        pad = masks.uniform_residues(self._ev.primes, params.POLY_DEGREE)
-        plain = seal_raw.plaintext(self._ev.context, ciphertext.parms_id(), ciphertext.scale, pad.ravel())
-        self._ev.evaluator.add_plain_inplace(ciphertext, plain)
-        return dump(ciphertext), pad
+        return masked(self._ev, ciphertext)
 
     def unmask(self, released: np.ndarray, pad: np.ndarray) -> np.ndarray:
         """Decoded slots (real parts) of a released decryption once the pad is removed."""
-        plain_residues = seal_raw.subtract_residues(released.reshape(pad.shape), pad, self._ev.primes)
-        plain = seal_raw.plaintext(self._ev.context, self._parms_id, 2.0 ** params.PACKED_PRODUCT_BITS,
-                                   plain_residues.ravel())
-        return np.asarray(self._ev.encoder.decode_double(plain))
+        return unmask(self._ev, released, pad, self._parms_id)
 
     def _sums(self, dense: np.ndarray) -> list[seal.Ciphertext | None]:
         """sum_o E_ot * encode(dense[o]) for t = 0..3 (None where every row encodes to zero)."""
@@ -182,3 +175,179 @@ class PackedProducts:
                 total = self._ev.rotate_left(total, stride)
             total = self._ev.add(total, term)
         return total
+
+
+def masked(ev: MovingEvaluator, ciphertext: seal.Ciphertext) -> tuple[bytes, np.ndarray]:
+    """A product for a packed release: re-randomised, plus a pad uniform over R_q; returns it and the pad's residues."""
+    ev.rerandomise(ciphertext)
+    pad = masks.uniform_residues(ev.primes, params.POLY_DEGREE)
+    plain = seal_raw.plaintext(ev.context, ciphertext.parms_id(), ciphertext.scale, pad.ravel())
+    ev.evaluator.add_plain_inplace(ciphertext, plain)
+    return dump(ciphertext), pad
+
+
+def unmask(ev: MovingEvaluator, released: np.ndarray, pad: np.ndarray, parms_id) -> np.ndarray:
+    """Decoded slots (real parts) of a packed release once the pad is removed."""
+    plain_residues = seal_raw.subtract_residues(released.reshape(pad.shape), pad, ev.primes)
+    plain = seal_raw.plaintext(ev.context, parms_id, 2.0 ** params.PACKED_PRODUCT_BITS, plain_residues.ravel())
+    return np.asarray(ev.encoder.decode_double(plain))
+
+
+# Periodic packed releases (Mattes MI under FHE): up to P outputs in one ciphertext, output m in the slots i = m (mod P).
+# The moving party computes, for the fixed party's chunked columns C_a (samples in slot order) and its weight rows
+# w_(b, m) (one per output m of a term b),
+#
+#     Q_r = sum_chunks sum_(a, b) C_a * encode(w'_(b, r)),   w'_(b, r)[j] = w_(b, (j - r) mod P)[j]
+#
+# (r = 0..P-1: each sample meets every output once), then sum_r rot_r(Q_r) (Horner: P - 1 rotations by one slot):
+# summed over the SLOTS / P copies i, i + P, ..., slot i would hold sum_x sum_(a, b) C_a(x) w_(b, i mod P)(x).
+# When the outputs are public columns Phi_a (MI's gradient), the fixed party interleaves instead: it encrypts
+# C_(l, r)[j] = M_l[j] Phi_((j - r) mod P)[j] / s and the moving party encodes one plaintext per term, used P times.
+#
+# The fixed party does the summing over the copies, in the clear, on the padded decryption: a slot vector of period
+# P is exactly a polynomial whose only non-zero coefficients sit at multiples of N / (2P) (the invariants of the
+# rotation by P), and keeping those coefficients is the mean over the copies. With Y = X^(N / 2P) and c_t the
+# coefficient of Y^t (t < 2P), the real part of slot m is c_0 + sum_(0<t<P) (c_t - c_(2P-t)) cos(pi g_m t / 2P),
+# g_m = 3^m mod 4P; so the fixed party releases exactly P integers per ciphertext, c_0 and c_t - c_(2P-t), each
+# flooded, plus the policy's noise: whatever the moving party sends, it learns P real numbers per release, as from P
+# single values, never a partial sum over a subset of samples. P releases' worth of single values cost P log2(SLOTS)
+# rotations; a periodic release P - 1.
+
+
+def period(outputs: int) -> int:
+    """P: the power of two (at least 2) that holds ``outputs`` outputs."""
+    return max(2, 1 << (max(outputs, 1) - 1).bit_length())
+
+
+def interleave(rows: np.ndarray, r: int) -> np.ndarray:
+    """w'_r from one term's rows (P, samples): sample j's weight of output (j - r) mod P."""
+    p, n = rows.shape
+    j = np.arange(n)
+    return rows[(j - r) % p, j]
+
+
+def periodic_flood_width(products: int, p: int) -> int:
+    """Half-width of the fixed party's flooding of each of a periodic release's P integers (each the difference of
+    two coefficients): 2**-42 over the P of them. ``products``: plaintext products (chunks x terms x P), each output's
+    weights of l1 norm <= 1 (mass P in all), P - 1 rotations, no copies summed homomorphically."""
+    bound = params.coefficient_error_bound(products, p - 1, 1, params.PACKED_DELTA_MOVING, float(p))
+    return int(2.0 ** params.FLOOD_BITS * p * 2 * bound)
+
+
+def real_basis(p: int) -> np.ndarray:
+    """A (P, P): the real part of slot m is sum_t A[m, t] d_t for the released d_0 = c_0, d_t = c_t - c_(2P-t)."""
+    g = np.array([pow(3, m, 4 * p) for m in range(p)])
+    return np.cos(np.pi * np.outer(g, np.arange(p)) / (2 * p))
+
+
+class Folding:
+    """The P released integers d_t (modulo q, not centred) of an NTT-form polynomial, without leaving the NTT
+    domain: the coefficient of X^(tS) (S = N / 2P) is N^-1 sum_i v_i w_i^-t, where w_i, the value of X^S at NTT
+    position i, takes one of 2P values, so it is a sum over 2P classes of positions. The classes and their w come
+    once from SEAL's own NTT of X^S (``seal_raw.to_ntt``)."""
+
+    def __init__(self, context: seal.SEALContext, evaluator: seal.Evaluator, primes: list[int]):
+        self._context, self._evaluator, self._primes = context, evaluator, primes
+        self._classes: dict[int, list[tuple[np.ndarray, list[int]]]] = {}
+
+    def _of(self, p: int) -> list[tuple[np.ndarray, list[int]]]:
+        if p not in self._classes:
+            monomial = np.zeros((len(self._primes), params.POLY_DEGREE), dtype=np.uint64)
+            monomial[:, params.POLY_DEGREE // (2 * p)] = 1
+            ntt = seal_raw.to_ntt(self._context, self._evaluator, self._context.first_parms_id(), monomial)
+            self._classes[p] = [(labels, [int(v) for v in values]) for values, labels in
+                                (np.unique(row, return_inverse=True) for row in ntt)]
+        return self._classes[p]
+
+    def __call__(self, ntt: np.ndarray, p: int) -> list[int]:
+        """``ntt``: the polynomial's NTT residues (primes, N)."""
+        low, n = np.uint64((1 << 30) - 1), params.POLY_DEGREE
+        d = []
+        for row, prime, (labels, roots) in zip(ntt, self._primes, self._of(p), strict=True):
+            counts = len(roots)
+            lo = np.bincount(labels, weights=(row & low).astype(np.float64), minlength=counts)
+            hi = np.bincount(labels, weights=(row >> np.uint64(30)).astype(np.float64), minlength=counts)
+            sums = [(int(h) << 30) + int(l) for h, l in zip(hi, lo)]
+            scale = pow(n, -1, prime)
+            c = [sum(total * pow(root, -t, prime) for total, root in zip(sums, roots)) * scale % prime
+                 for t in range(2 * p)]
+            d.append([c[0]] + [(c[t] - c[2 * p - t]) % prime for t in range(1, p)])
+        return [seal_raw.crt([row[t] for row in d], self._primes) for t in range(p)]
+
+
+def periodic_noise(values: np.ndarray, p: int) -> list[int]:
+    """The released integers d_t (scale 2**PACKED_PRODUCT_BITS, the fixed party's mean over SLOTS / P copies) whose
+    outputs are ``values`` (P reals): what the fixed party adds for the policy's noise, the same in every copy."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (p,) or p < 2 or p & (p - 1) or p > params.SLOTS:
+        raise ValueError("periodic noise: P values, P a power of two in [2, slots]")
+    d = np.linalg.solve(real_basis(p), values * p / params.SLOTS)
+    return [int(round(x * 2.0 ** params.PACKED_PRODUCT_BITS)) for x in d]
+
+
+def periodic_outputs(released: list[int], pad: np.ndarray, folding: Folding, primes: list[int], p: int) -> np.ndarray:
+    """The P outputs of a released periodic ciphertext once the moving party's pad (NTT residues) is removed."""
+    q = 1
+    for prime in primes:
+        q *= prime
+    pad_values = folding(pad, p)
+    d = []
+    for value, removed in zip(released, pad_values, strict=True):
+        centred = (int(value) - removed) % q
+        d.append(float(centred - q if centred > q // 2 else centred))
+    return real_basis(p) @ (np.array(d) * 2.0 ** -params.PACKED_PRODUCT_BITS) * (params.SLOTS / p)
+
+
+def fixed_interleave(columns: np.ndarray, phi: np.ndarray, p: int) -> np.ndarray:
+    """The fixed party's side of a periodic release whose outputs are public basis columns: rows l * P + r hold
+    columns[l][j] * phi[j, (j - r) mod P] (zero for residues >= phi's columns), so that one moving plaintext
+    per term, multiplied into the P rows of its l, puts output a in the slots a mod P."""
+    n, q = phi.shape
+    padded = np.zeros((n, p))
+    padded[:, :q] = phi
+    j = np.arange(n)
+    return np.stack([column * padded[j, (j - r) % p] for column in columns for r in range(p)])
+
+
+def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: list[list[tuple]],
+                      p: int) -> list[seal.Ciphertext]:
+    """One ciphertext per release, output m of release k in every slot m mod P. A term (a, b) is either a column a
+    with weight rows weights[b] (P, samples), row m for output m (the moving party interleaves them), or a tuple a
+    of P columns (the fixed party has interleaved them: ``fixed_interleave``) with one weight row weights[b]
+    (samples,) multiplied into each. Each output's weights over a release's terms must have l1 norm <= 1 in all
+    (so no output exceeds 1 and the products' l1 norms add up to at most P: the flooding's bound). A release whose
+    weights all encode to zero is a fresh encryption of zero (which outputs are zero says nothing)."""
+    for terms in releases:
+        mass = sum(np.abs(weights[b]).sum(axis=-1) * np.ones(p) for _, b in terms)
+        if np.max(mass, initial=0.0) > 1.0 + 1e-9:
+            raise ValueError("each output's weights must have l1 norm <= 1 in total")
+    columns = ev.columns
+    acc: list[list[seal.Ciphertext | None]] = [[None] * p for _ in releases]
+    used = sorted({b for terms in releases for _, b in terms})
+    for chunk in range(len(columns[0])):
+        lo = chunk * params.SLOTS
+        for b in used:
+            block = weights[b][..., lo:lo + params.SLOTS]
+            if block.ndim == 2:
+                plains = [ev.encode(interleave(block, r), params.PACKED_DELTA_MOVING) for r in range(p)]
+            else:
+                plains = [ev.encode(block, params.PACKED_DELTA_MOVING)] * p
+            for k, terms in enumerate(releases):
+                for a, _ in (term for term in terms if term[1] == b):
+                    for r, plain in enumerate(plains):
+                        if plain is None:
+                            continue
+                        product = seal.Ciphertext()
+                        ev.evaluator.multiply_plain(columns[a if isinstance(a, int) else a[r]][chunk], plain, product)
+                        acc[k][r] = ev.add(acc[k][r], product)
+    out = []
+    for parts in acc:
+        total = None
+        for part in reversed(parts):             # sum_r rot_r(Q_r), Horner
+            if total is not None:
+                total = ev.rotate_left(total, 1)
+            total = ev.add(total, part)
+        if total is None:
+            total = ev.zero(2.0 ** params.PACKED_PRODUCT_BITS)
+        out.append(total)
+    return out

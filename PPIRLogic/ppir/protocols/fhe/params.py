@@ -21,6 +21,9 @@ Packed release (B-spline; ``packed.py``): scales 2**110 x 2**60 = 2**170; the mo
 polynomial uniform over R_q (a one-time pad: the fixed party sees nothing of the result); the fixed
 party floods every coefficient with uniform noise 2**42 * N times wider than the error bound.
 
+Periodic release (Mattes MI; ``packed.py``): the same scales and pad; the fixed party returns only the P
+integers of the decryption's period-P part, each flooded 2**42 * 2P times wider than its error bound.
+
 Every returned ciphertext is re-randomised first with an encryption of zero under the fixed party's
 public key, so its second component says nothing of the moving party's weights (RLWE).
 Each release (a value, or a packed ciphertext) is within 2**-42 of one that does not depend on the
@@ -108,7 +111,7 @@ def check_settings(settings) -> None:
         if settings.transform == "bspline":
             raise PPIRError("FHE computes mutual information for rigid and affine transforms only; use --protocol mpc "
                             "for a B-spline with --metric mi")
-        per_product = settings.histogram_bins ** 2 + d * (d + 1)     # the histogram's counts, then r
+        per_product = settings.histogram_bins + d     # packed: one release per histogram row, one per gradient channel
     releases = len(settings.levels) * products * per_product
     if settings.transform == "bspline":
         releases += len(settings.stage_levels("bspline")) * products * (d + 1)

@@ -70,6 +70,16 @@ def to_ntt(context: seal.SEALContext, evaluator: seal.Evaluator, parms_id: list[
     return residues(ciphertext)[:primes * n].reshape(primes, n)
 
 
+def crt(values: list[int], primes: list[int]) -> int:
+    """The integer modulo prod(primes) with the given residues (not centred)."""
+    modulus, value = 1, 0
+    for residue, prime in zip(values, primes, strict=True):
+        step = (int(residue) - value) * pow(modulus, -1, prime) % prime
+        value += modulus * step
+        modulus *= prime
+    return value
+
+
 def add_residues(a: np.ndarray, b: np.ndarray, primes: list[int]) -> np.ndarray:
     """(a + b) mod p, row by row, for residues below primes < 2**63."""
     p = np.array(primes, dtype=np.uint64)[:, None]

@@ -14,6 +14,11 @@ B-spline bases have thousands of outputs: they go through the packed products of
 ``ppir.fhe.packed`` instead (Enc(J) in a cell layout once per sample set; per product one
 ciphertext per gradient channel and one for the cross term, each released whole).
 
+Mattes MI (rigid and affine): Enc(M_l), the fixed bins' membership columns, and Enc(M_l Phi_a / s_a)
+interleaved, once per sample set; per evaluation one periodic release per histogram row l and one per
+gradient channel (``ppir.fhe.packed``): a padded ciphertext whose period-P part holds P outputs; the
+fixed party returns only that part, as P flooded integers with the policy's noise.
+
 Masks, flooding and parameters: ``ppir.fhe.params``; what each party learns: docs/security.md.
 """
 from __future__ import annotations
@@ -23,9 +28,10 @@ import numpy as np
 from ppir.common.errors import PPIRError
 from ppir.engine.basis import AffineBasis, BSplineBasis
 from ppir.engine.joint import FixedParty, JointResult, fixed_scale
-from ppir.protocols.fhe import params
+from ppir.protocols.fhe import masks, params
 from ppir.protocols.fhe.evaluator import MovingEvaluator
 from ppir.protocols.fhe.keys import FixedKeys
+from ppir.protocols.fhe import packed
 from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
 from ppir.protocols.net.channel import Channel, Identity, PeerError
 from ppir.protocols.net.framing import Message
@@ -48,8 +54,19 @@ def unpack(arrays: dict[str, np.ndarray]) -> list[bytes]:
 
 
 def mi_norms(basis: AffineBasis, bins: int) -> np.ndarray:
-    """MI's gradient normalisers, public: B * sum_x |Phi_a(x)| per basis column a (each at least 1e-30)."""
+    """B * sum_x |Phi_a(x)| per basis column a (each at least 1e-30): the single-value releases' normalisers, which
+    size the flooding each gradient output still gets."""
     return np.maximum(bins * np.abs(basis.matrix).sum(axis=0), 1e-30)
+
+
+def basis_scales(basis: AffineBasis) -> np.ndarray:
+    """s_a, the power of two >= max |Phi_a| per basis column (public geometry): Phi_a / s_a is encrypted."""
+    return np.array([fixed_scale(column) for column in basis.matrix.T])
+
+
+def mi_columns(basis: AffineBasis, bins: int) -> int:
+    """Encrypted columns of an MI sample set: B memberships M_l, then B * P interleaved M_l * Phi / s."""
+    return bins * (1 + packed.period(basis.matrix.shape[1]))
 
 
 def column_scales(values: np.ndarray, basis: AffineBasis) -> np.ndarray:
@@ -86,8 +103,11 @@ class FixedHandler:
             bins = party.histogram_bins
             memberships = np.zeros((bins, len(party.bin_indices)))
             memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
-            blobs = self._keys.encrypt(memberships)
+            scales = basis_scales(basis)
+            interleaved = packed.fixed_interleave(memberships, basis.matrix / scales, packed.period(scales.size))
+            blobs = self._keys.encrypt(np.vstack([memberships, interleaved]), params.PACKED_DELTA_FIXED)
             self._mi_norms = mi_norms(basis, bins)
+            self._gradient_norms = len(party.bin_indices) * bins * scales     # N B s_a, public
             self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
             return
         if isinstance(basis, BSplineBasis):
@@ -132,32 +152,44 @@ class FixedHandler:
         return int(message.meta.get("samples", 0))
 
     def _mi_product(self, op: str, message: Message, blobs: list[bytes]) -> int | None:
-        """Mattes MI: every histogram cell (l, k) as M_l^T W_k / N, then every gradient output (a, c) as
-        sum_l sum_x Phi_a g_c v_l M_l / nu_ac, released as the affine SSD values are. The normalisers are
-        public (N; nu_ac = B sum_x |Phi_a| times the moving party's channel and bin-weight peaks), so the
-        policy's noise needs nothing from the moving party: 1/N per count unit, 1/(B sum_x |Phi_a|) per
-        normalised unit."""
-        bins, d = self._party.histogram_bins, self._party.grid.dim
-        expected = bins * bins if op == "histogram" else self._mi_norms.size * d
+        """Mattes MI, in periodic releases (``ppir.fhe.packed``): the histogram as one release per fixed bin l
+        (cell (l, k) = M_l^T W_k / N at residue k mod P), then the gradient as one release per channel c (output
+        (a, c) = sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c) at residue a mod P); of each decryption only the
+        period-P part leaves, as P integers, so every cell and output is released and nothing else. The
+        normalisers are public (N; N B s_a, times the moving party's channel and bin-weight peaks in nu_c), so the
+        policy's noise needs nothing from the moving party: 1/N per count unit, 1/(N B s_a) per normalised unit,
+        one draw per output, and so is the uniform flooding a single-value release had (``params.flood_width``)."""
+        bins, d, q = self._party.histogram_bins, self._party.grid.dim, self._mi_norms.size
+        expected = bins if op == "histogram" else d
         if len(blobs) != expected:
             raise PeerError(f"{op} product: {len(blobs)} ciphertexts, expected {expected}")
         if op == "histogram":
             self._party.begin_histogram()
-            scales = np.full(expected, 1.0 / len(self._party.values))
-            noise = self._party.histogram_noise().ravel()           # counts
+            p = packed.period(bins)
+            released = self._party.histogram_noise() / len(self._party.values)      # counts -> released units, (l, k)
+            terms = 1
         else:
             try:
                 self._party.begin_binned()
             except PPIRError as err:
                 raise PeerError(str(err)) from None
-            scales = np.repeat(1.0 / self._mi_norms, d)              # row-major (a, c)
-            noise = self._party.binned_noise((self._mi_norms.size, d)).ravel()     # normalised units, (a, c)
-        extra = [int(round(n * scale * 2.0 ** params.PRODUCT_BITS)) for n, scale in zip(noise, scales)]
+            p = packed.period(q)
+            noise = self._party.binned_noise((q, d))                      # normalised units, (a, c)
+            released = (noise / self._gradient_norms[:, None]).T          # (c, a)
+            terms = bins
+        # every output also gets the uniform flooding of the single value it replaces (released units), one draw
+        # for all its copies: the moving party learns each output to the precision it did from a single value
+        single = params.flood_width(self._keys.chunks * terms) * 2.0 ** -params.PRODUCT_BITS
+        if op == "binned":      # as wide in r as a single value's: released over N B s_a here, over B sum |Phi_a| there
+            single = single * self._mi_norms / self._gradient_norms
+        values = np.zeros((expected, p))
+        values[:, :released.shape[1]] = released + masks.uniform(released.size, 1.0).reshape(released.shape) * single
+        width = packed.periodic_flood_width(self._keys.chunks * terms * p, p)
         try:
-            values = self._keys.release(blobs, extra, 1 if op == "histogram" else bins)
+            released = self._keys.release_periodic(blobs, p, width, [packed.periodic_noise(row, p) for row in values])
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
-        self._channel.send(Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]}))
+        self._channel.send(Message(Kind.FHE_VALUES, {"values": [[str(v) for v in row] for row in released]}))
         return len(self._party.values) if op == "histogram" else None
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
@@ -202,6 +234,7 @@ class FHEBackend(RemoteBackend):
         self._bins = session["histogram_bins"] if session.get("metric") == "mi" else 0
         bundle = {k: self.welcome.arrays[k].tobytes() for k in ("parms", "galois", "public")}
         self._evaluator = MovingEvaluator(bundle)
+        self._folding = packed.Folding(self._evaluator.context, self._evaluator.evaluator, self._evaluator.primes)
 
     def set_samples(self, samples: np.ndarray | None, basis):
         layout = None
@@ -222,7 +255,8 @@ class FHEBackend(RemoteBackend):
         try:
             if layout is None:
                 self._packed = None
-                self._evaluator.set_columns(unpack(reply.arrays), len(self._scales))
+                self._evaluator.set_columns(unpack(reply.arrays), mi_columns(basis, self._bins) if self._bins
+                                            else len(self._scales))
             else:
                 self._packed = PackedProducts(self._evaluator, layout, unpack(reply.arrays))
                 self._first_axes = split_weights(basis.support_weights)[0]
@@ -256,41 +290,52 @@ class FHEBackend(RemoteBackend):
                 values[k] = MovingEvaluator.unmask(int(value), masked[k][1]) * norms[b] * self._scales[a]
         return JointResult(values[:-1].reshape(q, d), float(values[-1]), *self._sums)
 
-    def _release(self, op: str, masked: dict) -> list[float]:
-        """Send every output's masked ciphertext, in order; return the released values R'."""
-        order = sorted(masked)
+    def _release(self, op: str, weights: list[np.ndarray], releases: list[list[tuple[int, int]]],
+                 p: int) -> np.ndarray:
+        """Periodic packed releases (``ppir.fhe.packed``): one padded ciphertext per release, each output m in
+        the slots m mod P; returns the released outputs (releases, P)."""
+        try:
+            products = packed.periodic_products(self._evaluator, weights, releases, p)
+            masked = [packed.masked(self._evaluator, ciphertext) for ciphertext in products]
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the fixed party's ciphertexts are malformed ({err})") from None
         self._fixed.send(Message(Kind.PRODUCT, {"op": op, "samples": self._n_samples},
-                                 pack([masked[k][0] for k in order])))
-        released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values", [])
-        if len(released) != len(order):
+                                 pack([blob for blob, _ in masked])))
+        released = expect(self._fixed, Kind.FHE_VALUES).meta.get("values")
+        if not isinstance(released, list) or len(released) != len(masked) or not all(
+                isinstance(row, list) and len(row) == p for row in released):
             raise PeerError("the fixed party returned the wrong number of values")
         try:
-            return [MovingEvaluator.unmask(int(value), masked[k][1]) for k, value in zip(order, released)]
+            return np.array([packed.periodic_outputs([int(v) for v in row], pad, self._folding, self._evaluator.primes, p)
+                             for row, (_, pad) in zip(released, masked)])
         except (TypeError, ValueError):
             raise PeerError("the fixed party's released values are malformed") from None
 
     def histogram_product(self, weights) -> np.ndarray:
-        """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public)."""
+        """MI's joint histogram: H(l, k) = N * sum_x (W_k / N)(x) M_l(x), every cell released (N is public):
+        one release per fixed bin l, cell (l, k) in the slots k mod P."""
         bins, n = self._bins, self._n_samples
-        rows = weights.dense().T / n                                  # (moving bins, N); each row's l1 <= 1
-        cells = [(l, k) for l in range(bins) for k in range(bins)]
-        values = self._release("histogram", self._evaluator.masked_combinations(rows, [[cell] for cell in cells],
-                                                                                every_output=True))
-        return np.array(values).reshape(bins, bins) * n
+        p = packed.period(bins)
+        rows = np.zeros((p, n))
+        rows[:bins] = weights.dense().T / n                           # (moving bins, N); each row's l1 <= 1
+        values = self._release("histogram", [rows], [[(l, 0)] for l in range(bins)], p)
+        return values[:, :bins] * n
 
     def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
-        """MI's gradient: r_ac = nu_ac sum_l sum_x (Phi_a g_c v_l / nu_ac) M_l, every (a, c) released, with
-        nu_ac = B sum_x |Phi_a| max |g_c| max |v| (the l1 norms of an output's B rows add up to at most 1)."""
+        """MI's gradient: r_ac = nu_c s_a sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c), every (a, c) released, with
+        nu_c = N B max |g_c| max |v| (an output's B weight rows have l1 norm <= 1 in all): one release per channel c,
+        output (a, c) in the slots a mod P; the fixed party has interleaved M_l Phi_a / s_a, so each (c, l) is one
+        plaintext per chunk."""
         phi = self._basis.matrix                                    # (N, outputs): public
-        bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
+        bins, (outputs, d), n = self._bins, (phi.shape[1], channels.shape[1]), len(bin_weights)
+        p = packed.period(outputs)
         v = bin_weights.astype(np.float64)
         peaks = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
-        nu = mi_norms(self._basis, bins)[:, None] * peaks[None, :]  # (outputs, d)
-        rows = (phi.T[:, None, None, :] * channels.T[None, :, None, :] * v.T[None, None, :, :]
-                / nu[:, :, None, None]).reshape(-1, len(v))
-        terms = [[(l, (a * d + c) * bins + l) for l in range(bins)] for a in range(outputs) for c in range(d)]
-        values = self._release("binned", self._evaluator.masked_combinations(rows, terms, every_output=True))
-        return np.array(values).reshape(outputs, d) * nu
+        nu = n * bins * peaks                                       # (d,)
+        weights = [channels[:, c] * v[:, l] / nu[c] for c in range(d) for l in range(bins)]
+        releases = [[(tuple(bins + l * p + r for r in range(p)), c * bins + l) for l in range(bins)] for c in range(d)]
+        values = self._release("binned", weights, releases, p)
+        return values[:, :outputs].T * nu[None, :] * basis_scales(self._basis)[:, None]
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

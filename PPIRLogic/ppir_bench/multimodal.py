@@ -4,8 +4,7 @@ The fixed image is the MNI152 T1 at 2 mm; the moving image is it in another synt
 (``ppir data synth --contrast mapped|t2|pet``: an intensity-mapped T1, a T2-like and a PET-like
 image, 2 % noise and a bias field) moved by a known random affine. Every metric (SSD, NCC, MI) runs
 under every protocol as a fresh ``ppir register`` process (affine, levels 4,2,1, at most 16
-iterations per level: FHE's decryption budget for MI, URS 10 %, no disclosure policy: the policy has
-its own suite); a run that stops (divergence, a protocol that does not serve the metric) is a row
+iterations per level, URS 10 %, no disclosure policy: the policy has its own suite); a run that stops (divergence, a protocol that does not serve the metric) is a row
 with the reason. Next to them: SimpleITK's Mattes MI and, if
 installed, elastix's AdvancedMattesMutualInformation on the same pair.
 """

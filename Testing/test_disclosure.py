@@ -181,7 +181,10 @@ def test_the_fixed_party_refuses_a_moving_party_that_ignores_its_policy(tmp_path
 
 @pytest.mark.parametrize("protocol", ["mpc", "fhe"])
 def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protocol):
-    """Real parties: two answers to the same B-spline product differ by the noise the policy states."""
+    """Real parties: two answers to the same B-spline product differ by the noise the policy states. Under FHE a
+    packed release holds every gradient output once per block of slots and the cross term in every slot: the
+    copies of one output carry one noise draw, so averaging them leaves the policy's noise (earlier builds drew
+    every slot's noise independently: the average had sqrt(blocks) less, the cross term's up to 64 times less)."""
     from ppir.app.local import _Role, local_identities
     from ppir.engine.joint import fixed_scale
     write_image(slice_2d, tmp_path / "fixed.nrrd")
@@ -206,6 +209,10 @@ def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protoc
             backend.set_samples(None, AffineBasis(grid.points(None), grid.center()))
             backend.start_level(spec)
             basis = backend.set_samples(None, BSplineBasis(grid.points(None), control_grid_for(slice_2d.grid, 16.0)))
+            decoded = []                                      # FHE: every slot of every packed release
+            if protocol == "fhe":
+                unmask = backend._packed.unmask
+                backend._packed.unmask = lambda *args: decoded.append(unmask(*args)) or decoded[-1]
             rng = np.random.default_rng(3)
             channels, warped = rng.normal(size=(grid.n_voxels, 2)), rng.uniform(0, 3, grid.n_voxels)
             first, second = backend.joint_product(channels, warped), backend.joint_product(channels, warped)
@@ -222,6 +229,21 @@ def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protoc
     measured = (first.r - second.r)[touched].std(axis=0)
     expected = np.sqrt(2) * 2.0 * sensitivity * scale * np.abs(channels).max(axis=0)
     assert np.allclose(measured, expected, rtol=0.15), (measured, expected)
+    if protocol != "fhe":
+        return
+    layout, unit = backend._packed.layout, backend._scales[0]
+    assert layout.blocks >= 8 and len(decoded) == 2 * 3
+    norms, warped_norm = np.abs(channels).sum(axis=0), np.abs(warped).sum()
+    copies = [[slots.reshape(layout.blocks, layout.block_size)[:, :layout.n_points][:, ::-1] for slots in product[:2]]
+              for product in (decoded[:3], decoded[3:])]
+    for k in range(2):
+        difference = (copies[0][k] - copies[1][k])[:, touched] * norms[k] * unit      # (blocks, points)
+        averaged = difference.mean(axis=0).std()
+        assert np.isclose(averaged, expected[k], rtol=0.15), (k, averaged, expected[k])
+        assert difference.std(axis=0).max() < 1e-3 * expected[k]          # one draw in every copy
+    cross = (decoded[2] - decoded[5]) * warped_norm * unit
+    cross_expected = np.sqrt(2) * 2.0 * sensitivity * scale * np.abs(warped).max()
+    assert cross.std() < 1e-3 * cross_expected, (cross.std(), cross_expected)   # one draw in every slot
 
 
 def test_gms_indices_trace_the_moving_image_and_the_default_policy_refuses_them(slice_2d):

@@ -121,6 +121,30 @@ def test_packed_products_recover_every_control_point(keys):
     assert np.abs(got[2] - want[0, 2]).max() < 1e-7 * want[0, 2]
 
 
+def test_packed_noise_is_one_draw_in_every_copy(keys):
+    """The policy's noise on a packed release (``packed.periodic_polynomial``): every copy of an output (one per
+    block; the cross term in every slot) moves by the same value, so averaging the copies does not shrink it."""
+    from ppir.protocols.fhe import packed
+    products, masked, factors, want = _packed_case(keys, np.random.default_rng(5))
+    layout, rng = products.layout, np.random.default_rng(6)
+    block = rng.normal(0, 1e-3, layout.block_size)
+    cross = rng.normal(0, 1e-3)
+    noise = [packed.periodic_polynomial(block, max(layout.block_size, 2))] * 2 + \
+        [packed.periodic_polynomial(np.full(2, cross), 2)]
+    released = keys.release_packed([blob for blob, _ in masked], layout.flood_widths(2), noise)
+    got = [products.unmask(values, pad) for values, (_, pad) in zip(released, masked)]
+    assert layout.blocks > 1
+    for k in range(2):
+        blocks = got[k].reshape(layout.blocks, layout.block_size)
+        assert np.abs(blocks - blocks[0]).max() < 1e-6        # every copy alike (noise 1e-3, flooding far less)
+        assert np.abs(layout.outputs(blocks.mean(axis=0)) * factors[k] - want[:, k]
+                      - layout.outputs(block) * factors[k]).max() < 1e-7 * np.abs(want[:, k]).max()
+    assert np.abs(got[2] - got[2][0]).max() < 1e-6
+    assert abs(got[2].mean() * factors[2] - want[0, 2] - cross * factors[2]) < 1e-7 * want[0, 2]
+    with pytest.raises(ValueError, match="power of two"):
+        packed.periodic_polynomial(np.zeros(3), 3)
+
+
 def test_packed_release_is_padded_and_flooded(keys):
     products, masked, _, _ = _packed_case(keys, np.random.default_rng(3))
     blob, pad = masked[0]

@@ -27,12 +27,15 @@ Splitting the last axis off to the fixed party makes four times as many E but a 
 encodings, which dominate the moving party's time.
 
 Release: the moving party re-randomises each result, adds a polynomial uniform over R_q and keeps
-it; the fixed party decrypts, floods every coefficient and returns the residues; the moving party
-subtracts its pad and decodes.
+it; the fixed party decrypts, floods every coefficient, adds the policy's noise as a polynomial whose
+slots repeat with the period of the copies (``periodic_polynomial``: period slots / B for a channel,
+one for the cross term, so every copy of an output carries the same draw) and returns the residues;
+the moving party subtracts its pad and decodes.
 """
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 import tenseal.sealapi as seal
 
 from ppir.engine.basis import BSplineBasis
@@ -283,6 +286,29 @@ def periodic_noise(values: np.ndarray, p: int) -> list[int]:
         raise ValueError("periodic noise: P values, P a power of two in [2, slots]")
     d = np.linalg.solve(real_basis(p), values * p / params.SLOTS)
     return [int(round(x * 2.0 ** params.PACKED_PRODUCT_BITS)) for x in d]
+
+
+def periodic_polynomial(values: np.ndarray, p: int) -> list[int]:
+    """The N integer coefficients (scale 2**PACKED_PRODUCT_BITS) of the polynomial whose slot m decodes to the real
+    values[m mod P], imaginary part zero: non-zero only at the multiples tS of S = N / 2P (the invariants of the
+    rotation by P), c_0 = d_0 and c_t = -c_(2P-t) = d_t / 2 (0 < t < P) for values = A d (``real_basis``). Added to a
+    decryption, it moves every copy of output m by the same values[m mod P]. A is a DCT-III up to the order of its
+    rows (cos(pi g t / 2P) depends on g through k = min(g, 4P - g), and m -> k is onto the odd k < 2P), so c comes
+    from one inverse DCT."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (p,) or p < 2 or p & (p - 1) or p > params.SLOTS:
+        raise ValueError("periodic polynomial: P values, P a power of two in [2, slots]")
+    g = np.array([pow(3, m, 4 * p) for m in range(p)])
+    ordered = np.empty(p)
+    ordered[(np.minimum(g, 4 * p - g) - 1) // 2] = values            # by k = 2j + 1
+    c = scipy.fft.idct(ordered, type=3) * 2.0 ** params.PACKED_PRODUCT_BITS   # c_0 + 2 sum_t c_t cos(pi k t / 2P)
+    step = params.POLY_DEGREE // (2 * p)
+    coefficients = [0] * params.POLY_DEGREE
+    coefficients[0] = int(round(c[0]))
+    for t in range(1, p):
+        coefficients[t * step] = int(round(c[t]))
+        coefficients[(2 * p - t) * step] = -coefficients[t * step]
+    return coefficients
 
 
 def periodic_outputs(released: list[int], pad: np.ndarray, folding: Folding, primes: list[int], p: int) -> np.ndarray:

@@ -12,7 +12,8 @@ intensities for the cross term), each divided by its l1 norm.
 
 B-spline bases have thousands of outputs: they go through the packed products of
 ``ppir.fhe.packed`` instead (Enc(J) in a cell layout once per sample set; per product one
-ciphertext per gradient channel and one for the cross term, each released whole).
+ciphertext per gradient channel and one for the cross term, each released whole, with the policy's noise
+drawn once per output and carried by each of its copies).
 
 Mattes MI (rigid and affine): Enc(M_l), the fixed bins' membership columns, and Enc(M_l Phi_a / s_a)
 interleaved, once per sample set; per evaluation one periodic release per histogram row l and one per
@@ -144,7 +145,8 @@ class FixedHandler:
                 reply = Message(Kind.FHE_VALUES, {"values": [str(v) for v in values]})
             else:
                 widths = self._layout.flood_widths(len(blobs) - 1)
-                noise = [self._slot_noise(peak) for peak in peaks]
+                noise = [self._copies_noise(peak, self._layout.block_size) for peak in peaks[:-1]]
+                noise.append(self._copies_noise(peaks[-1], 1))
                 reply = Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths, noise)})
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
@@ -204,11 +206,15 @@ class FixedHandler:
         return [int(round(n * w[a] * peak / self._column_powers[a] * 2.0 ** params.PRODUCT_BITS))
                 for n, peak, (a, _) in zip(noise, peaks, outputs)]
 
-    def _slot_noise(self, peak: float) -> list[int]:
-        """The policy's noise as polynomial coefficients: iid N(0, s^2) coefficients give every slot an
-        independent real N(0, s^2 N / 2 / scale^2), so s = sigma * kappa * scale * sqrt(2 / N)."""
-        factor = peak * 2.0 ** params.PACKED_PRODUCT_BITS * (2.0 / params.POLY_DEGREE) ** 0.5
-        return [int(round(n * factor)) for n in self._party.noise((params.POLY_DEGREE,))]
+    def _copies_noise(self, peak: float, period: int) -> list[int]:
+        """The policy's noise as polynomial coefficients (``packed.periodic_polynomial``) whose slots repeat with the
+        period of the release's copies: one draw N(0, (sigma kappa)^2) per slot of a period, the same in each copy,
+        so that averaging the copies of an output (a gradient output sits once per block of ``period`` slots, the
+        cross term in every slot: period 1) does not shrink its noise. Normalised units; kappa: the moving party's
+        peak ratio."""
+        draws = self._party.noise((period,)) * peak
+        p = max(period, 2)                              # period 1 is period 2 with both values equal
+        return packed.periodic_polynomial(np.resize(draws, p), p)
 
     def close(self) -> None:
         """Nothing to release: the keys die with the session."""

@@ -73,7 +73,7 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--histogram-bins", type=int, default=DEFAULTS.histogram_bins, metavar="N",
                    help="--metric mi: joint-histogram bins on each side, 6 to 64; more bins cost more privately "
                         "(MPC: two masked columns per bin, sample and iteration; FHE: one decryption per histogram "
-                        f"cell) and reveal a finer histogram (default: {DEFAULTS.histogram_bins})")
+                        f"row and iteration) and reveal a finer histogram (default: {DEFAULTS.histogram_bins})")
     g.add_argument("--init", choices=INITIALIZATIONS, default=DEFAULTS.initialization,
                    help="start from aligned image centres (geometry only) or the identity (default: centers)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed for sampling (default: {DEFAULTS.seed})")

@@ -41,9 +41,9 @@ import numpy as np
 from ppir.common.errors import PPIRError
 from ppir.common.files import write_atomically
 from ppir.common.tables import from_table
-from ppir.engine.sampling import has_repeats
 from ppir.engine.metrics import fixed_statistics
 from ppir.engine.mutual_information import BINS
+from ppir.engine.sampling import has_repeats
 
 DELTA = 1e-5
 

@@ -127,13 +127,10 @@ def check_geometry(grid: Grid, name: str) -> None:
         raise PPIRError(f"{name}: direction cosines are not orthonormal: {grid.direction.tolist()}")
 
 
-def read_image(path: str | os.PathLike, role: str = "image") -> Volume:
-    """Read a 2D or 3D scalar image (NRRD, NIfTI, MetaImage, ... or a DICOM series folder) as float32.
-
-    Raises PPIRError naming the file for anything PPIR cannot register.
-    """
+def read_sitk(path: str | os.PathLike, label: str) -> sitk.Image:
+    """The image at ``path`` (a file, or a DICOM series folder); PPIRError naming ``label`` if it is missing
+    or unreadable."""
     path = Path(path)
-    label = f"{role} '{path}'"
     if not path.exists():
         raise PPIRError(f"{label}: no such file or folder")
     try:
@@ -143,12 +140,20 @@ def read_image(path: str | os.PathLike, role: str = "image") -> Volume:
             if not files:
                 raise PPIRError(f"{label}: the folder holds no DICOM series")
             reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
         raise PPIRError(f"{label}: not a readable image ({first})") from None
+
+
+def read_image(path: str | os.PathLike, role: str = "image") -> Volume:
+    """Read a 2D or 3D scalar image (NRRD, NIfTI, MetaImage, ... or a DICOM series folder) as float32.
+
+    Raises PPIRError naming the file for anything PPIR cannot register.
+    """
+    label = f"{role} '{path}'"
+    image = read_sitk(path, label)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise PPIRError(f"{label}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                         "PPIR registers scalar images only")

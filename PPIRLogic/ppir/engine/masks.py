@@ -14,13 +14,12 @@ pyramid level, a level voxel is inside when the linearly interpolated mask there
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ppir.common.errors import PPIRError
-from ppir.engine.image import Grid, Volume
+from ppir.engine.image import Grid, Volume, read_sitk
 
 ORIGIN_TOLERANCE = 1e-3      # of the smallest voxel spacing
 RELATIVE_TOLERANCE = 1e-4    # spacing and direction cosines
@@ -29,15 +28,8 @@ RELATIVE_TOLERANCE = 1e-4    # spacing and direction cosines
 def read_mask(path: str | os.PathLike, volume: Volume, role: str) -> Volume:
     """Read a mask for ``volume`` (``role``: e.g. "fixed mask"): a scalar image on exactly its grid with at
     least one non-zero voxel; returned as 0/1 uint8. Raises PPIRError naming the file and the problem."""
-    path = Path(path)
     label = f"{role} '{path}'"
-    if not path.is_file():
-        raise PPIRError(f"{label}: no such file")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reader error"
-        raise PPIRError(f"{label}: not a readable image ({first})") from None
+    image = read_sitk(path, label)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise PPIRError(f"{label}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; a mask is "
                         "a scalar (label) image")
@@ -76,10 +68,10 @@ def grid_difference(grid: Grid, expected: Grid) -> str | None:
 def footprint(mask: Volume, grid: Grid, transform: sitk.Transform | None = None) -> np.ndarray:
     """Flat bool (grid voxels, numpy order): whether ``transform`` (grid point -> mask point; None: the
     identity) puts the voxel inside ``mask`` (the interpolated mask at least 1/2; outside the mask's grid: out)."""
-    image = sitk.GetImageFromArray(mask.array.astype(np.float32))
-    image.CopyInformation(mask.grid.reference_image())
     if transform is None and grid_difference(grid, mask.grid) is None:
         return mask.array.ravel() != 0
+    image = sitk.GetImageFromArray(mask.array.astype(np.float32))
+    image.CopyInformation(mask.grid.reference_image())
     resampled = sitk.Resample(image, grid.reference_image(), transform or sitk.Transform(grid.dim, sitk.sitkIdentity),
                               sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayViewFromImage(resampled).ravel() >= 0.5

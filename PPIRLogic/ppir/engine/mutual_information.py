@@ -25,7 +25,7 @@ import numpy as np
 
 from ppir.common.errors import PPIRError
 from ppir.engine.basis import cubic_weights
-from ppir.engine.settings import HISTOGRAM_BINS as BINS   # default bins on each side (--histogram-bins)
+from ppir.engine.settings import HISTOGRAM_BINS as BINS  # default bins on each side (--histogram-bins)
 
 
 @dataclass(frozen=True)

@@ -210,9 +210,8 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     check_pair(fixed, moving.grid)
     if (moving_mask is not None) != settings.moving_mask:
         raise PPIRError("the settings' moving_mask must say whether a moving mask is given")
-    if moving_mask is not None and masks.grid_difference(moving_mask.grid, moving.grid):
-        raise PPIRError(f"the moving mask is not on the moving image's grid "
-                        f"({masks.grid_difference(moving_mask.grid, moving.grid)})")
+    if moving_mask is not None and (problem := masks.grid_difference(moving_mask.grid, moving.grid)):
+        raise PPIRError(f"the moving mask is not on the moving image's grid ({problem})")
     if initial is None and settings.initialization == "identity":
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)

@@ -195,14 +195,15 @@ class FixedParty:
         self._basis = basis
         self.scale = fixed_scale(self._values)
         span = float(np.ptp(self._values)) / self.scale if self._values.size else 0.0
-        self._sensitivity = sensitivity(basis, self.grid.dim, span)
+        unit = sensitivity(basis, self.grid.dim, 1.0)       # linear in the span: one pass over the basis
+        self._sensitivity = span * unit
         self.output_scales = output_scales(basis)
         self._span = span
         self._sq_sensitivity = span * span
         if self._metric == "mi":
             level = self._level.array
             self._bins = mattes.fixed_bins(self._values, float(level.min()), float(level.max()), self.histogram_bins)
-            self._mi_sensitivity = sensitivity(basis, self.grid.dim, 2.0)
+            self._mi_sensitivity = 2.0 * unit
         self._gradient_due = False
 
     @property

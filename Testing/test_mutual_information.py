@@ -93,7 +93,7 @@ def test_parzen_weights_and_histogram():
 
 def test_mi_products_are_counted_noised_and_ordered(slice_2d):
     """One MI evaluation is one product: bins^2 + the gradient's outputs in the ledger; noised with noise."""
-    policy = DisclosurePolicy(noise_multiplier=1.0)
+    policy = DisclosurePolicy(noise_multiplier=1.0, allow_mi=True)
     model = LinearModel("affine", slice_2d.grid.center())
     ledger = DisclosureLedger(policy, "full", "mi")
     ledger.start_level(1, slice_2d.grid.n_voxels)

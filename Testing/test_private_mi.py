@@ -11,6 +11,7 @@ from identities import parties
 from ppir.app.synth import synthesize
 from ppir.engine import mutual_information as mattes
 from ppir.engine.basis import AffineBasis
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.settings import Settings
 from ppir.protocols.mpc import mutual
 from ppir.protocols.mpc.ring import RingBasis, new_seed, random_ring
@@ -98,6 +99,13 @@ def _bad_products(n: int, bins: int):
     ]
 
 
+def _allowing_mi(folder) -> str:
+    """The default policy with mutual information allowed, as the fixed party's policy file."""
+    path = folder / "allow-mi.toml"
+    DisclosurePolicy(allow_mi=True).write(path)
+    return path
+
+
 def test_the_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm, tmp_path):
     from ppir.engine.pyramid import LevelSpec
     from ppir.protocols.mpc.session import MPCBackend
@@ -108,7 +116,8 @@ def test_the_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm, tm
     dealer, dealer_at = _start(["dealer", "--listen", "127.0.0.1:0", "--identity", str(ids["dealer"]), "--sessions",
                                 "0"])
     fixed, fixed_at = _start(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",
-                              "--identity", str(ids["fixed"]), "--dealer", dealer_at, "--sessions", "0"])
+                              "--identity", str(ids["fixed"]), "--dealer", dealer_at, "--sessions", "0",
+                              "--disclosure-policy", str(_allowing_mi(tmp_path))])
     settings = Settings(metric="mi", levels=[2], sampling="urs", sample_fraction=0.25)
     try:
         cases = _bad_products(1, settings.histogram_bins)
@@ -181,7 +190,8 @@ def test_the_fhe_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm
     synthesize(mni_4mm, "affine", 3, tmp_path)
     ids = parties(tmp_path / "ids", ("moving", "fixed"))
     fixed, fixed_at = _start(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",
-                              "--identity", str(ids["fixed"]), "--sessions", "0"])
+                              "--identity", str(ids["fixed"]), "--sessions", "0",
+                              "--disclosure-policy", str(_allowing_mi(tmp_path))])
     settings = Settings(metric="mi", levels=[2], sampling="urs", sample_fraction=0.25, max_iterations=5)
     bins = settings.histogram_bins
     cases = [({"op": "histogram"}, 64, "64 ciphertexts, expected 8"),

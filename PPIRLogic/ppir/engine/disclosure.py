@@ -9,7 +9,8 @@ party therefore
   be solving for (the distinct voxels sampled at that level, over every sample set and stage), and
   refuses a product that would take the ratio over ``max_ratio``;
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
-  ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS unless allowed;
+  ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
+  allowed (GMS indices trace the moving image's edges; MI's histograms show J's bin at the samples);
 - with a mask of its own (``ppir fixed --fixed-mask``), keeps only the samples inside it and tells the
   moving party which: the moving party learns the mask's membership at the voxels it offered, so the
   fixed party refuses sample sets that would take those voxels over ``max_mask_fraction`` of a level
@@ -61,6 +62,7 @@ class DisclosurePolicy:
     max_sample_sets: int = 1
     max_products: int = 40
     allow_gms: bool = False
+    allow_mi: bool = False
     noise_multiplier: float = 0.0
     max_epsilon: float = math.inf
     delta: float = DELTA
@@ -76,8 +78,9 @@ class DisclosurePolicy:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise PPIRError(f"disclosure policy: {name} must be a whole number >= 1, got {value!r}")
-        if not isinstance(self.allow_gms, bool):
-            raise PPIRError(f"disclosure policy: allow_gms must be true or false, got {self.allow_gms!r}")
+        for name in ("allow_gms", "allow_mi"):
+            if not isinstance(getattr(self, name), bool):
+                raise PPIRError(f"disclosure policy: {name} must be true or false, got {getattr(self, name)!r}")
         if self.noise_multiplier < 0:
             raise PPIRError(f"disclosure policy: noise_multiplier must be >= 0, got {self.noise_multiplier}")
         if not self.max_epsilon > 0 or not 0 < self.delta < 1:
@@ -89,7 +92,7 @@ class DisclosurePolicy:
     def off(cls) -> "DisclosurePolicy":
         """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
         return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
-                   allow_gms=True, max_mask_fraction=1.0)
+                   allow_gms=True, allow_mi=True, max_mask_fraction=1.0)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -246,6 +249,11 @@ class DisclosureLedger:
             raise DisclosureRefused("the fixed party's disclosure policy refuses GMS sampling (its sample indices "
                                     "trace the moving image's edges, and the policy keeps samples data-independent); "
                                     "use --sampling urs")
+        if metric == "mi" and not policy.allow_mi:
+            raise DisclosureRefused("the fixed party's disclosure policy refuses mutual information: its joint "
+                                    "histograms show the moving party which intensity bin the fixed image falls in "
+                                    "at the sampled voxels (docs/security.md); use --metric ncc or ssd, or the fixed "
+                                    "party sets allow_mi = true in its policy file")
         self.policy = policy
         self.fixed_mask = fixed_mask
         self._per_sample_set = values_per_sample_set(metric)

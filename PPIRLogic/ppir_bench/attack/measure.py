@@ -14,14 +14,15 @@ import numpy as np
 import SimpleITK as sitk
 from ppir.app import data
 from ppir.common.errors import PPIRError
+from ppir.engine import mutual_information as mattes
 from ppir.engine.evaluate import tre
 from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 
-from ppir_bench.attack import solve
-from ppir_bench.attack.pairs import pair_with_details
-from ppir_bench.attack.record import Product, record_clear
+from ppir_bench.attack import solve, solve_mi
+from ppir_bench.attack.pairs import add_discs, pair_with_details
+from ppir_bench.attack.record import MIProduct, Product, record_clear
 
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
 
@@ -55,6 +56,29 @@ def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
         out[f"psnr_{name}"] = solve.psnr(est[k], truth[k])
         out[f"detail_{name}"] = [solve.detail_recovered(system, est, base, truth, d) for d in discs]
     return out
+
+
+def attack_mi(products: list[MIProduct], fixed: Volume, discs) -> dict:
+    """The MI attack at one level: bins recovered (share of samples, against the own guess's) and, per disc, the
+    share of its change in J's bins the estimate follows (``fixed`` carries the discs)."""
+    system = solve_mi.build_bin_system(products)
+    spec = products[0].sample_set.spec
+    plain = add_discs(fixed, [solve.Disc(d.center, d.radius_mm, -d.amplitude) for d in discs])
+    level = level_image(fixed, spec).array
+    lo, hi = float(level.min()), float(level.max())
+
+    def bins_of(image: np.ndarray) -> np.ndarray:
+        return mattes.fixed_bins(image.ravel()[system.voxels].astype(np.float64), lo, hi, system.bins)
+
+    truth = bins_of(level)
+    change = solve_mi.one_hot(truth, system.bins) - solve_mi.one_hot(bins_of(level_image(plain, spec).array),
+                                                                       system.bins)
+    attack = solve_mi.BinAttack(system)
+    moved = solve_mi.expected_bin(attack.response(change))
+    return {"unknowns": system.unknowns, "samples": len(system.voxels), "revealed": system.revealed,
+            "bins_recovered": solve_mi.accuracy(attack.estimate(), truth),
+            "bins_own": solve_mi.accuracy(system.prior, truth),
+            "details": [solve_mi.detail_recovered(system, moved, solve_mi.expected_bin(change), d) for d in discs]}
 
 
 def _fmt_details(values: list[float]) -> str:

@@ -42,17 +42,39 @@ class Product:
 
 
 @dataclass
+class MIProduct:
+    """One Mattes MI evaluation: the moving party's Parzen weights W (N, moving bins) and the histogram
+    M^T W that came back, then its channels g, per-fixed-bin weights v (N, fixed bins) and Phi^T (g * v_l(x))."""
+
+    sample_set: SampleSet
+    weights: np.ndarray
+    histogram: np.ndarray
+    channels: np.ndarray | None = None
+    bin_weights: np.ndarray | None = None
+    r: np.ndarray | None = None
+
+
+@dataclass
 class Recording:
     products: list[Product] = field(default_factory=list)
+    mi_products: list[MIProduct] = field(default_factory=list)
     sample_sets: list[SampleSet] = field(default_factory=list)
     disclosure: dict = field(default_factory=dict)       # the fixed party's account, at the end of the run
 
     def levels(self) -> dict[LevelSpec, list[Product]]:
         """Products per pyramid level (affine and B-spline stages pooled: they share the level's image of J)."""
-        out: dict[LevelSpec, list[Product]] = {}
-        for product in self.products:
-            out.setdefault(product.sample_set.spec, []).append(product)
-        return out
+        return _by_level(self.products)
+
+    def mi_levels(self) -> dict[LevelSpec, list[MIProduct]]:
+        """MI evaluations per pyramid level, stages pooled."""
+        return _by_level(self.mi_products)
+
+
+def _by_level(products: list) -> dict:
+    out: dict = {}
+    for product in products:
+        out.setdefault(product.sample_set.spec, []).append(product)
+    return out
 
 
 class RecordingBackend(JointBackend):
@@ -95,6 +117,19 @@ class RecordingBackend(JointBackend):
         self.recording.products.append(Product(self.recording.sample_sets[-1], np.array(channels, np.float64),
                                                np.array(warped, np.float64), result))
         return result
+
+    def histogram_product(self, weights):
+        histogram = self.inner.histogram_product(weights)
+        self.recording.mi_products.append(MIProduct(self.recording.sample_sets[-1], weights.dense(),
+                                                    np.array(histogram, np.float64)))
+        return histogram
+
+    def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
+        r = self.inner.binned_product(channels, bin_weights)
+        last = self.recording.mi_products[-1]
+        last.channels, last.bin_weights = np.array(channels, np.float64), np.array(bin_weights, np.float64)
+        last.r = np.array(r, np.float64)
+        return r
 
     def party_stats(self):
         return self.inner.party_stats()

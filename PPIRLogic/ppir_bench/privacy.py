@@ -5,10 +5,13 @@ on the moving party's side; per pyramid level: distinct voxels sampled (unknowns
 their ratio, epsilon, and the optimistic reconstruction attack (``ppir_bench.attack``: of a sweep of
 Tikhonov dampings, the estimate closest to the truth) — its PSNR next to the moving party's own warped
 image, and the share of each detail's contrast (discs of 3-8 mm present only in J) it recovers.
-Accuracy cost: TRE against the truth and displacement RMSE against the policy-free run.
+Accuracy cost: TRE against the truth and displacement RMSE against the policy-free run. Mattes MI
+settings are attacked through its bin memberships (``ppir_bench.attack.solve_mi``): the share of
+samples whose bin of J the attack gets right, next to the moving party's own guess.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +23,12 @@ from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Volume
 from ppir.engine.settings import Settings
 
-from ppir_bench.attack.measure import DAMPS, attack, pair
+from ppir_bench.attack.measure import DAMPS, attack, attack_mi, pair
 from ppir_bench.attack.record import record_clear
 from ppir_bench.engine import _save, machine
 
 MAX_UNKNOWNS = 4200      # dense normal equations per level
+MAX_MI_SIDE = 9000       # MI: dense A A^T or A^T A, whichever is smaller
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Setting:
     image: str
     kind: str
     settings: Settings
+    allow_mi: bool = False      # run under the given policy with MI allowed (the default refuses it)
 
 
 SETTINGS = (
@@ -44,12 +49,24 @@ SETTINGS = (
             Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=40.0)),
     Setting("3D MNI 4 mm, affine, URS 20 %", "mni4", "affine",
             Settings(transform="affine", sampling="urs", sample_fraction=0.2)),
+    Setting("2D 128², affine, MI", "slice128", "affine", Settings(transform="affine", metric="mi")),
+    Setting("2D 128², affine, MI (allowed)", "slice128", "affine", Settings(transform="affine", metric="mi"),
+            allow_mi=True),
 )
 
 
 def _levels(recording, fixed: Volume, discs, ledger: dict) -> list[dict]:
     accounts = {level["factor"]: level for level in ledger.get("levels", [])}
     rows = []
+    for spec, products in recording.mi_levels().items():
+        account = accounts.get(spec.factor, {})
+        row = {"factor": spec.factor, "revealed": account.get("revealed"), "unknowns": account.get("unknowns"),
+               "epsilon": account.get("epsilon")}
+        a = attack_mi(products, fixed, discs, MAX_MI_SIDE)
+        if a is not None:
+            row.update(attack_bins=a["bins_recovered"], own_bins=a["bins_own"],
+                       details=[d for d in a["details"] if np.isfinite(d)])
+        rows.append(row)
     for spec, products in recording.levels().items():
         account = accounts.get(spec.factor, {})
         row = {"factor": spec.factor, "revealed": account.get("revealed"), "unknowns": account.get("unknowns"),
@@ -64,6 +81,7 @@ def _levels(recording, fixed: Volume, discs, ledger: dict) -> list[dict]:
 
 
 def run_setting(setting: Setting, folder: Path, policy: DisclosurePolicy, log) -> dict:
+    policy = dataclasses.replace(policy, allow_mi=True) if setting.allow_mi else policy
     fixed, moving, truth, discs = pair(setting.image, setting.kind, 1, folder)
     free, free_recording = record_clear(fixed, moving, setting.settings, DisclosurePolicy.off())
     out = {"setting": setting.name, "free_tre_mm": tre(fixed, free.transform, truth)["mean"],
@@ -105,7 +123,7 @@ def _details(values: list[float] | None) -> str:
 
 def markdown(results: dict) -> str:
     lines = ["| setting | policy | TRE mm | RMSE vs policy-free mm | level | unknowns | revealed | ratio | epsilon | "
-             "attack PSNR dB (own image) | details recovered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "attack PSNR dB (own image); MI: bins | details recovered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["settings"]:
         for level in row["free_levels"]:
             lines.append(f"| {row['setting']} | none | {row['free_tre_mm']:.3f} | – | x{level['factor']} | – | – | – | "
@@ -124,6 +142,8 @@ def markdown(results: dict) -> str:
 
 
 def _psnr(level: dict) -> str:
+    if "attack_bins" in level:
+        return f"bins right {100 * level['attack_bins']:.1f} % ({100 * level['own_bins']:.1f} %)"
     if "attack_psnr" not in level:
         return "not attacked (too many unknowns)"
     return f"{level['attack_psnr']:.1f} ({level['own_psnr']:.1f})"

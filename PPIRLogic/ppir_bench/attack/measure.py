@@ -58,10 +58,13 @@ def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
     return out
 
 
-def attack_mi(products: list[MIProduct], fixed: Volume, discs) -> dict:
+def attack_mi(products: list[MIProduct], fixed: Volume, discs, max_side: int = 9000) -> dict | None:
     """The MI attack at one level: bins recovered (share of samples, against the own guess's) and, per disc, the
-    share of its change in J's bins the estimate follows (``fixed`` carries the discs)."""
+    share of its change in J's bins the estimate follows (``fixed`` carries the discs). None when both the
+    equations and the unknowns outnumber ``max_side`` (the dense solve's size)."""
     system = solve_mi.build_bin_system(products)
+    if min(system.a.shape) > max_side:
+        return None
     spec = products[0].sample_set.spec
     plain = add_discs(fixed, [solve.Disc(d.center, d.radius_mm, -d.amplitude) for d in discs])
     level = level_image(fixed, spec).array

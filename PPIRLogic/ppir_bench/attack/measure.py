@@ -122,21 +122,25 @@ def policy(args) -> None:
     """The real disclosure policy (max_ratio x noise multiplier), per transform and level: the run's TRE next to
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
     from ppir.engine.disclosure import DisclosurePolicy
-    print("| transform | ratio | noise | TRE (policy-free) mm | products per level | level | unknowns | revealed | "
-          "best PSNR (own) dB | details recovered |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| transform | grid mm | ratio | noise | TRE (policy-free) mm | products per level | level | unknowns | revealed | "
+          "best PSNR (own) dB | details recovered |\n|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.transforms:
-            fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
-                                               Path(tmp) / kind)
-            settings = Settings(transform=kind, sampling=args.sampling,
+        for kind, spacing in itertools.product(args.transforms, args.bspline_spacing):
+            if kind != "bspline" and spacing != args.bspline_spacing[0]:
+                continue
+            pair_kind = args.pair or ("bspline" if kind == "bspline" else "affine")
+            fixed, moving, truth, discs = pair(args.image, pair_kind, args.seed, Path(tmp) / f"{kind}{spacing}")
+            settings = Settings(transform=kind, sampling=args.sampling, bspline_spacing_mm=spacing,
+                                levels=args.levels or Settings().levels,
                                 bspline_levels=args.bspline_levels if kind == "bspline" else None)
+            grid = f"{spacing:g}" if kind == "bspline" else "-"
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio, sigma in itertools.product(args.ratios, args.sigmas):
                 rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma)
                 try:
                     result, recording = record_clear(fixed, moving, settings, rule)
                 except PPIRError as err:          # refused by the policy, or the registration diverged
-                    print(f"| {kind} | {ratio} | {sigma} | stopped: {err} |", flush=True)
+                    print(f"| {kind} | {grid} | {ratio} | {sigma} | stopped: {err} |", flush=True)
                     continue
                 error = f"{tre(fixed, result.transform, truth)['mean']:.3f} ({tre(fixed, free.transform, truth)['mean']:.3f})"
                 counts = ", ".join(str(level.joint_products) for level in result.levels)
@@ -145,7 +149,7 @@ def policy(args) -> None:
                     if system.unknowns > args.max_unknowns:
                         continue
                     a = attack(prods, fixed, discs, DAMPS)
-                    print(f"| {kind} | {ratio} | {sigma} | {error} | {counts} | x{spec.factor} | {system.unknowns} | "
+                    print(f"| {kind} | {grid} | {ratio} | {sigma} | {error} | {counts} | x{spec.factor} | {system.unknowns} | "
                           f"{a['revealed']} | {a['psnr_prior']:.1f} ({a['psnr_base']:.1f}) | {_fmt_details(a['detail_prior'])} |",
                           flush=True)
 
@@ -160,7 +164,12 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 1.0, 10.0])
     parser.add_argument("--transforms", nargs="+", default=["rigid", "affine", "bspline"])
+    parser.add_argument("--levels", type=int, nargs="+", default=None, help="pyramid shrink factors (policy)")
     parser.add_argument("--bspline-levels", type=int, nargs="+", default=None)
+    parser.add_argument("--bspline-spacing", type=float, nargs="+", default=[Settings.bspline_spacing_mm],
+                        help="control-point spacings (mm) to sweep for the B-spline transform")
+    parser.add_argument("--pair", choices=("affine", "bspline"), default=None,
+                        help="the synthetic pair's deformation (default: bspline for B-spline, else affine)")
     args = parser.parse_args()
     {"baseline": baseline, "policy": policy}[args.what](args)
 

@@ -38,23 +38,32 @@ def image(name: str) -> Volume:
 
 def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
     """Both estimates at one level (the prior one at the damping with the best PSNR: an upper bound
-    on what the moving party could pick); PSNR over informed voxels; detail recovery per disc."""
+    on what the moving party could pick); PSNR over informed voxels; detail recovery per disc, as the
+    estimates' disc contrast against the truth's (``detail_*``) and as the prior estimate's response to
+    the disc alone (``response``: no chance floor; ``fixed`` carries the discs)."""
     system = solve.build_system(products)
     spec = products[0].sample_set.spec
     truth = level_image(fixed, spec).array.ravel()[system.voxels].astype(np.float64)
     base = solve.fitted_prior(system)
     k = system.informed
+    spectrum = solve.Spectrum(system)
     if damps == (0.0,):
         estimates = {"min-norm": solve.minimum_norm(system), "prior": solve.with_prior(system)}
+        damp = 0.0
     else:
-        spectrum = solve.Spectrum(system)
         tries = [spectrum.with_prior(damp) for damp in damps]
-        estimates = {"prior": max(tries, key=lambda e: solve.psnr(e[k], truth[k]))}
+        best = max(range(len(damps)), key=lambda i: solve.psnr(tries[i][k], truth[k]))
+        estimates, damp = {"prior": tries[best]}, damps[best]
     out = {"unknowns": system.unknowns, "informed": int(k.sum()), "revealed": system.revealed,
            "psnr_base": solve.psnr(base[k], truth[k])}
     for name, est in estimates.items():
         out[f"psnr_{name}"] = solve.psnr(est[k], truth[k])
         out[f"detail_{name}"] = [solve.detail_recovered(system, est, base, truth, d) for d in discs]
+    plain = add_discs(fixed, [solve.Disc(d.center, d.radius_mm, -d.amplitude) for d in discs])
+    change = truth - level_image(plain, spec).array.ravel()[system.voxels].astype(np.float64)
+    moved = spectrum.response(change, damp)
+    out["response"] = [solve.response_share(system.grid, system.voxels, moved, change, d, 0.1 * d.amplitude)
+                       for d in discs]
     return out
 
 
@@ -123,7 +132,7 @@ def policy(args) -> None:
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
     from ppir.engine.disclosure import DisclosurePolicy
     print("| transform | grid mm | ratio | noise | TRE (policy-free) mm | products per level | level | unknowns | revealed | "
-          "best PSNR (own) dB | details recovered |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "best PSNR (own) dB | details recovered | details: response |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind, spacing in itertools.product(args.transforms, args.bspline_spacing):
             if kind != "bspline" and spacing != args.bspline_spacing[0]:
@@ -150,7 +159,8 @@ def policy(args) -> None:
                         continue
                     a = attack(prods, fixed, discs, DAMPS)
                     print(f"| {kind} | {grid} | {ratio} | {sigma} | {error} | {counts} | x{spec.factor} | {system.unknowns} | "
-                          f"{a['revealed']} | {a['psnr_prior']:.1f} ({a['psnr_base']:.1f}) | {_fmt_details(a['detail_prior'])} |",
+                          f"{a['revealed']} | {a['psnr_prior']:.1f} ({a['psnr_base']:.1f}) | {_fmt_details(a['detail_prior'])} | "
+                          f"{_fmt_details(a['response'])} |",
                           flush=True)
 
 

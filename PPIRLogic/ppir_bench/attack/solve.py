@@ -138,11 +138,20 @@ class Spectrum:
         self._projected = self.vectors.T @ (rhs - normal @ self.x0)
         self.scale = system.scale
 
+    def _gain(self, relative_damping: float) -> np.ndarray:
+        top = max(float(self.values[-1]), 1e-300)
+        return np.where(self.values > 1e-12 * top,
+                        1.0 / (np.maximum(self.values, 1e-12 * top) + relative_damping * top), 0.0)
+
     def with_prior(self, relative_damping: float) -> np.ndarray:
         """Damping (Tikhonov weight) given relative to the largest eigenvalue of A^T A."""
-        top = max(float(self.values[-1]), 1e-300)
-        gain = np.where(self.values > 1e-12 * top, 1.0 / (np.maximum(self.values, 1e-12 * top) + relative_damping * top), 0.0)
-        return (self.x0 + self.vectors @ (gain * self._projected)) * self.scale
+        return (self.x0 + self.vectors @ (self._gain(relative_damping) * self._projected)) * self.scale
+
+    def response(self, change: np.ndarray, relative_damping: float) -> np.ndarray:
+        """How ``with_prior``'s estimate moves when J moves by ``change`` at the voxels and the revealed
+        values with it (the prior's fit held fixed): the change as far as the equations see it."""
+        seen = self.values * (self.vectors.T @ (change / self.scale))
+        return self.vectors @ (self._gain(relative_damping) * seen) * self.scale
 
 
 def psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -159,6 +168,23 @@ class Disc:
     center: tuple[float, ...]
     radius_mm: float
     amplitude: float = 0.0
+
+
+def response_share(grid: Grid, voxels: np.ndarray, moved: np.ndarray, change: np.ndarray, disc: Disc,
+                   floor: float) -> float:
+    """The share of a detail the attack's estimate follows: the contrast (mean in the disc, radius + half a
+    level voxel, minus the mean in a ring from radius + 1.5 to radius + 3 level voxels) of the estimate's
+    response ``moved`` over the contrast of the detail's own ``change`` (J with the detail minus J without,
+    at ``voxels``). Unlike ``detail_recovered`` it has no chance floor: the rest of J does not enter.
+    NaN when the disc or ring holds no sample, or the change's contrast is under ``floor``."""
+    spacing = float(grid.spacing.min())
+    dist = np.linalg.norm(grid.points(voxels) - np.asarray(disc.center), axis=1)
+    inside = dist <= disc.radius_mm + 0.5 * spacing
+    ring = (dist >= disc.radius_mm + 1.5 * spacing) & (dist <= disc.radius_mm + 3.0 * spacing)
+    if not inside.any() or not ring.any():
+        return float("nan")
+    true = float(change[inside].mean() - change[ring].mean())
+    return float(moved[inside].mean() - moved[ring].mean()) / true if abs(true) >= floor else float("nan")
 
 
 def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.ndarray, truth: np.ndarray,

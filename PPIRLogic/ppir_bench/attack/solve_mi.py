@@ -24,7 +24,7 @@ from ppir.engine.image import Grid
 from scipy.linalg import cho_factor, cho_solve
 
 from ppir_bench.attack.record import MIProduct
-from ppir_bench.attack.solve import Disc, _ridge
+from ppir_bench.attack.solve import Disc, _ridge, response_share
 
 
 @dataclass
@@ -141,15 +141,5 @@ def one_hot(bins_of: np.ndarray, bins: int) -> np.ndarray:
 
 
 def detail_recovered(system: BinSystem, moved: np.ndarray, change: np.ndarray, disc: Disc) -> float:
-    """The share of a detail the attack shows: the contrast (mean in the disc minus mean in a ring around it,
-    as ``solve.detail_recovered``) of the estimate's expected-bin response ``moved`` over that of the
-    detail's own change in J's expected bin ``change``; NaN when the detail moves the contrast by under a
-    tenth of a bin (blurred away at this level) or the disc or ring holds no sample."""
-    spacing = float(system.grid.spacing.min())
-    dist = np.linalg.norm(system.grid.points(system.voxels) - np.asarray(disc.center), axis=1)
-    inside = dist <= disc.radius_mm + 0.5 * spacing
-    ring = (dist >= disc.radius_mm + 1.5 * spacing) & (dist <= disc.radius_mm + 3.0 * spacing)
-    if not inside.any() or not ring.any():
-        return float("nan")
-    true = float(change[inside].mean() - change[ring].mean())
-    return float(moved[inside].mean() - moved[ring].mean()) / true if abs(true) >= 0.1 else float("nan")
+    """``solve.response_share`` in expected-bin units (NaN under a tenth of a bin)."""
+    return response_share(system.grid, system.voxels, moved, change, disc, 0.1)

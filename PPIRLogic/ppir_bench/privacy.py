@@ -4,7 +4,9 @@ Per setting, a policy-free clear run (the reference) and a run under the default
 on the moving party's side; per pyramid level: distinct voxels sampled (unknowns), values revealed,
 their ratio, epsilon, and the optimistic reconstruction attack (``ppir_bench.attack``: of a sweep of
 Tikhonov dampings, the estimate closest to the truth) — its PSNR next to the moving party's own warped
-image, and the share of each detail's contrast (discs of 3-8 mm present only in J) it recovers.
+image, and the share of each detail's contrast (discs of 3-8 mm present only in J) it recovers: measured
+against the truth's contrast (which the rest of J's error enters: a chance floor) and as the estimate's
+response to the disc alone (no floor).
 Accuracy cost: TRE against the truth and displacement RMSE against the policy-free run. Mattes MI
 settings are attacked through its bin memberships (``ppir_bench.attack.solve_mi``): the share of
 samples whose bin of J the attack gets right, next to the moving party's own guess.
@@ -65,7 +67,7 @@ def _levels(recording, fixed: Volume, discs, ledger: dict) -> list[dict]:
         a = attack_mi(products, fixed, discs, MAX_MI_SIDE)
         if a is not None:
             row.update(attack_bins=a["bins_recovered"], own_bins=a["bins_own"],
-                       details=[d for d in a["details"] if np.isfinite(d)])
+                       response=[d for d in a["details"] if np.isfinite(d)])
         rows.append(row)
     for spec, products in recording.levels().items():
         account = accounts.get(spec.factor, {})
@@ -75,7 +77,8 @@ def _levels(recording, fixed: Volume, discs, ledger: dict) -> list[dict]:
         if unknowns <= MAX_UNKNOWNS:
             a = attack(products, fixed, discs, DAMPS)
             row.update(attack_psnr=a["psnr_prior"], own_psnr=a["psnr_base"],
-                       details=[d for d in a["detail_prior"] if np.isfinite(d)])
+                       details=[d for d in a["detail_prior"] if np.isfinite(d)],
+                       response=[d for d in a["response"] if np.isfinite(d)])
         rows.append(row)
     return rows
 
@@ -123,21 +126,22 @@ def _details(values: list[float] | None) -> str:
 
 def markdown(results: dict) -> str:
     lines = ["| setting | policy | TRE mm | RMSE vs policy-free mm | level | unknowns | revealed | ratio | epsilon | "
-             "attack PSNR dB (own image); MI: bins | details recovered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "attack PSNR dB (own image); MI: bins | details: contrast | details: response |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results["settings"]:
         for level in row["free_levels"]:
             lines.append(f"| {row['setting']} | none | {row['free_tre_mm']:.3f} | – | x{level['factor']} | – | – | – | "
-                         f"– | {_psnr(level)} | {_details(level.get('details'))} |")
+                         f"– | {_psnr(level)} | {_details(level.get('details'))} | {_details(level.get('response'))} |")
         if "refused" in row:
             lines.append(f"| {row['setting']} | default | refused before the first product: {row['refused']} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         for level in row["levels"]:
             ratio = level["revealed"] / max(level["unknowns"], 1)
             epsilon = "unbounded (no noise)" if level["epsilon"] is None else f"{level['epsilon']:.3g}"
             lines.append(f"| {row['setting']} | default | {row['tre_mm']:.3f} | {row['rmse_vs_free_mm']:.3f} | "
                          f"x{level['factor']} | {level['unknowns']} | {level['revealed']} | {ratio:.3f} | {epsilon} | "
-                         f"{_psnr(level)} | {_details(level.get('details'))} |")
+                         f"{_psnr(level)} | {_details(level.get('details'))} | {_details(level.get('response'))} |")
     return "\n".join(lines) + "\n"
 
 

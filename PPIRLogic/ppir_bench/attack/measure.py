@@ -67,9 +67,13 @@ def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
     return out
 
 
-def attack_mi(products: list[MIProduct], fixed: Volume, discs, max_side: int = 9000) -> dict | None:
+MI_DAMPS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)     # rows have unit norm
+
+
+def attack_mi(products: list[MIProduct], fixed: Volume, discs, max_side: int = 9000, damps=MI_DAMPS) -> dict | None:
     """The MI attack at one level: bins recovered (share of samples, against the own guess's) and, per disc, the
-    share of its change in J's bins the estimate follows (``fixed`` carries the discs). None when both the
+    share of its change in J's bins the estimate follows (``fixed`` carries the discs), at the damping of
+    ``damps`` that gets the most bins right (an optimistic attacker, for noised values). None when both the
     equations and the unknowns outnumber ``max_side`` (the dense solve's size)."""
     system = solve_mi.build_bin_system(products)
     if min(system.a.shape) > max_side:
@@ -85,11 +89,12 @@ def attack_mi(products: list[MIProduct], fixed: Volume, discs, max_side: int = 9
     truth = bins_of(level)
     change = solve_mi.one_hot(truth, system.bins) - solve_mi.one_hot(bins_of(level_image(plain, spec).array),
                                                                        system.bins)
-    attack = solve_mi.BinAttack(system)
-    moved = solve_mi.expected_bin(attack.response(change))
+    attacks = [solve_mi.BinAttack(system, damp) for damp in damps]
+    right = [solve_mi.accuracy(a.estimate(), truth) for a in attacks]
+    best = int(np.argmax(right))
+    moved = solve_mi.expected_bin(attacks[best].response(change))
     return {"unknowns": system.unknowns, "samples": len(system.voxels), "revealed": system.revealed,
-            "bins_recovered": solve_mi.accuracy(attack.estimate(), truth),
-            "bins_own": solve_mi.accuracy(system.prior, truth),
+            "bins_recovered": right[best], "bins_own": solve_mi.accuracy(system.prior, truth), "damp": damps[best],
             "details": [solve_mi.detail_recovered(system, moved, solve_mi.expected_bin(change), d) for d in discs]}
 
 

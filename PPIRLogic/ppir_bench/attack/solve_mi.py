@@ -102,13 +102,14 @@ def build_bin_system(products: list[MIProduct]) -> BinSystem:
 class BinAttack:
     """The own guess plus the minimum-norm correction that explains every revealed value, factorised once.
 
-    Dense, on whichever side of A is smaller: A A^T when the unknowns outnumber the equations, else A^T A."""
+    Dense, on whichever side of A is smaller: A A^T when the unknowns outnumber the equations, else A^T A.
+    ``damp``: Tikhonov damping (rows have unit norm), for revealed values that carry noise."""
 
-    def __init__(self, system: BinSystem):
+    def __init__(self, system: BinSystem, damp: float = 0.0):
         self.system = system
         a = system.a
         self._dual = a.shape[0] < a.shape[1]
-        self._factor = cho_factor(_ridge((a @ a.T if self._dual else a.T @ a).toarray(), 0.0))
+        self._factor = cho_factor(_ridge((a @ a.T if self._dual else a.T @ a).toarray(), damp))
 
     def _pseudo_inverse(self, rhs: np.ndarray) -> np.ndarray:
         """A^+ rhs: the minimum-norm x with A x = rhs (least squares when inconsistent)."""

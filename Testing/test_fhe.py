@@ -198,6 +198,11 @@ def test_periodic_releases_recover_every_output_and_nothing_else(keys):
     for k, (row, (_, pad)) in enumerate(zip(released, masked)):
         got = packed.periodic_outputs(row, pad, folding, evaluator.primes, p)
         assert np.abs(got - want[k] - noise[k]).max() < 1e-9
+    # the fixed party reads the period-P part from SEAL's inverse NTT: the same integers as folding every residue
+    for p_fold in (2, 4, p):
+        plain = _decrypt(keys, masked[0][0])
+        whole = seal_raw.residues(plain).reshape(len(evaluator.primes), params.POLY_DEGREE)
+        assert folding.plaintext(plain, p_fold) == folding(whole, p_fold)
     # released again: fresh flooding; without the pad: uniform-looking residues of q
     again = keys.release_periodic([masked[0][0]], p, width, [[0] * p])[0]
     assert again != released[0]

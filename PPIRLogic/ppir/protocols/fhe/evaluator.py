@@ -85,7 +85,7 @@ class MovingEvaluator:
         if not np.any(values):
             return None
         plain = seal.Plaintext()
-        self.encoder.encode(values, scale, plain)
+        self.encoder.encode(values.tolist(), scale, plain)     # a list converts faster than an array
         return None if plain.is_zero() else plain
 
     def add(self, total: seal.Ciphertext | None, term: seal.Ciphertext | None) -> seal.Ciphertext | None:

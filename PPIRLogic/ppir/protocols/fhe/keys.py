@@ -98,8 +98,7 @@ class FixedKeys:
         released = []
         for blob, extra in zip(blobs, noise, strict=True):
             plain = self._decrypt(blob, params.PACKED_PRODUCT_BITS)
-            ntt = seal_raw.residues(plain).reshape(len(self._primes), params.POLY_DEGREE)
-            values = [v - q if v > q // 2 else v for v in self._folding(ntt, p)]
+            values = [v - q if v > q // 2 else v for v in self._folding.plaintext(plain, p)]
             released.append([v + masks.symmetric_integer(width) + e for v, e in zip(values, extra, strict=True)])
         return released
 

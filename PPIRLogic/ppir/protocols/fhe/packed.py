@@ -247,34 +247,50 @@ class Folding:
     """The P released integers d_t (modulo q, not centred) of an NTT-form polynomial, without leaving the NTT
     domain: the coefficient of X^(tS) (S = N / 2P) is N^-1 sum_i v_i w_i^-t, where w_i, the value of X^S at NTT
     position i, takes one of 2P values, so it is a sum over 2P classes of positions. The classes and their w come
-    once from SEAL's own NTT of X^S (``seal_raw.to_ntt``)."""
+    once from SEAL's own NTT of X^S (``seal_raw.to_ntt``). ``plaintext``: the same integers of a SEAL plaintext (the
+    fixed party's decryption), from the 2P coefficients SEAL's inverse NTT gives (``seal_raw.Coefficients``)."""
 
     def __init__(self, context: seal.SEALContext, evaluator: seal.Evaluator, primes: list[int]):
         self._context, self._evaluator, self._primes = context, evaluator, primes
-        self._classes: dict[int, list[tuple[np.ndarray, list[int]]]] = {}
+        self._classes: dict[int, list[tuple[np.ndarray, list[list[int]]]]] = {}
+        self._coefficients = seal_raw.Coefficients(context, evaluator)
 
-    def _of(self, p: int) -> list[tuple[np.ndarray, list[int]]]:
+    def _of(self, p: int) -> list[tuple[np.ndarray, list[list[int]]]]:
+        """Per prime: the class of each NTT position and N^-1 w^-t for each class and t < 2P."""
         if p not in self._classes:
             monomial = np.zeros((len(self._primes), params.POLY_DEGREE), dtype=np.uint64)
             monomial[:, params.POLY_DEGREE // (2 * p)] = 1
             ntt = seal_raw.to_ntt(self._context, self._evaluator, self._context.first_parms_id(), monomial)
-            self._classes[p] = [(labels, [int(v) for v in values]) for values, labels in
-                                (np.unique(row, return_inverse=True) for row in ntt)]
+            classes = []
+            for row, prime in zip(ntt, self._primes, strict=True):
+                values, labels = np.unique(row, return_inverse=True)
+                scale = pow(params.POLY_DEGREE, -1, prime)
+                classes.append((labels, [[pow(int(root), -t, prime) * scale % prime for root in values]
+                                         for t in range(2 * p)]))
+            self._classes[p] = classes
         return self._classes[p]
 
     def __call__(self, ntt: np.ndarray, p: int) -> list[int]:
         """``ntt``: the polynomial's NTT residues (primes, N)."""
-        low, n = np.uint64((1 << 30) - 1), params.POLY_DEGREE
-        d = []
-        for row, prime, (labels, roots) in zip(ntt, self._primes, self._of(p), strict=True):
-            counts = len(roots)
+        low = np.uint64((1 << 30) - 1)
+        c = []
+        for row, prime, (labels, powers) in zip(ntt, self._primes, self._of(p), strict=True):
+            counts = len(powers[0])
             lo = np.bincount(labels, weights=(row & low).astype(np.float64), minlength=counts)
             hi = np.bincount(labels, weights=(row >> np.uint64(30)).astype(np.float64), minlength=counts)
             sums = [(int(h) << 30) + int(l) for h, l in zip(hi, lo)]
-            scale = pow(n, -1, prime)
-            c = [sum(total * pow(root, -t, prime) for total, root in zip(sums, roots)) * scale % prime
-                 for t in range(2 * p)]
-            d.append([c[0]] + [(c[t] - c[2 * p - t]) % prime for t in range(1, p)])
+            c.append([sum(total * power for total, power in zip(sums, powers[t])) % prime for t in range(2 * p)])
+        return self._released(c, p)
+
+    def plaintext(self, plain: seal.Plaintext, p: int) -> list[int]:
+        """The same integers for an NTT-form SEAL plaintext, read from its coefficients at multiples of S."""
+        step = params.POLY_DEGREE // (2 * p)
+        return self._released(self._coefficients(plain, [t * step for t in range(2 * p)]).tolist(), p)
+
+    def _released(self, c: list[list[int]], p: int) -> list[int]:
+        """d_0 = c_0, d_t = c_t - c_(2P-t) from the coefficients c_(tS) (per prime, t < 2P), combined over the primes."""
+        d = [[int(row[0])] + [(int(row[t]) - int(row[2 * p - t])) % prime for t in range(1, p)]
+             for row, prime in zip(c, self._primes, strict=True)]
         return [seal_raw.crt([row[t] for row in d], self._primes) for t in range(p)]
 
 
@@ -350,22 +366,36 @@ def periodic_products(ev: MovingEvaluator, weights: list[np.ndarray], releases: 
     columns = ev.columns
     acc: list[list[seal.Ciphertext | None]] = [[None] * p for _ in releases]
     used = sorted({b for terms in releases for _, b in terms})
+    # each encrypted column's products, grouped so that a chunk's column is read once while it is hot in cache:
+    # column -> [(release k, residue r, weight b)]
+    work: dict[int, list[tuple[int, int, int]]] = {}
+    for k, terms in enumerate(releases):
+        for a, b in terms:
+            for r in range(p):
+                work.setdefault(a if isinstance(a, int) else a[r], []).append((k, r, b))
+    multiply, add = ev.evaluator.multiply_plain, ev.evaluator.add_inplace
+    product = seal.Ciphertext()          # reused: SEAL overwrites a destination of the right size in place
     for chunk in range(len(columns[0])):
         lo = chunk * params.SLOTS
+        plains: dict[int, list[seal.Plaintext | None]] = {}
         for b in used:
             block = weights[b][..., lo:lo + params.SLOTS]
             if block.ndim == 2:
-                plains = [ev.encode(interleave(block, r), params.PACKED_DELTA_MOVING) for r in range(p)]
+                plains[b] = [ev.encode(interleave(block, r), params.PACKED_DELTA_MOVING) for r in range(p)]
             else:
-                plains = [ev.encode(block, params.PACKED_DELTA_MOVING)] * p
-            for k, terms in enumerate(releases):
-                for a, _ in (term for term in terms if term[1] == b):
-                    for r, plain in enumerate(plains):
-                        if plain is None:
-                            continue
-                        product = seal.Ciphertext()
-                        ev.evaluator.multiply_plain(columns[a if isinstance(a, int) else a[r]][chunk], plain, product)
-                        acc[k][r] = ev.add(acc[k][r], product)
+                plains[b] = [ev.encode(block, params.PACKED_DELTA_MOVING)] * p
+        for column in sorted(work):
+            ciphertext = columns[column][chunk]
+            for k, r, b in work[column]:
+                plain = plains[b][r]
+                if plain is None:
+                    continue
+                if acc[k][r] is None:
+                    acc[k][r] = seal.Ciphertext()
+                    multiply(ciphertext, plain, acc[k][r])
+                else:
+                    multiply(ciphertext, plain, product)
+                    add(acc[k][r], product)
     out = []
     for parts in acc:
         total = None

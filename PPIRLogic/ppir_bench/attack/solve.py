@@ -170,17 +170,22 @@ class Disc:
     amplitude: float = 0.0
 
 
-def response_share(grid: Grid, voxels: np.ndarray, moved: np.ndarray, change: np.ndarray, disc: Disc,
-                   floor: float) -> float:
-    """The share of a detail the attack's estimate follows: the contrast (mean in the disc, radius + half a
-    level voxel, minus the mean in a ring from radius + 1.5 to radius + 3 level voxels) of the estimate's
-    response ``moved`` over the contrast of the detail's own ``change`` (J with the detail minus J without,
-    at ``voxels``). Unlike ``detail_recovered`` it has no chance floor: the rest of J does not enter.
-    NaN when the disc or ring holds no sample, or the change's contrast is under ``floor``."""
+def disc_and_ring(grid: Grid, voxels: np.ndarray, disc: Disc) -> tuple[np.ndarray, np.ndarray]:
+    """Masks over ``voxels``: inside the disc (radius + half a level voxel), and the ring around it
+    (radius + 1.5 to radius + 3 level voxels) that a contrast compares it with."""
     spacing = float(grid.spacing.min())
     dist = np.linalg.norm(grid.points(voxels) - np.asarray(disc.center), axis=1)
-    inside = dist <= disc.radius_mm + 0.5 * spacing
-    ring = (dist >= disc.radius_mm + 1.5 * spacing) & (dist <= disc.radius_mm + 3.0 * spacing)
+    return dist <= disc.radius_mm + 0.5 * spacing, (dist >= disc.radius_mm + 1.5 * spacing) & \
+        (dist <= disc.radius_mm + 3.0 * spacing)
+
+
+def response_share(grid: Grid, voxels: np.ndarray, moved: np.ndarray, change: np.ndarray, disc: Disc,
+                   floor: float) -> float:
+    """The share of a detail the attack's estimate follows: the contrast (disc minus ring, ``disc_and_ring``)
+    of the estimate's response ``moved`` over the contrast of the detail's own ``change`` (J with the
+    detail minus J without, at ``voxels``). Unlike ``detail_recovered`` it has no chance floor: the rest
+    of J does not enter. NaN when the disc or ring holds no sample, or the change's contrast is under ``floor``."""
+    inside, ring = disc_and_ring(grid, voxels, disc)
     if not inside.any() or not ring.any():
         return float("nan")
     true = float(change[inside].mean() - change[ring].mean())
@@ -191,16 +196,13 @@ def detail_recovered(system: LinearSystem, estimate: np.ndarray, baseline: np.nd
                      disc: Disc) -> float:
     """(contrast of the estimate - contrast of the baseline) / (true contrast - contrast of the baseline).
 
-    Contrast = mean over the informed sampled voxels in the disc (radius + half a level voxel) minus the mean
-    in a ring (radius + 1.5 to radius + 3 level voxels). 1: the detail is recovered; 0: nothing
+    Contrast = mean over the informed sampled voxels in the disc minus the mean in the ring around it
+    (``disc_and_ring``). 1: the detail is recovered; 0: nothing
     beyond the moving party's own image. NaN when the disc or ring holds no informed voxel, or when
     the true contrast over the baseline's is below a tenth of the disc's amplitude (a detail the
     level's smoothing has blurred below the noise: the ratio would be noise over noise).
     """
-    spacing = float(system.grid.spacing.min())
-    dist = np.linalg.norm(system.grid.points(system.voxels) - np.asarray(disc.center), axis=1)
-    inside = (dist <= disc.radius_mm + 0.5 * spacing) & system.informed
-    ring = (dist >= disc.radius_mm + 1.5 * spacing) & (dist <= disc.radius_mm + 3.0 * spacing) & system.informed
+    inside, ring = (mask & system.informed for mask in disc_and_ring(system.grid, system.voxels, disc))
     if not inside.any() or not ring.any():
         return float("nan")
 

@@ -29,10 +29,9 @@ import numpy as np
 from ppir.common.errors import PPIRError
 from ppir.engine.basis import AffineBasis, BSplineBasis
 from ppir.engine.joint import FixedParty, JointResult, fixed_scale
-from ppir.protocols.fhe import masks, params
+from ppir.protocols.fhe import masks, packed, params
 from ppir.protocols.fhe.evaluator import MovingEvaluator
 from ppir.protocols.fhe.keys import FixedKeys
-from ppir.protocols.fhe import packed
 from ppir.protocols.fhe.packed import CellLayout, PackedProducts, split_weights
 from ppir.protocols.net.channel import Channel, Identity, PeerError
 from ppir.protocols.net.framing import Message

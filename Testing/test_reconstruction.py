@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ppir.app import data
+from ppir.common.errors import PPIRError
 from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused
 from ppir.engine.image import read_image
 from ppir.engine.pyramid import LevelSpec, level_image
@@ -148,3 +149,20 @@ def test_mi_is_refused_by_default_as_the_policys_limits_leave_details(slice128):
     with pytest.raises(DisclosureRefused, match="refuses mutual information"):
         _, recording = record_clear(fixed, moving, settings, DisclosurePolicy())
     assert recording is None
+
+
+def test_the_mi_attack_works_through_the_real_mpc_parties(slice64, tmp_path):
+    """MI's releases from a real MPC session (three processes over TLS), no policy: the coarse level's bins
+    are recovered as in the clear; a fixed party under the default policy refuses the session as it opens."""
+    from ppir.engine.image import write_image
+    from ppir_bench.attack.record import record_private
+    fixed, moving, discs = slice64
+    write_image(fixed, tmp_path / "fixed.nrrd")
+    write_image(moving, tmp_path / "moving.nrrd")
+    settings = Settings(transform="bspline", metric="mi", levels=[4], max_iterations=8)
+    _, recording = record_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", settings,
+                                  DisclosurePolicy.off())
+    levels = _attack_mi(recording, fixed, discs, 2100)
+    assert levels and levels[0]["bins_recovered"] > 0.99 > levels[0]["bins_own"] + 0.05
+    with pytest.raises(PPIRError, match="the fixed party stopped: .* refuses mutual information"):
+        record_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", settings, DisclosurePolicy())

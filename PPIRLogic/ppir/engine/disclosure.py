@@ -280,15 +280,7 @@ class DisclosureLedger:
         moving party will learn are counted against ``max_mask_fraction`` of the level.
         ``moving_mask``: the moving party drew it inside its own mask (named in a refusal)."""
         level, policy = self._level, self.policy
-        n = level.sampled.size if samples is None else len(samples)
-        if n < policy.min_samples:
-            inside = " inside the moving mask" if moving_mask else ""
-            raise DisclosureRefused(f"a sample set of {n} voxels{inside} at level {level.factor}, under the fixed "
-                                    f"party's minimum of {policy.min_samples}: use a larger --sample-fraction"
-                                    f"{', a larger moving mask' if moving_mask else ''} or fewer levels")
-        if level.sample_sets >= policy.max_sample_sets:
-            raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
-                                    "party's limit: drop --resample-each-iteration")
+        self._check_set(samples, moving_mask)
         if level.probed is not None:
             probed = level.probed.copy()
             probed[slice(None) if samples is None else samples] = True
@@ -301,6 +293,19 @@ class DisclosureLedger:
                     f"--sample-fraction of at most {policy.max_mask_fraction:g}")
             level.probed = probed
 
+    def _check_set(self, samples: np.ndarray | None, moving_mask: bool = False) -> None:
+        """Refuse a sample set under ``min_samples`` or beyond ``max_sample_sets`` at the current level."""
+        level, policy = self._level, self.policy
+        n = level.sampled.size if samples is None else len(samples)
+        if n < policy.min_samples:
+            inside = " inside the moving mask" if moving_mask else ""
+            raise DisclosureRefused(f"a sample set of {n} voxels{inside} at level {level.factor}, under the fixed "
+                                    f"party's minimum of {policy.min_samples}: use a larger --sample-fraction"
+                                    f"{', a larger moving mask' if moving_mask else ''} or fewer levels")
+        if level.sample_sets >= policy.max_sample_sets:
+            raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
+                                    "party's limit: drop --resample-each-iteration")
+
     def kept(self, kept: int, offered: int) -> None:
         """After the fixed party's mask: refuse if fewer than ``min_samples`` of the ``offered`` samples are kept."""
         if kept < self.policy.min_samples:
@@ -311,16 +316,10 @@ class DisclosureLedger:
     def sample_set(self, samples: np.ndarray | None, basis, dim: int) -> None:
         """A new sample set at the current level (after ``offer`` and, with a fixed mask, only the kept samples):
         its voxels are added to the unknowns."""
-        level, policy = self._level, self.policy
-        n = level.sampled.size if samples is None else len(samples)
-        if n < policy.min_samples:
-            raise DisclosureRefused(f"a sample set of {n} voxels, under the fixed party's minimum of "
-                                    f"{policy.min_samples}: use a larger --sample-fraction or fewer levels")
+        level = self._level
+        self._check_set(samples)
         if samples is not None and has_repeats(samples):
             raise DisclosureRefused("a sample set with repeated voxels")
-        if level.sample_sets >= policy.max_sample_sets:
-            raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
-                                    "party's limit: drop --resample-each-iteration")
         level.sample_sets += 1
         if samples is None:
             level.sampled[:] = True

@@ -13,9 +13,8 @@ samples whose bin of J the attack gets right, next to the moving party's own gue
 """
 from __future__ import annotations
 
-import dataclasses
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from ppir.engine.image import Volume
 from ppir.engine.settings import Settings
 
 from ppir_bench.attack.measure import DAMPS, attack, attack_mi, pair
-from ppir_bench.attack.record import record_clear
+from ppir_bench.attack.record import MIProduct, record_clear
 from ppir_bench.engine import _save, machine
 
 MAX_UNKNOWNS = 4200      # dense normal equations per level
@@ -57,54 +56,46 @@ SETTINGS = (
 )
 
 
+def _finite(values: list[float]) -> list[float]:
+    return [v for v in values if np.isfinite(v)]
+
+
 def _levels(recording, fixed: Volume, discs, ledger: dict) -> list[dict]:
+    """Per level: the fixed party's account and the attack (SSD's on J, or MI's on its bins)."""
     accounts = {level["factor"]: level for level in ledger.get("levels", [])}
     rows = []
-    for spec, products in recording.mi_levels().items():
+    for spec, products in (recording.mi_levels() or recording.levels()).items():    # one metric per run
         account = accounts.get(spec.factor, {})
         row = {"factor": spec.factor, "revealed": account.get("revealed"), "unknowns": account.get("unknowns"),
                "epsilon": account.get("epsilon")}
-        a = attack_mi(products, fixed, discs, MAX_MI_SIDE)
-        if a is not None:
-            row.update(attack_bins=a["bins_recovered"], own_bins=a["bins_own"],
-                       response=[d for d in a["details"] if np.isfinite(d)])
-        rows.append(row)
-    for spec, products in recording.levels().items():
-        account = accounts.get(spec.factor, {})
-        row = {"factor": spec.factor, "revealed": account.get("revealed"), "unknowns": account.get("unknowns"),
-               "epsilon": account.get("epsilon")}
-        unknowns = len(np.unique(np.concatenate([p.sample_set.samples for p in products])))
-        if unknowns <= MAX_UNKNOWNS:
+        if isinstance(products[0], MIProduct):
+            a = attack_mi(products, fixed, discs, MAX_MI_SIDE)
+            if a is not None:
+                row.update(attack_bins=a["bins_recovered"], own_bins=a["bins_own"], response=_finite(a["details"]))
+        elif len(np.unique(np.concatenate([p.sample_set.samples for p in products]))) <= MAX_UNKNOWNS:
             a = attack(products, fixed, discs, DAMPS)
-            row.update(attack_psnr=a["psnr_prior"], own_psnr=a["psnr_base"],
-                       details=[d for d in a["detail_prior"] if np.isfinite(d)],
-                       response=[d for d in a["response"] if np.isfinite(d)])
+            row.update(attack_psnr=a["psnr_prior"], own_psnr=a["psnr_base"], details=_finite(a["detail_prior"]),
+                       response=_finite(a["response"]))
         rows.append(row)
     return rows
 
 
 def run_setting(setting: Setting, folder: Path, policy: DisclosurePolicy, log) -> dict:
-    policy = dataclasses.replace(policy, allow_mi=True) if setting.allow_mi else policy
+    policy = replace(policy, allow_mi=True) if setting.allow_mi else policy
     fixed, moving, truth, discs = pair(setting.image, setting.kind, 1, folder)
     free, free_recording = record_clear(fixed, moving, setting.settings, DisclosurePolicy.off())
     out = {"setting": setting.name, "free_tre_mm": tre(fixed, free.transform, truth)["mean"],
            "free_levels": _levels(free_recording, fixed, discs, {})}
     try:
-        from ppir.engine.driver import register
-        from ppir.engine.joint import ClearBackend
-
-        from ppir_bench.attack.record import RecordingBackend
-        backend = ClearBackend(fixed, policy)
-        recorder = RecordingBackend(backend)
-        result = register(moving, recorder, setting.settings)
+        result, recording = record_clear(fixed, moving, setting.settings, policy)
     except PPIRError as err:
         out["refused"] = str(err)
         log(f"{setting.name}: refused by the policy ({err})")
         return out
-    ledger = backend.disclosure()
+    ledger = recording.disclosure
     out.update(tre_mm=tre(fixed, result.transform, truth)["mean"],
                rmse_vs_free_mm=disagreement(result.transform, free.transform, fixed.grid)["rmse"],
-               epsilon=ledger["epsilon"], levels=_levels(recorder.recording, fixed, discs, ledger))
+               epsilon=ledger["epsilon"], levels=_levels(recording, fixed, discs, ledger))
     log(f"{setting.name}: TRE {out['tre_mm']:.3f} mm (policy-free {out['free_tre_mm']:.3f})")
     return out
 

@@ -21,7 +21,7 @@ from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 
 from ppir_bench.attack import solve, solve_mi
-from ppir_bench.attack.pairs import add_discs, pair_with_details
+from ppir_bench.attack.pairs import pair_with_details, without_discs
 from ppir_bench.attack.record import MIProduct, Product, record_clear
 
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
@@ -59,7 +59,7 @@ def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
     for name, est in estimates.items():
         out[f"psnr_{name}"] = solve.psnr(est[k], truth[k])
         out[f"detail_{name}"] = [solve.detail_recovered(system, est, base, truth, d) for d in discs]
-    plain = add_discs(fixed, [solve.Disc(d.center, d.radius_mm, -d.amplitude) for d in discs])
+    plain = without_discs(fixed, discs)
     change = truth - level_image(plain, spec).array.ravel()[system.voxels].astype(np.float64)
     moved = spectrum.response(change, damp)
     out["response"] = [solve.response_share(system.grid, system.voxels, moved, change, d, 0.1 * d.amplitude)
@@ -79,7 +79,7 @@ def attack_mi(products: list[MIProduct], fixed: Volume, discs, max_side: int = 9
     if min(system.a.shape) > max_side:
         return None
     spec = products[0].sample_set.spec
-    plain = add_discs(fixed, [solve.Disc(d.center, d.radius_mm, -d.amplitude) for d in discs])
+    plain = without_discs(fixed, discs)
     level = level_image(fixed, spec).array
     lo, hi = float(level.min()), float(level.max())
 

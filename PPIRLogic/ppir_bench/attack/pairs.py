@@ -30,6 +30,11 @@ def add_discs(fixed: Volume, discs: list[Disc]) -> Volume:
     return fixed.with_array((fixed.array.ravel() + extra).reshape(fixed.array.shape))
 
 
+def without_discs(fixed: Volume, discs: list[Disc]) -> Volume:
+    """J as it would be without the discs (``add_discs`` undone)."""
+    return add_discs(fixed, [Disc(d.center, d.radius_mm, -d.amplitude) for d in discs])
+
+
 def pair_with_details(image: Volume, kind: str, seed: int, folder: Path, noise: float = 0.02,
                       contrast: float = 0.3) -> tuple[Path, Path, Path, list[Disc]]:
     """A synthetic ``kind`` pair (noise, bias field) whose fixed image gets discs of 3-8 mm of

@@ -2,6 +2,7 @@
 
     python -m ppir_bench.attack.measure baseline            # no policy: every setting, every level
     python -m ppir_bench.attack.measure policy [options]    # the real policy over ratios x noise multipliers
+    python -m ppir_bench.attack.measure response [options]  # the default policy at any size (3D): response only
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 
-from ppir_bench.attack import solve, solve_mi
+from ppir_bench.attack import solve, solve_mi, sparse
 from ppir_bench.attack.pairs import pair_with_details, without_discs
 from ppir_bench.attack.record import MIProduct, Product, record_clear
 
@@ -28,10 +29,11 @@ DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to th
 
 
 def image(name: str) -> Volume:
-    """slice64, slice128 (the 2D T1 slice at 4 mm, 2 mm) or mni4 (MNI152 T1 at 4 mm)."""
+    """slice64, slice128 (the 2D T1 slice at 4 mm, 2 mm) or mni4, mni2 (MNI152 T1 at 4 mm, 2 mm)."""
     folder = data.fetch(log=lambda *_: None)
-    if name == "mni4":
-        return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(4, 2.0))
+    if name in ("mni4", "mni2"):
+        factor = int(name[3:])
+        return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(factor, 0.5 * factor))
     factor = {"slice64": 4, "slice128": 2}[name]
     return level_image(read_image(folder / data.SLICE_2D), LevelSpec(factor, 0.5 * factor))
 
@@ -65,6 +67,18 @@ def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
     out["response"] = [solve.response_share(system.grid, system.voxels, moved, change, d, 0.1 * d.amplitude)
                        for d in discs]
     return out
+
+
+def projected(products: list[Product], fixed: Volume, discs) -> tuple[sparse.Equations, list[float], float]:
+    """The level's equations, each disc's share of its change that they determine (``sparse.response``, undamped;
+    ``fixed`` carries the discs) and LSQR's relative residual."""
+    spec = products[0].sample_set.spec
+    equations = sparse.Equations(products)
+    change = level_image(fixed, spec).array.ravel() - level_image(without_discs(fixed, discs), spec).array.ravel()
+    change = change[equations.voxels].astype(np.float64)
+    moved, residual = sparse.response(equations, change)
+    return equations, [solve.response_share(equations.grid, equations.voxels, moved, change, d, 0.1 * d.amplitude)
+                       for d in discs], residual
 
 
 MI_DAMPS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)     # rows have unit norm
@@ -169,10 +183,39 @@ def policy(args) -> None:
                           flush=True)
 
 
+def response(args) -> None:
+    """The default policy (or ``--ratios``) at any image size, 3D included: per level, the share of each detail that
+    the revealed values determine (``sparse.response``: the undamped projection, the most an attacker can follow)."""
+    from ppir.engine.disclosure import DisclosurePolicy
+    print("| image | transform | sampling | B-spline levels | TRE (policy-free) mm | level | unknowns | revealed | ratio | "
+          "details: response | LSQR residual |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.transforms:
+            fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
+                                               Path(tmp) / kind)
+            settings = Settings(transform=kind, sampling=args.sampling, bspline_spacing_mm=args.bspline_spacing[0],
+                                levels=args.levels or Settings().levels,
+                                bspline_levels=args.bspline_levels if kind == "bspline" else None)
+            free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
+            for ratio in args.ratios:
+                try:
+                    result, recording = record_clear(fixed, moving, settings, DisclosurePolicy(max_ratio=ratio))
+                except PPIRError as err:
+                    print(f"| {args.image} | {kind} | {args.sampling} | {args.bspline_levels} | stopped: {err} |", flush=True)
+                    continue
+                error = f"{tre(fixed, result.transform, truth)['mean']:.3f} ({tre(fixed, free.transform, truth)['mean']:.3f})"
+                for products in recording.levels().values():
+                    equations, shares, residual = projected(products, fixed, discs)
+                    print(f"| {args.image} | {kind} | {args.sampling} | {args.bspline_levels or '-'} | {error} | "
+                          f"x{products[0].sample_set.spec.factor} | {equations.unknowns} | {equations.revealed} | "
+                          f"{equations.revealed / equations.unknowns:.3f} | {_fmt_details(shares)} | {residual:.1e} |",
+                          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ppir_bench.attack.measure")
-    parser.add_argument("what", choices=("baseline", "policy"))
-    parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "mni4"))
+    parser.add_argument("what", choices=("baseline", "policy", "response"))
+    parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "mni4", "mni2"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sampling", default="full")
     parser.add_argument("--max-unknowns", type=int, default=4200)
@@ -186,7 +229,7 @@ def main() -> None:
     parser.add_argument("--pair", choices=("affine", "bspline"), default=None,
                         help="the synthetic pair's deformation (default: bspline for B-spline, else affine)")
     args = parser.parse_args()
-    {"baseline": baseline, "policy": policy}[args.what](args)
+    {"baseline": baseline, "policy": policy, "response": response}[args.what](args)
 
 
 if __name__ == "__main__":

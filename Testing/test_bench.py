@@ -62,4 +62,4 @@ def test_multimodal_suite_runs_a_metric_under_a_protocol(tmp_path):
                     with_peers=False)
     (run,) = pair["runs"]
     assert run["tre_mm"] < 0.5 * pair["initial_tre_mm"] and run["traffic_mb"] == 0
-    assert f"| T1 through a scanner curve | ncc | clear | {run['tre_mm']:.3f} |" in markdown({"pairs": [pair]})
+    assert f"| T1 through a scanner curve | affine | ncc | clear | {run['tre_mm']:.3f} |" in markdown({"pairs": [pair]})

@@ -2,11 +2,13 @@
 
 The fixed image is the MNI152 T1 at 2 mm; the moving image is it in another synthetic contrast
 (``ppir data synth --contrast mapped|t2|pet``: an intensity-mapped T1, a T2-like and a PET-like
-image, 2 % noise and a bias field) moved by a known random affine. Every metric (SSD, NCC, MI) runs
-under every protocol as a fresh ``ppir register`` process (affine, levels 4,2,1, at most 16
-iterations per level, URS 10 %, no disclosure policy: the policy has its own suite); a run that stops (divergence, a protocol that does not serve the metric) is a row
-with the reason. Next to them: SimpleITK's Mattes MI and, if
-installed, elastix's AdvancedMattesMutualInformation on the same pair.
+image, 2 % noise and a bias field) moved by a known random affine (affine rows) or affine plus B-spline
+deformation (B-spline rows, 40 mm grid). Every metric (SSD, NCC, MI) runs under every protocol as a
+fresh ``ppir register`` process (levels 4,2,1, URS 10 %; affine: at most 16 iterations per level;
+no disclosure policy: the policy has its own suite); a run that stops (divergence, a protocol that
+does not serve the metric) is a row with the reason. Next to them: SimpleITK's Mattes MI (affine)
+and, if installed, elastix's AdvancedMattesMutualInformation (affine, or affine then B-spline) on
+the same pair.
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.protocols import registry
 
 from ppir_bench.engine import _save, machine, simpleitk_affine
-from ppir_bench.suite import ELASTIX_MISSING, elastix_affine
+from ppir_bench.suite import ELASTIX_MISSING, elastix_registration
 
 LEVELS = [4, 2, 1]
-REGISTRATION = ["--transform", "affine", "--levels", ",".join(map(str, LEVELS)), "--max-iterations", "16",
-                "--sampling", "urs", "--sample-fraction", "0.1"]
+BSPLINE_SPACING_MM = 40.0
+SAMPLING = ["--levels", ",".join(map(str, LEVELS)), "--sampling", "urs", "--sample-fraction", "0.1"]
+REGISTRATION = {"affine": ["--transform", "affine", "--max-iterations", "16", *SAMPLING],
+                "bspline": ["--transform", "bspline", "--bspline-spacing", f"{BSPLINE_SPACING_MM:g}", *SAMPLING]}
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,11 @@ class Pair:
     name: str
     contrast: str
     seed: int = 1
+    transform: str = "affine"
 
 
 PAIRS = (Pair("T1 through a scanner curve", "mapped"), Pair("T2-like", "t2"), Pair("PET-like", "pet"))
+BSPLINE_PAIRS = tuple(Pair(p.name, p.contrast, 0, "bspline") for p in PAIRS)
 
 
 def _fixed_source(factor: int) -> tuple[Volume, Path]:
@@ -53,7 +59,7 @@ def _fixed_source(factor: int) -> tuple[Volume, Path]:
     return (level_image(source, LevelSpec(factor, 0.5 * factor)) if factor > 1 else source), folder
 
 
-def _ppir_row(folder: Path, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume) -> dict:
+def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume) -> dict:
     """One fresh ``ppir register`` process; a stopped run keeps its last error line."""
     name = f"{metric}-{protocol}"
     policy = folder / "policy-free.toml"
@@ -61,7 +67,7 @@ def _ppir_row(folder: Path, metric: str, protocol: str, truth: sitk.Transform, f
     out, report = folder / f"{name}.h5", folder / f"{name}.json"
     done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(folder / "fixed.nrrd"),
                            "--moving", str(folder / "moving.nrrd"), "--metric", metric, "--protocol", protocol,
-                           *REGISTRATION, "--disclosure-policy", str(policy), "--output-transform", str(out),
+                           *REGISTRATION[transform], "--disclosure-policy", str(policy), "--output-transform", str(out),
                            "--report", str(report)], capture_output=True, text=True, timeout=3600)
     row = {"metric": metric, "protocol": protocol}
     if done.returncode != 0:
@@ -75,14 +81,18 @@ def _ppir_row(folder: Path, metric: str, protocol: str, truth: sitk.Transform, f
     return row
 
 
-def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform) -> list[dict]:
-    """SimpleITK's Mattes MI (50 bins, 10 % random samples) and elastix's, the same pyramid."""
+def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, transform: str) -> list[dict]:
+    """SimpleITK's Mattes MI (50 bins, 10 % random samples; affine only) and elastix's, the same pyramid."""
+    peer = {"metric": "AdvancedMattesMutualInformation", "protocol": "elastix"}
+    if transform == "bspline":
+        found = elastix_registration(folder, fixed, len(LEVELS), "AdvancedMattesMutualInformation", BSPLINE_SPACING_MM)
+        return [{**peer, "stopped": ELASTIX_MISSING} if found is None else
+                {**peer, "wall_s": found[1], "tre_mm": tre(fixed, found[0], truth)["mean"]}]
     start = time.perf_counter()
     reference = simpleitk_affine(fixed, moving, LEVELS, mattes_bins=50, sample_fraction=0.1, iterations=300)
     rows = [{"metric": "Mattes MI", "protocol": "SimpleITK", "wall_s": time.perf_counter() - start,
              "tre_mm": tre(fixed, reference, truth)["mean"]}]
-    found = elastix_affine(folder, fixed, len(LEVELS), "AdvancedMattesMutualInformation")
-    peer = {"metric": "AdvancedMattesMutualInformation", "protocol": "elastix"}
+    found = elastix_registration(folder, fixed, len(LEVELS), "AdvancedMattesMutualInformation")
     if found is None:
         rows.append({**peer, "stopped": ELASTIX_MISSING})
     else:
@@ -92,14 +102,14 @@ def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform) -
 
 def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, protocols=None, metrics=METRICS,
              with_peers: bool = True) -> dict:
-    synthesize(source, "affine", pair.seed, folder, 0.02, True, contrast=pair.contrast, tissue_dir=tissues)
+    synthesize(source, pair.transform, pair.seed, folder, 0.02, True, contrast=pair.contrast, tissue_dir=tissues)
     fixed, moving = read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd")
     truth = sitk.ReadTransform(str(folder / "ground_truth.h5"))
     rows = []
     for metric in metrics:
         clear = None
         for protocol in protocols or registry.names():
-            row = _ppir_row(folder, metric, protocol, truth, fixed)
+            row = _ppir_row(folder, pair.transform, metric, protocol, truth, fixed)
             if protocol == "clear" and "transform_file" in row:
                 clear = sitk.ReadTransform(row["transform_file"])
             elif clear is not None and "transform_file" in row:
@@ -107,21 +117,22 @@ def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, proto
                                                        fixed.grid)["rmse"]
             row.pop("transform_file", None)
             rows.append(row)
-            log(f"  {pair.name}: {metric} {protocol}: " + (f"stopped: {row['stopped']}" if "stopped" in row else
+            log(f"  {pair.name} ({pair.transform}): {metric} {protocol}: " + (f"stopped: {row['stopped']}" if "stopped" in row else
                                                           f"TRE {row['tre_mm']:.3f} mm, {row['wall_s']:.1f} s"))
-    peers = _peers(folder, fixed, moving, truth) if with_peers else []
+    peers = _peers(folder, fixed, moving, truth, pair.transform) if with_peers else []
     for peer in peers:
         log(f"  {pair.name}: {peer['protocol']}: " + (peer.get("stopped") or f"TRE {peer['tre_mm']:.3f} mm"))
     initial = tre(fixed, sitk.Transform(fixed.dim, sitk.sitkIdentity), truth)["mean"]
-    return {"pair": pair.name, "contrast": pair.contrast, "size": list(fixed.grid.size),
+    return {"pair": pair.name, "contrast": pair.contrast, "transform": pair.transform, "size": list(fixed.grid.size),
             "initial_tre_mm": initial, "runs": rows, "peers": peers}
 
 
-def run_multimodal_suite(out: Path | None, log=print, factor: int = 2, pairs=PAIRS, protocols=None) -> dict:
+def run_multimodal_suite(out: Path | None, log=print, factor: int = 2, pairs=PAIRS + BSPLINE_PAIRS,
+                         protocols=None) -> dict:
     source, tissues = _fixed_source(factor)
     with tempfile.TemporaryDirectory(prefix="ppir-multimodal-") as tmp:
         results = {"suite": "multimodal", "machine": machine(), "spacing_mm": float(factor),
-                   "pairs": [run_pair(p, source, tissues, Path(tmp) / p.contrast, log, protocols)
+                   "pairs": [run_pair(p, source, tissues, Path(tmp) / f"{p.transform}-{p.contrast}", log, protocols)
                              for p in pairs]}
     _save(out, "multimodal", results, markdown(results))
     return results
@@ -132,15 +143,15 @@ def _cell(value, fmt: str) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| moving image (against the T1) | metric | protocol | TRE mm | wall s | traffic MB | "
-             "RMSE vs clear mm |", "|---|---|---|---|---|---|---|"]
+    lines = ["| moving image (against the T1) | transform | metric | protocol | TRE mm | wall s | traffic MB | "
+             "RMSE vs clear mm |", "|---|---|---|---|---|---|---|---|"]
     for pair in results["pairs"]:
+        head = f"| {pair['pair']} | {pair.get('transform', 'affine')}"
         for row in pair["runs"] + pair["peers"]:
             if "stopped" in row:
-                lines.append(f"| {pair['pair']} | {row['metric']} | {row['protocol']} | stopped: {row['stopped']} "
-                             "| | | |")
+                lines.append(f"{head} | {row['metric']} | {row['protocol']} | stopped: {row['stopped']} | | | |")
                 continue
-            lines.append(f"| {pair['pair']} | {row['metric']} | {row['protocol']} | {row['tre_mm']:.3f} | "
+            lines.append(f"{head} | {row['metric']} | {row['protocol']} | {row['tre_mm']:.3f} | "
                          f"{row['wall_s']:.1f} | {_cell(row.get('traffic_mb'), '.1f')} | "
                          f"{_cell(row.get('rmse_vs_clear_mm'), '.2g')} |")
     return "\n".join(lines) + "\n"

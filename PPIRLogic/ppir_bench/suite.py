@@ -124,7 +124,7 @@ def _peers(fixed: Volume, moving: Volume, truth: sitk.Transform, levels: list[in
     reference = simpleitk_affine(fixed, moving, levels)
     rows = [{"protocol": "SimpleITK", "transform": "affine", "sampling": "full", "wall_s": time.perf_counter() - start,
              "tre_mm": tre(fixed, reference, truth)["mean"]}]
-    found = elastix_affine(folder, fixed, len(levels), "AdvancedMeanSquares")
+    found = elastix_registration(folder, fixed, len(levels), "AdvancedMeanSquares")
     if found is None:
         rows.append({"protocol": "elastix", "skipped": ELASTIX_MISSING})
         return rows
@@ -137,9 +137,11 @@ def _peers(fixed: Volume, moving: Volume, truth: sitk.Transform, levels: list[in
 ELASTIX_MISSING = "itk-elastix is not installed (make bench installs it)"
 
 
-def elastix_affine(folder: Path, fixed: Volume, levels: int, metric: str) -> tuple[sitk.Transform, float] | None:
-    """elastix's default affine registration of ``folder``'s fixed.nrrd and moving.nrrd with ``metric``:
-    the transform (as a displacement field on the fixed grid) and the wall time; None without itk-elastix."""
+def elastix_registration(folder: Path, fixed: Volume, levels: int, metric: str,
+                         bspline_spacing_mm: float | None = None) -> tuple[sitk.Transform, float] | None:
+    """elastix's default affine registration of ``folder``'s fixed.nrrd and moving.nrrd with ``metric``, then its
+    default B-spline one on a grid of ``bspline_spacing_mm`` if given: the transform (as a displacement field on the
+    fixed grid) and the wall time; None without itk-elastix."""
     try:
         import itk
         elastix = itk.elastix_registration_method
@@ -149,6 +151,10 @@ def elastix_affine(folder: Path, fixed: Volume, levels: int, metric: str) -> tup
     affine = parameters.GetDefaultParameterMap("affine", levels)
     affine["Metric"] = [metric]
     parameters.AddParameterMap(affine)
+    if bspline_spacing_mm is not None:
+        bspline = parameters.GetDefaultParameterMap("bspline", levels, bspline_spacing_mm)
+        bspline["Metric"] = [metric, "TransformBendingEnergyPenalty"]
+        parameters.AddParameterMap(bspline)
     start = time.perf_counter()
     f = itk.imread(str(folder / "fixed.nrrd"), itk.F)
     m = itk.imread(str(folder / "moving.nrrd"), itk.F)

@@ -1,8 +1,8 @@
 """The response measure at any size: a level's revealed values as a matrix-free operator, solved by LSQR.
 
 ``solve`` forms A^T A densely, which limits it to a few thousand voxels: the coarse levels of 2D slices.
-Here A is applied product by product (A x: each product's Phi^T (g * x) and cross term; A^T y: back
-through the same basis), so a 3D level of 100,000 sampled voxels costs a few sparse products per
+Here A is applied sample set by sample set (A x: each product's Phi^T (g * x) and cross term; A^T y:
+back through the same basis), so a 3D level of 100,000 sampled voxels costs a few sparse products per
 iteration. Undamped, the minimum-norm solution of A x = A c is c's projection onto the equations' row
 space: everything of the change c that the revealed values determine, which is the most any attacker
 can follow of it from exact values (``solve.Spectrum.response`` at damping 0, without the dense solve).
@@ -20,29 +20,30 @@ from ppir_bench.attack.record import Product
 
 @dataclass
 class _Block:
-    """One product's equations over the columns ``cols`` (its samples among the level's voxels)."""
+    """The equations of one sample set's products over the columns ``cols`` (its samples among the level's
+    voxels): every product's channels side by side, so each iteration applies the basis once per sample set."""
 
     cols: np.ndarray
-    basis: object              # the sample set's basis: ``phi`` (N x K sparse) or ``matrix`` (N x q)
-    g: np.ndarray              # (N, d) channels, each over its largest magnitude
-    w: np.ndarray              # (N,) warped intensities, over their largest magnitude
+    basis: object              # the sample set's basis: ``phi`` (N x K sparse) or ``matrix`` (N x q), columns scaled
+    g: np.ndarray              # (N, channels of every product), each over its largest magnitude
+    w: np.ndarray              # (N, products): warped intensities, each over its largest magnitude
+
+    def _phi(self):
+        return self.basis.phi if isinstance(self.basis, BSplineBasis) else self.basis.matrix
 
     @property
     def rows(self) -> int:
-        outputs = self.basis.phi.shape[1] if isinstance(self.basis, BSplineBasis) else self.basis.matrix.shape[1]
-        return outputs * self.g.shape[1] + 1
+        return self._phi().shape[1] * self.g.shape[1] + self.w.shape[1]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         xs = x[self.cols]
-        gx = self.g * xs[:, None]
-        r = (self.basis.phi.T @ gx) if isinstance(self.basis, BSplineBasis) else self.basis.matrix.T @ gx
-        return np.concatenate([np.asarray(r).T.ravel(), [self.w @ xs]])
+        r = np.asarray(self._phi().T @ (self.g * xs[:, None]))
+        return np.concatenate([r.ravel(), self.w.T @ xs])
 
     def backward(self, y: np.ndarray, out: np.ndarray) -> None:
-        d = self.g.shape[1]
-        r = y[:-1].reshape(d, -1).T                                     # (outputs, d)
-        back = (self.basis.phi @ r) if isinstance(self.basis, BSplineBasis) else self.basis.matrix @ r
-        out[self.cols] += (np.asarray(back) * self.g).sum(axis=1) + self.w * y[-1]
+        split = y.size - self.w.shape[1]
+        back = np.asarray(self._phi() @ y[:split].reshape(-1, self.g.shape[1]))
+        out[self.cols] += (back * self.g).sum(axis=1) + self.w @ y[split:]
 
 
 def _scaled(values: np.ndarray) -> np.ndarray:
@@ -57,13 +58,17 @@ class Equations(LinearOperator):
         self.voxels = np.unique(np.concatenate([p.sample_set.samples for p in products]))
         self.grid = products[0].sample_set.grid
         self.revealed = sum(p.result.r.size + 1 for p in products)
-        self._blocks = []
+        sets: dict[int, list[Product]] = {}
         for p in products:
-            basis = p.sample_set.basis
+            sets.setdefault(id(p.sample_set), []).append(p)
+        self._blocks = []
+        for group in sets.values():
+            basis = group[0].sample_set.basis
             if not isinstance(basis, BSplineBasis):
                 basis = basis.with_matrix(_scaled(basis.matrix))
-            self._blocks.append(_Block(np.searchsorted(self.voxels, p.sample_set.samples), basis,
-                                       _scaled(p.channels), _scaled(p.warped)))
+            self._blocks.append(_Block(np.searchsorted(self.voxels, group[0].sample_set.samples), basis,
+                                       np.hstack([_scaled(p.channels) for p in group]),
+                                       np.stack([_scaled(p.warped) for p in group], axis=1)))
         super().__init__(np.float64, (sum(b.rows for b in self._blocks), len(self.voxels)))
 
     @property

@@ -553,7 +553,8 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
                             "cost on a 1260x1090 2D pair; serve: one fixed party serving 1, 4 and 8 concurrent "
                             "moving parties, MPC and FHE, 3D 2 mm affine (about 10 minutes); privacy: the default "
                             "disclosure policy's cost and the reconstruction attack per level; multimodal: SSD, NCC "
-                            "and MI under each protocol on 3D pairs across scanners and contrasts, next to "
+                            "and MI under each protocol on 3D pairs across scanners and contrasts, affine and "
+                            "B-spline, next to "
                             "SimpleITK's and elastix's Mattes MI; mi: the journal's private MI setting, 3D affine "
                             "Mattes MI at 120x110x140 with 10%% samples, clear, MPC and FHE on a PET-like pair, "
                             "clear and MPC on a T2-like one (about 5 minutes) (default: quick)")

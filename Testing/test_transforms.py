@@ -168,3 +168,44 @@ def gradient_check_point(image, kind: str, bspline_step: float, linear_steps: tu
     if kind == "affine":
         p[1:4] += [0.03, -0.02, -0.04]
     return model, p, np.where(np.arange(len(p)) < len(p) - 2, *linear_steps)
+
+
+def _linear_deformation(volume, k):
+    """A B-spline model whose deformation is D(x) = K (x - c) over the image: cubic B-splines reproduce
+    linear functions, so coefficients K (x_k - c) at the control points give it exactly."""
+    control = control_grid_for(volume.grid, 25.0)
+    model = BSplineModel(control, np.eye(volume.dim), np.zeros(volume.dim), volume.grid.center())
+    coef = (control.grid.points() - volume.grid.center()) @ np.asarray(k).T
+    return model, coef.T.ravel()
+
+
+@pytest.mark.parametrize("volume_name", ["slice_2d", "mni_4mm"])
+def test_bspline_jacobian_determinants_are_exact_on_a_linear_deformation(request, volume_name):
+    """det(I + K) at every lattice point, on an oblique anisotropic grid; <= 0 where K folds."""
+    volume = request.getfixturevalue(volume_name)
+    volume = oblique(volume, [1.5, 2.5, 3.0][: volume.dim])
+    rng = np.random.default_rng(2)
+    k = rng.normal(scale=0.2, size=(volume.dim, volume.dim))
+    model, p = _linear_deformation(volume, k)
+    np.testing.assert_allclose(model.warp(volume.grid.points()[:50], p, model.basis(volume.grid.points()[:50])),
+                               volume.grid.points()[:50] + (volume.grid.points()[:50] - volume.grid.center()) @ k.T,
+                               atol=1e-8)
+    det = model.jacobian_determinants(volume.grid, p)
+    assert len(det) >= 4 ** volume.dim
+    np.testing.assert_allclose(det, np.linalg.det(np.eye(volume.dim) + k), rtol=1e-6)
+    np.testing.assert_allclose(model.jacobian_determinants(volume.grid, np.zeros_like(p)), 1.0, atol=1e-9)
+    folding = -2.0 * np.eye(volume.dim)[:1].T @ np.eye(volume.dim)[:1]     # x -> -x: det(I + K) = -1
+    model, p = _linear_deformation(volume, folding)
+    np.testing.assert_allclose(model.jacobian_determinants(volume.grid, p), -1.0, rtol=1e-6)
+
+
+def test_the_driver_refuses_a_folded_bspline_result(mni_4mm):
+    """The check after every B-spline level: a deformation folding anywhere over the fixed image is a
+    divergence (exit 4) naming the level; one that does not fold passes."""
+    from ppir.engine.driver import Diverged, _check_folding
+    model, p = _linear_deformation(mni_4mm, np.diag([0.1, -0.1, 0.05]))
+    _check_folding(model, mni_4mm.grid, 1, p)
+    model, p = _linear_deformation(mni_4mm, np.diag([0.1, -0.1, 0.05]))
+    p[model.control.n_points // 2] += 500.0         # one control point's x-coefficient: a local fold
+    with pytest.raises(Diverged, match=r"bspline stage, level 1\): the deformation folds at .* %"):
+        _check_folding(model, mni_4mm.grid, 1, p)

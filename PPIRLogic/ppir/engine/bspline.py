@@ -19,6 +19,8 @@ import SimpleITK as sitk
 from ppir.engine.basis import BSplineBasis, ControlGrid
 from ppir.engine.image import Grid
 
+FOLD_LATTICE = 4        # points per control-point spacing at which ``jacobian_determinants`` looks for folds
+
 
 def control_grid_for(fixed: Grid, spacing_mm: float) -> ControlGrid:
     """A control grid covering the fixed image with about ``spacing_mm`` between control points."""
@@ -150,13 +152,43 @@ class BSplineModel:
             raise RuntimeError("conjugate gradients failed on the B-spline system")
         return step
 
-    def to_sitk(self, p: np.ndarray) -> sitk.Transform:
+    def jacobian_determinants(self, box: Grid, p: np.ndarray) -> np.ndarray:
+        """det(I + dD/dx) on a lattice over ``box``'s extent, FOLD_LATTICE points per control-point spacing
+        (D is one cubic per control cell, so a finer lattice shows nothing new): <= 0 where D folds.
+
+        Central differences of D at a step of 10^-3 control spacings (exact up to rounding for a cubic);
+        the lattice is inset by that step, so that every difference stays inside the grid's valid region.
+        The affine part is left out: it does not fold (and any mirroring is its own, not D's).
+        """
         d = self.dim
-        bspline = sitk.BSplineTransform(d, 3)
+        h = 1e-3 * float(self.control.grid.spacing.min())
+        extent = (np.asarray(box.size, float) - 1.0) * box.spacing - 2.0 * h
+        size = np.array([int(np.ceil(FOLD_LATTICE * e / s)) + 1 if e > 0 else 1
+                         for e, s in zip(extent, self.control.grid.spacing)])
+        spacing = np.where(size > 1, extent / np.maximum(size - 1, 1), 1.0)
+        start = box.origin + box.direction @ np.full(d, h)
+        bspline = self._bspline(p)
+
+        def field(offset: np.ndarray) -> np.ndarray:
+            image = sitk.TransformToDisplacementField(
+                bspline, sitk.sitkVectorFloat64, [int(n) for n in size], tuple(float(v) for v in start + offset),
+                tuple(float(v) for v in spacing), tuple(float(v) for v in box.direction.ravel()))
+            return sitk.GetArrayFromImage(image).reshape(-1, d)
+
+        jacobian = np.stack([(field(h * e) - field(-h * e)) / (2.0 * h) for e in np.eye(d)], axis=-1)
+        return np.linalg.det(np.eye(d) + jacobian)
+
+    def _bspline(self, p: np.ndarray) -> sitk.BSplineTransform:
+        bspline = sitk.BSplineTransform(self.dim, 3)
         g = self.control.grid
         bspline.SetFixedParameters(tuple(float(v) for v in np.concatenate(
             [np.asarray(g.size, float), g.origin, g.spacing, g.direction.ravel()])))
         bspline.SetParameters(tuple(float(v) for v in p))
+        return bspline
+
+    def to_sitk(self, p: np.ndarray) -> sitk.Transform:
+        d = self.dim
+        bspline = self._bspline(p)
         affine = sitk.AffineTransform(d)
         affine.SetCenter(tuple(float(v) for v in self.center))
         affine.SetMatrix(tuple(float(v) for v in self.affine.ravel()))

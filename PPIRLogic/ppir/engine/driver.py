@@ -32,13 +32,15 @@ NOISE_FLOOR = 1e-3
 
 
 class Diverged(PPIRError):
-    """The registration left the images' overlap or ended with a worse metric than it started with."""
+    """The registration left the images' overlap, ended with a worse metric than it started with, or folded."""
 
     exit_code = 4
 
 
 ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), --metric mi (other contrasts or "
           "modalities), more or coarser --levels, or the other --init")
+FOLD_ADVICE = ("try a larger --bspline-regularization, --bspline-levels without the coarsest level, a coarser "
+               "--bspline-spacing or, with --metric mi, more --histogram-bins")
 
 
 @dataclass
@@ -197,7 +199,7 @@ def _check_overlap(moving: Volume, fixed: Grid) -> None:
 
 def register(moving: Volume, backend: JointBackend, settings: Settings,
              progress: Progress | None = None, initial: sitk.Transform | None = None,
-             moving_mask: Volume | None = None) -> Result:
+             moving_mask: Volume | None = None, check_folding: bool = True) -> Result:
     """Register ``moving`` to the fixed image behind ``backend``; returns the fixed->moving transform.
 
     ``initial`` (a linear fixed->moving transform) is the starting point instead of
@@ -205,6 +207,8 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     ``moving_mask`` (on the moving grid, ``ppir.engine.masks``; ``settings.moving_mask`` says there is
     one) restricts every sample set to the fixed voxels the current transform maps into it; it never
     reaches the backend either, but the sample indices show where it falls on the fixed grid.
+    A B-spline level that ends folded raises ``Diverged`` unless ``check_folding`` is off (the privacy
+    benchmarks, which record what a run releases, whatever it ends with).
     """
     fixed = backend.fixed_grid
     check_pair(fixed, moving.grid)
@@ -227,15 +231,16 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
         a, t = model.matrix(p)
         model = BSplineModel(control_grid_for(fixed, settings.bspline_spacing_mm), a, t, model.center)
         p = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
-                       progress, ledger, moving_mask)
+                       progress, ledger, moving_mask, check_folding)
     last = reports[-1]
     return Result(model.to_sitk(p), model, p, reports, last.final_ssd, settings.metric, last.value)
 
 
-def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None, moving_mask=None):
+def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None, moving_mask=None,
+               check_folding=False):
     """Run one stage through its levels; returns its parameters. Raises ``Diverged`` (naming what
-    happened) when the transform leaves the images' overlap or the stage ends with a worse metric, at
-    its finest level, than at its starting parameters."""
+    happened) when the transform leaves the images' overlap, the stage ends with a worse metric, at
+    its finest level, than at its starting parameters, or (``check_folding``) a level ends folded."""
     start = p.copy()
     for number, spec in enumerate(specs):
         began = time.perf_counter()
@@ -252,6 +257,8 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
                                    level.joint_products, settings.metric, state.value, state.ssd,
                                    time.perf_counter() - began))
         _check_divergence(level, stage, spec.factor, start, p, state, at_start)
+        if check_folding:
+            _check_folding(model, backend.fixed_grid, spec.factor, p)
     return p
 
 
@@ -267,6 +274,22 @@ def _check_divergence(level: "Level", stage: str, factor: int, start: np.ndarray
         raise Diverged(f"the registration diverged ({stage} stage, level {factor}): the {level.metric.upper()} "
                        f"ended at {state.value:.6g}, worse than {at_start.value:.6g} at the starting transform; "
                        f"{ADVICE}")
+
+
+def _check_folding(model: BSplineModel, fixed: Grid, factor: int, p: np.ndarray) -> None:
+    """Raise ``Diverged`` if the deformation at the end of a B-spline level folds anywhere over the fixed
+    image (a Jacobian determinant <= 0): no anatomy maps so, whatever the metric says. Where a level's voxels
+    are coarse for the control grid, the metric (MI above all) can rise by folding, and the finer levels start
+    from there: undoing the fold does not bring them back (they end worse than without that level), so the
+    level that folds is the one named.
+    The moving party's own check (its transform and the fixed grid's geometry; nothing reaches the fixed party).
+    """
+    det = model.jacobian_determinants(fixed, p)
+    folded = float(np.mean(det <= 0.0))
+    if folded > 0:
+        raise Diverged(f"the registration diverged (bspline stage, level {factor}): the deformation folds at "
+                       f"{100 * folded:.2g} % of the fixed image (Jacobian determinant down to {det.min():.2f}); "
+                       f"{FOLD_ADVICE}")
 
 
 def _worse(start: float, final: float, state: Evaluation) -> bool:

@@ -139,23 +139,26 @@ class RecordingBackend(JointBackend):
 
 
 def record_clear(fixed: Volume, moving: Volume, settings: Settings, policy: DisclosurePolicy | None = None):
-    """A clear ``register`` run under the fixed party's ``policy`` (None: none); returns (result, recording)."""
+    """A clear ``register`` run under the fixed party's ``policy`` (None: none); returns (result, recording).
+    A B-spline run goes on past a level that folds: what the run released is what is measured."""
     backend = ClearBackend(fixed, policy)
     recorder = RecordingBackend(backend)
-    result = register(moving, recorder, settings)
+    result = register(moving, recorder, settings, check_folding=False)
     recorder.recording.disclosure = backend.disclosure()
     return result, recorder.recording
 
 
 @contextlib.contextmanager
 def recording_moving_party() -> Iterator[Recording]:
-    """While active, every ``register`` the moving-party role runs records through its real backend."""
+    """While active, every ``register`` the moving-party role runs records through its real backend (and goes
+    on past a B-spline level that folds, as ``record_clear`` does)."""
     from ppir.app import roles
     recording = Recording()
     original = roles.register
 
     def recorded(moving, backend, settings, progress=None, initial=None, moving_mask=None):
-        return original(moving, RecordingBackend(backend, recording), settings, progress, initial, moving_mask)
+        return original(moving, RecordingBackend(backend, recording), settings, progress, initial, moving_mask,
+                        check_folding=False)
 
     roles.register = recorded
     try:

@@ -39,8 +39,13 @@ class Diverged(PPIRError):
 
 ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), --metric mi (other contrasts or "
           "modalities), more or coarser --levels, or the other --init")
-FOLD_ADVICE = ("try a larger --bspline-regularization, --bspline-levels without the coarsest level, a coarser "
-               "--bspline-spacing or, with --metric mi, more --histogram-bins")
+FOLD_ADVICE = {"ssd": "try --metric ncc or mi if the images come from different scanners or contrasts (SSD then folds "
+                      "the grid to match intensities), a larger --bspline-regularization, --bspline-levels without the "
+                      "coarsest level, or a coarser --bspline-spacing",
+               "ncc": "try a larger --bspline-regularization, --bspline-levels without the coarsest level, a coarser "
+                      "--bspline-spacing, or --metric mi across contrasts",
+               "mi": "try a larger --bspline-regularization, --bspline-levels without the coarsest level, a coarser "
+                     "--bspline-spacing or more --histogram-bins"}
 
 
 @dataclass
@@ -258,7 +263,7 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
                                    time.perf_counter() - began))
         _check_divergence(level, stage, spec.factor, start, p, state, at_start)
         if check_folding:
-            _check_folding(model, backend.fixed_grid, spec.factor, p)
+            _check_folding(model, backend.fixed_grid, spec.factor, p, settings.metric)
     return p
 
 
@@ -276,10 +281,11 @@ def _check_divergence(level: "Level", stage: str, factor: int, start: np.ndarray
                        f"{ADVICE}")
 
 
-def _check_folding(model: BSplineModel, fixed: Grid, factor: int, p: np.ndarray) -> None:
+def _check_folding(model: BSplineModel, fixed: Grid, factor: int, p: np.ndarray, metric: str) -> None:
     """Raise ``Diverged`` if the deformation at the end of a B-spline level folds anywhere over the fixed
     image (a Jacobian determinant <= 0): no anatomy maps so, whatever the metric says. Where a level's voxels
-    are coarse for the control grid, the metric (MI above all) can rise by folding, and the finer levels start
+    are coarse for the control grid (MI above all), or the metric does not fit the intensities (SSD across
+    scanners), the metric improves by folding, and the finer levels start
     from there: undoing the fold does not bring them back (they end worse than without that level), so the
     level that folds is the one named.
     The moving party's own check (its transform and the fixed grid's geometry; nothing reaches the fixed party).
@@ -289,7 +295,7 @@ def _check_folding(model: BSplineModel, fixed: Grid, factor: int, p: np.ndarray)
     if folded > 0:
         raise Diverged(f"the registration diverged (bspline stage, level {factor}): the deformation folds at "
                        f"{100 * folded:.2g} % of the fixed image (Jacobian determinant down to {det.min():.2f}); "
-                       f"{FOLD_ADVICE}")
+                       f"{FOLD_ADVICE[metric]}")
 
 
 def _worse(start: float, final: float, state: Evaluation) -> bool:

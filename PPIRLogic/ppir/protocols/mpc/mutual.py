@@ -87,8 +87,8 @@ class FixedBins:
 
 
 def encode_fast(values: np.ndarray, bits: int) -> torch.Tensor:
-    """The fixed-point encoding of ``ring.encode`` (truncation towards zero), without CrypTen's float round trip."""
-    return torch.from_numpy((np.asarray(values, dtype=np.float64) * float(2 ** bits)).astype(np.int64))
+    """The fixed-point encoding of ``ring.encode`` (rounded to the nearest step), without CrypTen's float round trip."""
+    return torch.from_numpy(np.rint(np.asarray(values, dtype=np.float64) * float(2 ** bits)).astype(np.int64))
 
 
 class MovingHistogram:

@@ -118,6 +118,11 @@ def _fmt_details(values: list[float]) -> str:
     return f"{100 * v.min():.0f}–{100 * v.max():.0f} %" if v.size else "n/a"
 
 
+def _per_detail(values: list[float], discs) -> str:
+    """Each detail's share by its radius ("-" where the level has no sample in it or its ring)."""
+    return ", ".join(f"{d.radius_mm:g} mm: " + (f"{100 * v:.0f} %" if np.isfinite(v) else "-") for v, d in zip(values, discs))
+
+
 def pair(name: str, kind: str, seed: int, folder: Path):
     f, m, gt, discs = pair_with_details(image(name), kind, seed, folder)
     return read_image(f), read_image(m), sitk.ReadTransform(str(gt)), discs
@@ -188,7 +193,7 @@ def response(args) -> None:
     the revealed values determine (``sparse.response``: the undamped projection, the most an attacker can follow)."""
     from ppir.engine.disclosure import DisclosurePolicy
     print("| image | transform | sampling | B-spline levels | TRE (policy-free) mm | level | unknowns | revealed | ratio | "
-          "details: response | LSQR residual |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "details: response | per detail | LSQR residual |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.transforms:
             fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
@@ -208,7 +213,8 @@ def response(args) -> None:
                     equations, shares, residual = projected(products, fixed, discs)
                     print(f"| {args.image} | {kind} | {args.sampling} | {args.bspline_levels or '-'} | {error} | "
                           f"x{products[0].sample_set.spec.factor} | {equations.unknowns} | {equations.revealed} | "
-                          f"{equations.revealed / equations.unknowns:.3f} | {_fmt_details(shares)} | {residual:.1e} |",
+                          f"{equations.revealed / equations.unknowns:.3f} | {_fmt_details(shares)} | "
+                          f"{_per_detail(shares, discs)} | {residual:.1e} |",
                           flush=True)
 
 

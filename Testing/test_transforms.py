@@ -202,7 +202,9 @@ def test_bspline_jacobian_determinants_are_exact_on_a_linear_deformation(request
 def test_the_driver_refuses_a_folded_bspline_result(mni_4mm):
     """The check after every B-spline level: a deformation folding anywhere over the fixed image is a
     divergence (exit 4) naming the level; one that does not fold passes."""
-    from ppir.engine.driver import Diverged, _check_folding
+    from ppir.engine.driver import METRIC_FOLD_ADVICE, Diverged, _check_folding
+    from ppir.engine.settings import METRICS
+    assert set(METRIC_FOLD_ADVICE) == set(METRICS)          # every metric's message has its advice
     model, p = _linear_deformation(mni_4mm, np.diag([0.1, -0.1, 0.05]))
     _check_folding(model, mni_4mm.grid, 1, p, "ssd")
     model, p = _linear_deformation(mni_4mm, np.diag([0.1, -0.1, 0.05]))

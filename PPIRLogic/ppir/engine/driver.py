@@ -39,13 +39,12 @@ class Diverged(PPIRError):
 
 ADVICE = ("try --metric ncc (scanners with different gain or contrast curves), --metric mi (other contrasts or "
           "modalities), more or coarser --levels, or the other --init")
-FOLD_ADVICE = {"ssd": "try --metric ncc or mi if the images come from different scanners or contrasts (SSD then folds "
-                      "the grid to match intensities), a larger --bspline-regularization, --bspline-levels without the "
-                      "coarsest level, or a coarser --bspline-spacing",
-               "ncc": "try a larger --bspline-regularization, --bspline-levels without the coarsest level, a coarser "
-                      "--bspline-spacing, or --metric mi across contrasts",
-               "mi": "try a larger --bspline-regularization, --bspline-levels without the coarsest level, a coarser "
-                     "--bspline-spacing or more --histogram-bins"}
+FOLD_ADVICE = ("a larger --bspline-regularization, --bspline-levels without the coarsest level, or a coarser "
+               "--bspline-spacing")
+METRIC_FOLD_ADVICE = {"ssd": "--metric ncc or mi if the images come from different scanners or contrasts (SSD then "
+                             "folds the grid to match intensities)",
+                      "ncc": "--metric mi across contrasts",
+                      "mi": "more --histogram-bins"}
 
 
 @dataclass
@@ -295,7 +294,7 @@ def _check_folding(model: BSplineModel, fixed: Grid, factor: int, p: np.ndarray,
     if folded > 0:
         raise Diverged(f"the registration diverged (bspline stage, level {factor}): the deformation folds at "
                        f"{100 * folded:.2g} % of the fixed image (Jacobian determinant down to {det.min():.2f}); "
-                       f"{FOLD_ADVICE[metric]}")
+                       f"try {METRIC_FOLD_ADVICE[metric]}, {FOLD_ADVICE}")
 
 
 def _worse(start: float, final: float, state: Evaluation) -> bool:

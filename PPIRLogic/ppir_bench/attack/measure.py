@@ -120,7 +120,8 @@ def _fmt_details(values: list[float]) -> str:
 
 def _per_detail(values: list[float], discs) -> str:
     """Each detail's share by its radius ("-" where the level has no sample in it or its ring)."""
-    return ", ".join(f"{d.radius_mm:g} mm: " + (f"{100 * v:.0f} %" if np.isfinite(v) else "-") for v, d in zip(values, discs))
+    return ", ".join(f"{d.radius_mm:g} mm: " + (f"{100 * v:.0f} %" if np.isfinite(v) else "-")
+                     for v, d in zip(values, discs))
 
 
 def pair(name: str, kind: str, seed: int, folder: Path):

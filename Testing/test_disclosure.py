@@ -92,14 +92,40 @@ def test_epsilon_composes_with_the_rdp_accountant():
 def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice_2d):
     fine = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=8.0, sampling="urs",
                     sample_fraction=0.2)
-    with pytest.raises(DisclosureRefused, match=r"at level 2 the bspline stage needs 4918 values for 819 samples: .*--bspline-spacing [\d.]+ mm or more") \
-            as err:
+    finest = Settings(**{**fine.to_dict(), "bspline_levels": [1], "sampling": "full"})
+    for policy, settings, limit in [
+            (DisclosurePolicy(min_samples_per_control_point=0), fine,
+             r"at level 2 the bspline stage needs 4918 values for 819 samples"),
+            (DisclosurePolicy(), finest, r"at level 1 the grid's 1225 control points share 16384 samples \(13.4 each\)")]:
+        with pytest.raises(DisclosureRefused, match=limit + r": .*--bspline-spacing [\d.]+ mm or more") as err:
+            check_plan(policy, settings, slice_2d.grid)
+        suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
+        check_plan(policy, Settings(**{**settings.to_dict(), "bspline_spacing_mm": suggested}), slice_2d.grid)
+    with pytest.raises(DisclosureRefused, match=r"share 819 samples \(0.7 each\): no control grid fits at this "
+                                                r"level: use --bspline-levels without 2, or full sampling"):
         check_plan(DisclosurePolicy(), fine, slice_2d.grid)
-    suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
-    check_plan(DisclosurePolicy(), Settings(**{**fine.to_dict(), "bspline_spacing_mm": suggested}), slice_2d.grid)
     with pytest.raises(DisclosureRefused, match="under the fixed party's minimum"):
         check_plan(DisclosurePolicy(min_samples=5000), Settings(sampling="urs"), slice_2d.grid)
-    check_plan(DisclosurePolicy(), Settings(transform="bspline", bspline_spacing_mm=40.0), slice_2d.grid)
+    check_plan(DisclosurePolicy(), Settings(transform="bspline", bspline_spacing_mm=40.0, bspline_levels=[1]),
+               slice_2d.grid)
+
+
+def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d):
+    """The fixed party counts samples per touched control point on the set it receives: a moving party that
+    skips the plan check (or draws fewer samples than it planned) is refused before any product."""
+    settings = Settings(transform="bspline", sampling="full", bspline_spacing_mm=40.0, bspline_levels=[1])
+    control = control_grid_for(slice_2d.grid, 40.0)
+    for samples, accepted in [(None, True), (np.arange(0, slice_2d.grid.n_voxels, 20), False)]:
+        backend = ClearBackend(slice_2d, DisclosurePolicy())
+        backend.agree(settings)
+        grid = backend.start_level(LevelSpec(1, 0.0))
+        basis = BSplineBasis(grid.points(samples), control)
+        if accepted:
+            backend.set_samples(samples, basis)
+            continue
+        with pytest.raises(DisclosureRefused, match=r"820 samples touch 100 control points, 8.2 samples per control "
+                                                    r"point, under the fixed party's minimum of 90"):
+            backend.set_samples(samples, basis)
 
 
 def test_the_driver_ends_a_level_when_its_budget_is_spent(tmp_path, slice_2d):
@@ -113,7 +139,7 @@ def test_the_driver_ends_a_level_when_its_budget_is_spent(tmp_path, slice_2d):
 
 def test_noise_has_the_policys_size(slice_2d):
     """Two answers to the same product differ by noise of sqrt(2) x multiplier x sensitivity (normalised)."""
-    policy = DisclosurePolicy(noise_multiplier=2.0, max_products=10, max_ratio=math.inf)
+    policy = DisclosurePolicy(noise_multiplier=2.0, max_products=10, max_ratio=math.inf, min_samples_per_control_point=0)
     backend = ClearBackend(slice_2d, policy, seed=5)
     settings = Settings(transform="bspline", sampling="full")
     backend.agree(settings)
@@ -190,7 +216,8 @@ def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protoc
     write_image(slice_2d, tmp_path / "fixed.nrrd")
     roles = ["moving", "fixed", *(["dealer"] if protocol == "mpc" else [])]
     folders = local_identities(tmp_path / "ids", roles)
-    DisclosurePolicy(noise_multiplier=2.0, max_ratio=math.inf, max_products=10).write(tmp_path / "policy.toml")
+    DisclosurePolicy(noise_multiplier=2.0, max_ratio=math.inf, max_products=10,
+                     min_samples_per_control_point=0).write(tmp_path / "policy.toml")
     started = []
     try:
         dealer = None

@@ -8,6 +8,10 @@ party therefore
 - counts, per pyramid level, the values it has revealed against the unknowns the moving party could
   be solving for (the distinct voxels sampled at that level, over every sample set and stage), and
   refuses a product that would take the ratio over ``max_ratio``;
+- refuses a B-spline sample set with fewer than ``min_samples_per_control_point`` sampled voxels per control
+  point it touches: each B-spline output is a local sum, so what bounds how much of a small detail its
+  values determine is how many samples share each output, not the level's global ratio (measured in
+  docs/security.md);
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
   ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
   allowed (GMS indices trace the moving image's edges; MI's histograms show J's bin at the samples);
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,6 +71,7 @@ class DisclosurePolicy:
     max_epsilon: float = math.inf
     delta: float = DELTA
     max_mask_fraction: float = 0.5
+    min_samples_per_control_point: float = 90.0
 
     def __post_init__(self) -> None:
         if not self.max_ratio > 0:
@@ -74,6 +79,9 @@ class DisclosurePolicy:
         if isinstance(self.max_mask_fraction, bool) or not isinstance(self.max_mask_fraction, (int, float)) \
                 or not 0 < self.max_mask_fraction <= 1:
             raise PPIRError(f"disclosure policy: max_mask_fraction must be in (0, 1], got {self.max_mask_fraction!r}")
+        floor = self.min_samples_per_control_point
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
+            raise PPIRError(f"disclosure policy: min_samples_per_control_point must be a number >= 0, got {floor!r}")
         for name in ("min_samples", "max_sample_sets", "max_products"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -92,7 +100,7 @@ class DisclosurePolicy:
     def off(cls) -> "DisclosurePolicy":
         """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
         return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
-                   allow_gms=True, allow_mi=True, max_mask_fraction=1.0)
+                   allow_gms=True, allow_mi=True, max_mask_fraction=1.0, min_samples_per_control_point=0.0)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -179,12 +187,16 @@ def product_values(outputs: int, dim: int, metric: str = "ssd", bins: int = BINS
     return outputs * dim + (bins * bins if metric == "mi" else 1)
 
 
+def touched_outputs(basis) -> int:
+    """How many basis outputs the samples touch (B-spline: the control points whose support holds a sample)."""
+    if hasattr(basis, "control"):
+        return np.unique(np.asarray(basis.phi.indices)).size if basis.n_samples else 0
+    return basis.matrix.shape[1]
+
+
 def values_per_product(basis, dim: int, metric: str = "ssd", bins: int = BINS) -> int:
     """Values one product reveals: r for every output the samples touch, and the cross term (or MI's histogram)."""
-    if hasattr(basis, "control"):
-        touched = np.unique(np.asarray(basis.phi.indices)).size if basis.n_samples else 0
-        return product_values(touched, dim, metric, bins)
-    return product_values(basis.matrix.shape[1], dim, metric, bins)
+    return product_values(touched_outputs(basis), dim, metric, bins)
 
 
 def output_scales(basis) -> np.ndarray:
@@ -306,6 +318,19 @@ class DisclosureLedger:
             raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
                                     "party's limit: drop --resample-each-iteration")
 
+    def _check_density(self, basis) -> None:
+        """Refuse a B-spline sample set with fewer than ``min_samples_per_control_point`` samples per touched output."""
+        floor = self.policy.min_samples_per_control_point
+        if not hasattr(basis, "control") or not floor or not basis.n_samples:
+            return
+        touched = touched_outputs(basis)
+        if basis.n_samples < floor * touched:
+            raise DisclosureRefused(
+                f"at level {self._level.factor} the B-spline stage's {basis.n_samples} samples touch {touched} "
+                f"control points, {basis.n_samples / touched:.1f} samples per control point, under the fixed "
+                f"party's minimum of {floor:g} (min_samples_per_control_point): use a coarser --bspline-spacing, "
+                "a larger --sample-fraction, or --bspline-levels without this level")
+
     def kept(self, kept: int, offered: int) -> None:
         """After the fixed party's mask: refuse if fewer than ``min_samples`` of the ``offered`` samples are kept."""
         if kept < self.policy.min_samples:
@@ -320,6 +345,7 @@ class DisclosureLedger:
         self._check_set(samples)
         if samples is not None and has_repeats(samples):
             raise DisclosureRefused("a sample set with repeated voxels")
+        self._check_density(basis)
         level.sample_sets += 1
         if samples is None:
             level.sampled[:] = True
@@ -380,6 +406,22 @@ class DisclosureLedger:
                 "levels": [level.to_dict(self.policy) for level in self.levels.values()]}
 
 
+def fit_bspline_levels(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False):
+    """``settings`` with the B-spline stage kept to the levels ``policy`` serves, when the user left
+    ``bspline_levels`` unset (the stage then follows ``levels``). Unchanged when the user chose them, or when
+    no level fits: ``check_plan`` then names the limit."""
+    if settings.transform != "bspline" or settings.bspline_levels is not None:
+        return settings
+    fitting = []
+    for factor in settings.levels:
+        try:
+            check_plan(policy, replace(settings, bspline_levels=[factor]), fixed, fixed_mask)
+        except DisclosureRefused:
+            continue
+        fitting.append(factor)
+    return replace(settings, bspline_levels=fitting) if fitting else settings
+
+
 def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False) -> None:
     """Before the first product: raise DisclosureRefused, naming the limit and what would fit, if some level
     of these settings cannot run two products (one evaluation and one step) under ``policy``.
@@ -415,23 +457,43 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
                     f"or drop level {factor}")
             used = revealed.get(factor, 0) + values_per_sample_set(settings.metric) + 2 * per_product
             allowed = policy.max_ratio * samples
+            more = "" if settings.sampling == "full" else ", or full sampling"
+            room = allowed - used + 2 * per_product
+
+            def grid_hint() -> str:
+                spacing = _fitting_spacing(fixed, settings, room, d, samples, policy)
+                if spacing is None:
+                    return f"no control grid fits at this level: use --bspline-levels without {factor}{more}"
+                return f"use --bspline-spacing {spacing} mm or more, --bspline-levels without {factor}{more}"
+            if stage == "bspline" and samples < policy.min_samples_per_control_point * points:
+                raise DisclosureRefused(
+                    f"the fixed party asks for at least {policy.min_samples_per_control_point:g} sampled voxels per "
+                    f"B-spline control point (min_samples_per_control_point); at level {factor} the grid's {points} "
+                    f"control points share {samples} samples ({samples / points:.1f} each): {grid_hint()}")
             if used > allowed:
-                more = "" if settings.sampling == "full" else ", or full sampling"
-                room = allowed - used + 2 * per_product
-                hint = (f"use a coarser grid (--bspline-spacing {_fitting_spacing(fixed, settings, room, d)} mm or more; "
-                        f"{points} control points now), --bspline-levels without {factor}{more}"
-                        if stage == "bspline" else f"use fewer --levels{more} or a larger --sample-fraction")
+                hint = (f"{points} control points; {grid_hint()}" if stage == "bspline"
+                        else f"use fewer --levels{more} or a larger --sample-fraction")
                 raise DisclosureRefused(
                     f"the fixed party reveals at most {policy.max_ratio:g} values per sampled voxel; at level "
                     f"{factor} the {stage} stage needs {used} values for {samples} samples: {hint}")
             revealed[factor] = used
 
 
-def _fitting_spacing(fixed, settings, room: float, d: int) -> float:
-    """The smallest control-point spacing (in steps of 25 %) whose two products fit in ``room`` values."""
+def _fitting_spacing(fixed, settings, room: float, d: int, samples: int, policy: DisclosurePolicy) -> float | None:
+    """The smallest control-point spacing (in steps of 25 %) whose two products fit in ``room`` values with
+    at least ``policy.min_samples_per_control_point`` of the ``samples`` per control point; None if even
+    the coarsest grid (one cell across the image) does not."""
     from ppir.engine.bspline import control_grid_for
+
+    def fits(spacing: float) -> bool:
+        points = control_grid_for(fixed, spacing).n_points
+        return (2 * product_values(points, d, settings.metric, settings.histogram_bins) <= room
+                and samples >= policy.min_samples_per_control_point * points)
+
+    widest = float(np.max((np.asarray(fixed.size) - 1) * fixed.spacing))
     spacing = settings.bspline_spacing_mm
-    while spacing < 1e4 and 2 * product_values(control_grid_for(fixed, spacing).n_points, d, settings.metric,
-                                             settings.histogram_bins) > room:
+    while not fits(spacing):
+        if spacing >= widest:
+            return None
         spacing *= 1.25
     return round(spacing, 1)

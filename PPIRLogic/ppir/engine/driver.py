@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from ppir.common.errors import PPIRError
 from ppir.engine import masks
 from ppir.engine.bspline import BSplineModel, control_grid_for
-from ppir.engine.disclosure import DisclosureLedger, check_plan
+from ppir.engine.disclosure import DisclosureLedger, check_plan, fit_bspline_levels
 from ppir.engine.image import Grid, Volume, check_pair
 from ppir.engine.joint import JointBackend
 from ppir.engine.linear import LinearModel
@@ -223,6 +223,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     if initial is None and settings.initialization == "identity":
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
+    settings = fit_bspline_levels(policy, settings, fixed, backend.fixed_mask)
     check_plan(policy, settings, fixed, backend.fixed_mask)
     ledger = DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins, backend.fixed_mask)
     reports: list[LevelReport] = []

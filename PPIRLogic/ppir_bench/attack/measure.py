@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from ppir.app import data
 from ppir.common.errors import PPIRError
 from ppir.engine import mutual_information as mattes
+from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import tre
 from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
@@ -155,7 +156,6 @@ def baseline(args) -> None:
 def policy(args) -> None:
     """The real disclosure policy (max_ratio x noise multiplier), per transform and level: the run's TRE next to
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
-    from ppir.engine.disclosure import DisclosurePolicy
     print("| transform | grid mm | ratio | noise | TRE (policy-free) mm | products per level | level | unknowns | revealed | "
           "best PSNR (own) dB | details recovered | details: response |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +170,7 @@ def policy(args) -> None:
             grid = f"{spacing:g}" if kind == "bspline" else "-"
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio, sigma in itertools.product(args.ratios, args.sigmas):
-                rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma)
+                rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma, min_samples_per_control_point=args.floor)
                 try:
                     result, recording = record_clear(fixed, moving, settings, rule)
                 except PPIRError as err:          # refused by the policy, or the registration diverged
@@ -192,7 +192,6 @@ def policy(args) -> None:
 def response(args) -> None:
     """The default policy (or ``--ratios``) at any image size, 3D included: per level, the share of each detail that
     the revealed values determine (``sparse.response``: the undamped projection, the most an attacker can follow)."""
-    from ppir.engine.disclosure import DisclosurePolicy
     print("| image | transform | sampling | B-spline levels | TRE (policy-free) mm | level | unknowns | revealed | ratio | "
           "details: response | per detail | LSQR residual |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +204,8 @@ def response(args) -> None:
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio in args.ratios:
                 try:
-                    result, recording = record_clear(fixed, moving, settings, DisclosurePolicy(max_ratio=ratio))
+                    result, recording = record_clear(fixed, moving, settings, DisclosurePolicy(
+                        max_ratio=ratio, min_samples_per_control_point=args.floor))
                 except PPIRError as err:
                     print(f"| {args.image} | {kind} | {args.sampling} | {args.bspline_levels} | stopped: {err} |", flush=True)
                     continue
@@ -231,6 +231,8 @@ def main() -> None:
     parser.add_argument("--transforms", nargs="+", default=["rigid", "affine", "bspline"])
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="pyramid shrink factors (policy)")
     parser.add_argument("--bspline-levels", type=int, nargs="+", default=None)
+    parser.add_argument("--floor", type=float, default=DisclosurePolicy.min_samples_per_control_point,
+                        help="the policy's min_samples_per_control_point (0 for the policy before it)")
     parser.add_argument("--bspline-spacing", type=float, nargs="+", default=[Settings.bspline_spacing_mm],
                         help="control-point spacings (mm) to sweep for the B-spline transform")
     parser.add_argument("--pair", choices=("affine", "bspline"), default=None,

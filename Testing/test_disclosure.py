@@ -18,6 +18,7 @@ from ppir.engine.disclosure import (
     DisclosurePolicy,
     DisclosureRefused,
     check_plan,
+    fit_bspline_levels,
 )
 from ppir.engine.driver import register
 from ppir.engine.image import read_image, write_image
@@ -108,6 +109,22 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
         check_plan(DisclosurePolicy(min_samples=5000), Settings(sampling="urs"), slice_2d.grid)
     check_plan(DisclosurePolicy(), Settings(transform="bspline", bspline_spacing_mm=40.0, bspline_levels=[1]),
                slice_2d.grid)
+
+
+def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, slice_2d):
+    """Levels 2,1 at a 40 mm grid on the 128² slice: level 2 has 41 samples per control point, under the floor
+    of 90, so the B-spline stage runs at level 1 only; levels the user chose are kept, and refused."""
+    settings = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=40.0)
+    assert fit_bspline_levels(DisclosurePolicy(), settings, slice_2d.grid).bspline_levels == [1]
+    assert fit_bspline_levels(DisclosurePolicy.off(), settings, slice_2d.grid).bspline_levels == [2, 1]
+    chosen = Settings(**{**settings.to_dict(), "bspline_levels": [2, 1]})
+    assert fit_bspline_levels(DisclosurePolicy(), chosen, slice_2d.grid) == chosen
+    with pytest.raises(DisclosureRefused, match=r"at level 2 the grid's 100 control points share 4096 samples"):
+        check_plan(DisclosurePolicy(), chosen, slice_2d.grid)
+    synthesize(slice_2d, "bspline", 1, tmp_path)
+    backend = ClearBackend(read_image(tmp_path / "fixed.nrrd"), DisclosurePolicy())
+    result = register(read_image(tmp_path / "moving.nrrd"), backend, settings)
+    assert [(level.stage, level.factor) for level in result.levels] == [("affine", 2), ("affine", 1), ("bspline", 1)]
 
 
 def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d):

@@ -212,7 +212,8 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     one) restricts every sample set to the fixed voxels the current transform maps into it; it never
     reaches the backend either, but the sample indices show where it falls on the fixed grid.
     A B-spline level that ends folded raises ``Diverged`` unless ``check_folding`` is off (the privacy
-    benchmarks, which record what a run releases, whatever it ends with).
+    benchmarks, which record what a run releases, whatever it ends with). A B-spline stage whose levels
+    the settings leave unset runs at the levels the fixed party's policy serves (``fit_bspline_levels``).
     """
     fixed = backend.fixed_grid
     check_pair(fixed, moving.grid)

@@ -263,3 +263,20 @@ def test_rogue_dealer_named_by_the_moving_party_gets_nothing(pair, tmp_path):
     rogue_log = rogue_dealer.communicate()[1]
     assert "fixed" not in rogue_log and rogue_log.count("connection from") == 1   # the attacker's own, only
     assert "works only with its own dealer" in fixed.communicate()[1]
+
+
+def test_the_ring_encoding_is_cryptens_rounded_to_the_nearest_step():
+    """``ring.encode`` is CrypTen's FixedPointEncoder on values first rounded to the grid: within half a step of
+    each value (CrypTen alone truncates towards zero, a bias of half a step on average), and exactly CrypTen's
+    integers on values already on the grid."""
+    from ppir.protocols.mpc.crypten_compat import FixedPointEncoder
+    from ppir.protocols.mpc.ring import decode, encode
+    bits = 16
+    values = np.random.default_rng(0).normal(scale=100.0, size=10_000)
+    error = decode(encode(values, bits), bits) - values
+    assert np.abs(error).max() <= 2.0 ** -(bits + 1)
+    assert abs(error.mean()) < 2.0 ** -(bits + 4)
+    truncated = decode(FixedPointEncoder(precision_bits=bits).encode(torch.from_numpy(values)), bits) - values
+    assert abs(truncated[values > 0].mean()) > 2.0 ** -(bits + 2)       # what rounding removes
+    on_grid = np.rint(values * 2 ** bits) / 2 ** bits
+    assert torch.equal(encode(on_grid, bits), FixedPointEncoder(precision_bits=bits).encode(torch.from_numpy(on_grid)))

@@ -48,6 +48,8 @@ SETTINGS = (
             Settings(transform="bspline", bspline_levels=[1])),
     Setting("2D 64², B-spline 40 mm, finest level", "slice64", "bspline",
             Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=40.0)),
+    Setting("2D 64², B-spline 95.4 mm (the grid the default policy serves), finest level", "slice64", "bspline",
+            Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=95.4)),
     Setting("3D MNI 4 mm, affine, URS 20 %", "mni4", "affine",
             Settings(transform="affine", sampling="urs", sample_fraction=0.2)),
     Setting("2D 128², affine, MI", "slice128", "affine", Settings(transform="affine", metric="mi")),

@@ -37,7 +37,7 @@ import torch
 from ppir.common.errors import PPIRError
 from ppir.engine.mutual_information import ParzenWeights
 from ppir.protocols.mpc.protocol import FIXED_BITS, channel_bits
-from ppir.protocols.mpc.ring import RingBasis, decode, random_ring
+from ppir.protocols.mpc.ring import RingBasis, decode, encode, random_ring
 
 WEIGHT_BITS = 24        # Parzen weights in [0, 1]: counts up to 2^25 samples stay below 2^49
 BIN_BITS = FIXED_BITS   # the per-bin gradient weights, over their largest magnitude: |v'| <= 1 as |J'| for SSD
@@ -86,11 +86,6 @@ class FixedBins:
         return u1 - b2, self.basis.transpose_apply(e_g * b2[:, None] + r1)
 
 
-def encode_fast(values: np.ndarray, bits: int) -> torch.Tensor:
-    """The fixed-point encoding of ``ring.encode`` (rounded to the nearest step), without CrypTen's float round trip."""
-    return torch.from_numpy(np.rint(np.asarray(values, dtype=np.float64) * float(2 ** bits)).astype(np.int64))
-
-
 class MovingHistogram:
     """The moving party's side of one histogram product."""
 
@@ -98,7 +93,7 @@ class MovingHistogram:
         n, bins = len(weights.first), weights.bins
         if (n, bins) != tuple(f.shape):
             raise PPIRError(f"Parzen weights of shape {(n, bins)} against fixed bins of shape {tuple(f.shape)}")
-        values = encode_fast(weights.values, WEIGHT_BITS)                # (N, 4): W' is sparse
+        values = encode(weights.values, WEIGHT_BITS)                # (N, 4): W' is sparse
         columns = torch.from_numpy(weights.first)[:, None] + torch.arange(4)
         w = torch.zeros((n, bins), dtype=torch.int64).scatter_(1, columns, values)
         self.e = w - random_ring(seed_a, (n, bins))
@@ -118,12 +113,12 @@ class MovingBinned:
                  seeds: dict[str, bytes]):
         n, d = channels.shape
         self.v_scale = max(float(np.abs(bin_weights).max()), 1e-30)
-        v = encode_fast(bin_weights.astype(np.float64) / self.v_scale, BIN_BITS)
+        v = encode(bin_weights.astype(np.float64) / self.v_scale, BIN_BITS)
         self.scales = np.maximum(np.abs(channels).max(axis=0), 1e-30)
         normalised = channels.astype(np.float64) / self.scales
         # |u'| <= 1, as |J'| for SSD: the same bound keeps every output inside the ring (no cross term here)
         self.bits = channel_bits(np.concatenate([normalised, np.zeros((n, 1))], axis=1), basis)
-        self.g = encode_fast(normalised, self.bits)
+        self.g = encode(normalised, self.bits)
         self.e_v = v - random_ring(seeds["av"], tuple(v.shape))
         self.e_g = self.g - random_ring(seeds["a"], (n, d))
         self._u0 = (f * v).sum(dim=1) + random_ring(seeds["s0"], (n,))

@@ -408,8 +408,8 @@ class DisclosureLedger:
 
 def fit_bspline_levels(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False):
     """``settings`` with the B-spline stage kept to the levels ``policy`` serves, when the user left
-    ``bspline_levels`` unset (the stage then follows ``levels``). Unchanged when the user chose them, or when
-    no level fits: ``check_plan`` then names the limit."""
+    ``bspline_levels`` unset (the stage then follows ``levels``); unchanged when the user chose them. When no
+    level fits, raises the finest level's refusal (DisclosureRefused), which names a grid that would fit there."""
     if settings.transform != "bspline" or settings.bspline_levels is not None:
         return settings
     fitting = []
@@ -419,7 +419,9 @@ def fit_bspline_levels(policy: DisclosurePolicy, settings, fixed, fixed_mask: bo
         except DisclosureRefused:
             continue
         fitting.append(factor)
-    return replace(settings, bspline_levels=fitting) if fitting else settings
+    if not fitting:
+        check_plan(policy, replace(settings, bspline_levels=[min(settings.levels)]), fixed, fixed_mask)
+    return replace(settings, bspline_levels=fitting)
 
 
 def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False) -> None:

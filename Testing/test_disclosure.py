@@ -97,7 +97,8 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
     for policy, settings, limit in [
             (DisclosurePolicy(min_samples_per_control_point=0), fine,
              r"at level 2 the bspline stage needs 4918 values for 819 samples"),
-            (DisclosurePolicy(), finest, r"at level 1 the grid's 1225 control points share 16384 samples \(13.4 each\)")]:
+            (DisclosurePolicy(), finest,
+             r"at level 1 the grid's 1225 control points share 16384 samples \(13.4 each\)")]:
         with pytest.raises(DisclosureRefused, match=limit + r": .*--bspline-spacing [\d.]+ mm or more") as err:
             check_plan(policy, settings, slice_2d.grid)
         suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
@@ -156,7 +157,8 @@ def test_the_driver_ends_a_level_when_its_budget_is_spent(tmp_path, slice_2d):
 
 def test_noise_has_the_policys_size(slice_2d):
     """Two answers to the same product differ by noise of sqrt(2) x multiplier x sensitivity (normalised)."""
-    policy = DisclosurePolicy(noise_multiplier=2.0, max_products=10, max_ratio=math.inf, min_samples_per_control_point=0)
+    policy = DisclosurePolicy(noise_multiplier=2.0, max_products=10, max_ratio=math.inf,
+                              min_samples_per_control_point=0)
     backend = ClearBackend(slice_2d, policy, seed=5)
     settings = Settings(transform="bspline", sampling="full")
     backend.agree(settings)

@@ -194,8 +194,8 @@ def test_the_control_point_floor_limits_what_a_bspline_level_shows(slice64):
         return max(shares)
 
     assert worst(DisclosurePolicy(min_samples_per_control_point=0), 20.0) > 0.5
-    with pytest.raises(DisclosureRefused, match=r"min_samples_per_control_point.* --bspline-spacing [\d.]+ mm or more") \
-            as err:
+    with pytest.raises(DisclosureRefused,
+                       match=r"min_samples_per_control_point.* --bspline-spacing [\d.]+ mm or more") as err:
         check_plan(DisclosurePolicy(), settings, fixed.grid)
     suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
     assert worst(DisclosurePolicy(), suggested) <= 0.1

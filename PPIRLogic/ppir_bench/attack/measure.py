@@ -170,7 +170,8 @@ def policy(args) -> None:
             grid = f"{spacing:g}" if kind == "bspline" else "-"
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio, sigma in itertools.product(args.ratios, args.sigmas):
-                rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma, min_samples_per_control_point=args.floor)
+                rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma,
+                                        min_samples_per_control_point=args.floor)
                 try:
                     result, recording = record_clear(fixed, moving, settings, rule)
                 except PPIRError as err:          # refused by the policy, or the registration diverged

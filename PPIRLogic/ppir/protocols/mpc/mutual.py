@@ -93,7 +93,7 @@ class MovingHistogram:
         n, bins = len(weights.first), weights.bins
         if (n, bins) != tuple(f.shape):
             raise PPIRError(f"Parzen weights of shape {(n, bins)} against fixed bins of shape {tuple(f.shape)}")
-        values = encode(weights.values, WEIGHT_BITS)                # (N, 4): W' is sparse
+        values = encode(weights.values, WEIGHT_BITS)                     # (N, 4): W' is sparse
         columns = torch.from_numpy(weights.first)[:, None] + torch.arange(4)
         w = torch.zeros((n, bins), dtype=torch.int64).scatter_(1, columns, values)
         self.e = w - random_ring(seed_a, (n, bins))

@@ -100,7 +100,8 @@ def test_moving_samples_are_drawn_inside_the_moving_mask_and_the_fixed_party_kee
 
 
 def test_the_ledger_counts_the_masks_membership_it_shows_and_refuses_beyond_its_share():
-    policy = DisclosurePolicy(min_samples=10, max_sample_sets=5, max_mask_fraction=0.5)
+    policy = DisclosurePolicy(min_samples=10, max_sample_sets=5, max_mask_fraction=0.5,
+                              uniform_samples=False)      # runs of consecutive voxels, to count them by hand
     ledger = DisclosureLedger(policy, "urs", fixed_mask=True)
     ledger.start_level(2, 100)
     ledger.offer(np.arange(0, 40))

@@ -199,3 +199,29 @@ def test_the_control_point_floor_limits_what_a_bspline_level_shows(slice64):
         check_plan(DisclosurePolicy(), settings, fixed.grid)
     suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
     assert worst(DisclosurePolicy(), suggested) <= 0.1
+
+
+def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
+    """A deviating moving party keeps the per-control-point count (3,580 samples for 36 points at 95.4 mm) but
+    samples only 1 voxel in 4 within 30 mm of each disc: the level's values then follow 51 % of the 8 mm disc
+    (measured; -3 to 9 % from an even set). The fixed party sees a block of the level with too few samples for
+    a uniform draw and refuses the set (uniform_samples); legitimate uniform draws pass (the other tests' URS runs,
+    and 5,300 draws over 3D and 2D shapes in a scratch check)."""
+    from ppir.engine import driver
+    from ppir_bench.attack.measure import projected
+    fixed, moving, discs = slice64
+    points = fixed.grid.points()
+    thinned = np.zeros(fixed.grid.n_voxels, bool)
+    for disc in discs:
+        thinned |= np.all(np.abs(points - np.asarray(disc.center)) <= 30.0, axis=1)
+    voxels = np.arange(fixed.grid.n_voxels)
+    chosen = np.sort(np.concatenate([voxels[~thinned], voxels[thinned][::4]]))
+    draw = driver.draw_uniform
+    monkeypatch.setattr(driver, "draw_uniform", lambda n, f, rng: chosen if n == len(voxels) else draw(n, f, rng))
+    settings = Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=95.4, sampling="urs",
+                        sample_fraction=1.0)
+    _, recording = record_clear(fixed, moving, settings, DisclosurePolicy(uniform_samples=False))
+    finest = [p for p in recording.levels().values() if p[0].sample_set.spec.factor == 1][0]
+    assert max(d for d in projected(finest, fixed, discs)[1] if np.isfinite(d)) > 0.4
+    with pytest.raises(DisclosureRefused, match=r"holds \d+ samples in the block .*uniform_samples"):
+        record_clear(fixed, moving, settings, DisclosurePolicy())

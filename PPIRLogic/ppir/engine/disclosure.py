@@ -12,6 +12,12 @@ party therefore
   point it touches: each B-spline output is a local sum, so what bounds how much of a small detail its
   values determine is how many samples share each output, not the level's global ratio (measured in
   docs/security.md);
+- refuses a sample set declared URS whose samples are not spread as a uniform draw would be
+  (``uniform_samples``): a block of the level with implausibly few of them (hypergeometric tail
+  below ``SPREAD_P``, blocks of 8, 16 and 32 voxels a side). A moving party that thins its samples
+  around a detail and keeps the rest dense passes the per-control-point count but gives the attack
+  more equations per voxel there (measured in docs/security.md). Not checked with a moving mask,
+  whose sets are uneven by design;
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
   ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
   allowed (GMS indices trace the moving image's edges; MI's histograms show J's bin at the samples);
@@ -38,7 +44,7 @@ from __future__ import annotations
 import math
 import tomllib
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, reduce
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +57,8 @@ from ppir.engine.mutual_information import BINS
 from ppir.engine.sampling import has_repeats
 
 DELTA = 1e-5
+SPREAD_P = 1e-9                 # per block: a uniform draw has this few samples there with at most this chance
+SPREAD_TILES = (8, 16, 32)      # block sides, in voxels of the level
 
 
 class DisclosureRefused(PPIRError):
@@ -72,6 +80,7 @@ class DisclosurePolicy:
     delta: float = DELTA
     max_mask_fraction: float = 0.5
     min_samples_per_control_point: float = 90.0
+    uniform_samples: bool = True
 
     def __post_init__(self) -> None:
         if not self.max_ratio > 0:
@@ -86,7 +95,7 @@ class DisclosurePolicy:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise PPIRError(f"disclosure policy: {name} must be a whole number >= 1, got {value!r}")
-        for name in ("allow_gms", "allow_mi"):
+        for name in ("allow_gms", "allow_mi", "uniform_samples"):
             if not isinstance(getattr(self, name), bool):
                 raise PPIRError(f"disclosure policy: {name} must be true or false, got {getattr(self, name)!r}")
         if self.noise_multiplier < 0:
@@ -100,7 +109,8 @@ class DisclosurePolicy:
     def off(cls) -> "DisclosurePolicy":
         """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
         return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
-                   allow_gms=True, allow_mi=True, max_mask_fraction=1.0, min_samples_per_control_point=0.0)
+                   allow_gms=True, allow_mi=True, max_mask_fraction=1.0, min_samples_per_control_point=0.0,
+                   uniform_samples=False)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -230,6 +240,7 @@ class LevelAccount:
 
     factor: int
     sampled: np.ndarray
+    shape: tuple[int, ...]
     revealed: int = 0
     products: int = 0
     sample_sets: int = 0
@@ -268,6 +279,7 @@ class DisclosureLedger:
                                     "party sets allow_mi = true in its policy file")
         self.policy = policy
         self.fixed_mask = fixed_mask
+        self._sampling = sampling
         self._per_sample_set = values_per_sample_set(metric)
         self._metric = metric
         self._bins = bins
@@ -278,9 +290,12 @@ class DisclosureLedger:
         self.releases = 0
         self._budget = policy.release_budget()
 
-    def start_level(self, factor: int, n_voxels: int) -> None:
+    def start_level(self, factor: int, shape: tuple[int, ...] | int) -> None:
+        """Account the level of shrink ``factor``; ``shape``: its voxel grid (numpy order), or a voxel count."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        n_voxels = math.prod(shape)
         if factor not in self.levels:
-            self.levels[factor] = LevelAccount(factor, np.zeros(n_voxels, dtype=bool),
+            self.levels[factor] = LevelAccount(factor, np.zeros(n_voxels, dtype=bool), shape,
                                                probed=np.zeros(n_voxels, dtype=bool) if self.fixed_mask else None)
         self._level = self.levels[factor]
         self._level.sample_sets = 0
@@ -293,6 +308,8 @@ class DisclosureLedger:
         ``moving_mask``: the moving party drew it inside its own mask (named in a refusal)."""
         level, policy = self._level, self.policy
         self._check_set(samples, moving_mask)
+        if samples is not None and self._sampling == "urs" and policy.uniform_samples and not moving_mask:
+            _check_spread(np.asarray(samples), level.shape, level.factor)
         if level.probed is not None:
             probed = level.probed.copy()
             probed[slice(None) if samples is None else samples] = True
@@ -404,6 +421,33 @@ class DisclosureLedger:
     def report(self) -> dict:
         return {"policy": self.policy.to_dict(), "epsilon": _finite(self.epsilon()), "delta": self.policy.delta,
                 "levels": [level.to_dict(self.policy) for level in self.levels.values()]}
+
+
+def _check_spread(samples: np.ndarray, shape: tuple[int, ...], factor: int) -> None:
+    """Raise DisclosureRefused if some block of the level (``SPREAD_TILES`` voxels a side) holds fewer of the
+    ``samples`` than a uniform draw of their number would, except with probability ``SPREAD_P``."""
+    from scipy.stats import hypergeom
+    n_voxels, k = math.prod(shape), len(samples)
+    coords = np.unravel_index(samples, shape)
+    for tile in SPREAD_TILES:
+        blocks = tuple(-(-side // tile) for side in shape)
+        if math.prod(blocks) < 2:
+            continue
+        counts = np.bincount(np.ravel_multi_index(tuple(c // tile for c in coords), blocks),
+                             minlength=math.prod(blocks))
+        lengths = [np.minimum(tile, side - tile * np.arange(b)) for side, b in zip(shape, blocks)]
+        sizes = reduce(np.multiply.outer, lengths).ravel()
+        tail = hypergeom.cdf(counts, n_voxels, sizes, k)
+        worst = int(np.argmin(tail))
+        if tail[worst] < SPREAD_P:
+            corner = [int(i) * tile for i in np.unravel_index(worst, blocks)][::-1]
+            axes = "xyz"[:len(corner)]
+            raise DisclosureRefused(
+                f"a URS sample set at level {factor} holds {counts[worst]} samples in the block of {sizes[worst]} "
+                f"voxels from ({', '.join(axes)}) = ({', '.join(map(str, corner))}), where a uniform draw of {k} of "
+                f"the level's {n_voxels} "
+                f"voxels puts about {sizes[worst] * k / n_voxels:.0f}: the fixed party refuses sets that thin "
+                "their samples in places (uniform_samples)")
 
 
 def fit_bspline_levels(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False):

@@ -252,7 +252,7 @@ def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progr
         began = time.perf_counter()
         grid = backend.start_level(spec)
         if ledger is not None:
-            ledger.start_level(spec.factor, grid.n_voxels)
+            ledger.start_level(spec.factor, grid.shape)
         level = Level(model, MovingLevel(level_image(moving, spec)), grid, backend, ledger, settings.metric,
                       settings.histogram_bins, moving_mask)
         rng = np.random.default_rng([settings.seed, TRANSFORMS.index(stage), number])

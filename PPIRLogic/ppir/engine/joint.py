@@ -171,7 +171,7 @@ class FixedParty:
 
     def start_level(self, spec: LevelSpec) -> Grid:
         self._level = level_image(self._fixed, spec)
-        self.ledger.start_level(spec.factor, self._level.grid.n_voxels)
+        self.ledger.start_level(spec.factor, self._level.grid.shape)
         if self._mask is not None:
             self._mask_level = masks.footprint(self._mask, self._level.grid)
         return self._level.grid

@@ -115,6 +115,20 @@ def test_the_ledger_counts_the_masks_membership_it_shows_and_refuses_beyond_its_
         DisclosurePolicy(max_mask_fraction=1.5)
 
 
+def test_a_fixed_party_can_refuse_moving_masks(slice_2d):
+    """A moving mask lets the moving party choose its samples (its sets are not checked for uniform spread), so
+    a fixed party may refuse it: the moving party's plan stops, and the fixed party refuses the session's
+    settings itself. The default policy allows it."""
+    settings = Settings(levels=[1], sampling="urs", moving_mask=True)
+    policy = DisclosurePolicy(allow_moving_mask=False)
+    with pytest.raises(DisclosureRefused, match="refuses a moving mask.*allow_moving_mask = true"):
+        check_plan(policy, settings, slice_2d.grid)
+    with pytest.raises(DisclosureRefused, match="refuses a moving mask"):
+        ClearBackend(slice_2d, policy).agree(settings)
+    ClearBackend(slice_2d, DisclosurePolicy()).agree(settings)
+    ClearBackend(slice_2d, policy).agree(Settings(levels=[1], sampling="urs"))
+
+
 def test_the_moving_party_plans_within_the_fixed_mask_share(slice_2d):
     policy = DisclosurePolicy(min_samples=16)
     check_plan(policy, Settings(levels=[2, 1], sampling="urs", sample_fraction=0.5), slice_2d.grid, fixed_mask=True)

@@ -17,7 +17,7 @@ party therefore
   below ``SPREAD_P``, blocks of 8, 16 and 32 voxels a side). A moving party that thins its samples
   around a detail and keeps the rest dense passes the per-control-point count but gives the attack
   more equations per voxel there (measured in docs/security.md). Not checked with a moving mask,
-  whose sets are uneven by design;
+  whose sets are uneven by design, so ``allow_moving_mask = false`` refuses moving masks altogether;
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
   ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
   allowed (GMS indices trace the moving image's edges; MI's histograms show J's bin at the samples);
@@ -81,6 +81,7 @@ class DisclosurePolicy:
     max_mask_fraction: float = 0.5
     min_samples_per_control_point: float = 90.0
     uniform_samples: bool = True
+    allow_moving_mask: bool = True
 
     def __post_init__(self) -> None:
         if not self.max_ratio > 0:
@@ -95,7 +96,7 @@ class DisclosurePolicy:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise PPIRError(f"disclosure policy: {name} must be a whole number >= 1, got {value!r}")
-        for name in ("allow_gms", "allow_mi", "uniform_samples"):
+        for name in ("allow_gms", "allow_mi", "uniform_samples", "allow_moving_mask"):
             if not isinstance(getattr(self, name), bool):
                 raise PPIRError(f"disclosure policy: {name} must be true or false, got {getattr(self, name)!r}")
         if self.noise_multiplier < 0:
@@ -265,9 +266,9 @@ class DisclosureLedger:
     """The fixed party's running account of one session, checked before every release."""
 
     def __init__(self, policy: DisclosurePolicy, sampling: str, metric: str = "ssd", bins: int = BINS,
-                 fixed_mask: bool = False):
+                 fixed_mask: bool = False, moving_mask: bool = False):
         """``bins``: MI's histogram bins; ``fixed_mask``: the fixed party applies a mask of its own to every
-        sample set (``offer``)."""
+        sample set (``offer``); ``moving_mask``: the moving party draws its samples inside a mask of its own."""
         if sampling == "gms" and not policy.allow_gms:
             raise DisclosureRefused("the fixed party's disclosure policy refuses GMS sampling (its sample indices "
                                     "trace the moving image's edges, and the policy keeps samples data-independent); "
@@ -277,6 +278,11 @@ class DisclosureLedger:
                                     "histograms show the moving party which intensity bin the fixed image falls in "
                                     "at the sampled voxels (docs/security.md); use --metric ncc or ssd, or the fixed "
                                     "party sets allow_mi = true in its policy file")
+        if moving_mask and not policy.allow_moving_mask:
+            raise DisclosureRefused("the fixed party's disclosure policy refuses a moving mask: samples drawn inside "
+                                    "it are uneven by design, so the fixed party cannot check that they are spread "
+                                    "as a uniform draw (docs/security.md); register without --moving-mask, or the "
+                                    "fixed party sets allow_moving_mask = true in its policy file")
         self.policy = policy
         self.fixed_mask = fixed_mask
         self._sampling = sampling
@@ -477,7 +483,8 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
     from ppir.engine.bspline import control_grid_for
     from ppir.engine.pyramid import level_grid
     from ppir.engine.sampling import sample_count
-    DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins)      # GMS
+    DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins,     # GMS, MI, masks
+                     moving_mask=settings.moving_mask)
     if settings.resample_each_iteration and settings.sampling != "full" and policy.max_sample_sets < 2:
         raise DisclosureRefused("the fixed party allows one sample set per level: drop --resample-each-iteration")
     offered = 1.0 if settings.sampling == "full" else settings.sample_fraction

@@ -226,7 +226,8 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     policy = backend.agree(settings)
     settings = fit_bspline_levels(policy, settings, fixed, backend.fixed_mask)
     check_plan(policy, settings, fixed, backend.fixed_mask)
-    ledger = DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins, backend.fixed_mask)
+    ledger = DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins, backend.fixed_mask,
+                              settings.moving_mask)
     reports: list[LevelReport] = []
     plan = stages(settings)
     linear_kind, linear_levels = plan[0]

@@ -164,7 +164,7 @@ class FixedParty:
     def open(self, settings: Settings) -> None:
         """Start the session's ledger (refuses what the policy never allows, such as GMS)."""
         self.ledger = DisclosureLedger(self.policy, settings.sampling, settings.metric, settings.histogram_bins,
-                                       self.masked)
+                                       self.masked, settings.moving_mask)
         self._metric = settings.metric
         self._moving_mask = settings.moving_mask
         self.histogram_bins = settings.histogram_bins

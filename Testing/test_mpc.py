@@ -18,6 +18,7 @@ from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 from ppir.protocols.mpc.protocol import FixedLevel, MovingProduct, dealer_share
 from ppir.protocols.mpc.ring import RingBasis, new_seed, random_ring
+from ppir.protocols.runtime import SESSION_VERSION
 from identities import parties, party
 from private_runs import PY, clear_and_private, transform_rmse
 
@@ -180,10 +181,10 @@ def test_fixed_party_that_disappears_mid_run(pair, tmp_path):
 
 @pytest.mark.parametrize("hello, reason", [
     ({"version": 99, "protocol": "mpc"}, "version 99"),
-    ({"version": 1, "protocol": "mpc"}, "no session id"),
-    ({"version": 1, "session": "s", "protocol": "mpc", "fixed_bits": 12, "basis_bits": 12}, "fixed-point bits 12/12"),
-    ({"version": 1, "session": "s", "protocol": "paillier"}, "unknown protocol 'paillier'"),
-    ({"version": 1, "session": "s", "protocol": "fhe", "fhe": {"scheme": "ckks", "poly_degree": 4096}},
+    ({"version": SESSION_VERSION, "protocol": "mpc"}, "no session id"),
+    ({"version": SESSION_VERSION, "session": "s", "protocol": "mpc", "fixed_bits": 12, "basis_bits": 12}, "fixed-point bits 12/12"),
+    ({"version": SESSION_VERSION, "session": "s", "protocol": "paillier"}, "unknown protocol 'paillier'"),
+    ({"version": SESSION_VERSION, "session": "s", "protocol": "fhe", "fhe": {"scheme": "ckks", "poly_degree": 4096}},
      "CKKS parameters"),
 ])
 def test_session_mismatch_is_refused_with_a_reason(pair, hello, reason):
@@ -245,7 +246,7 @@ def test_rogue_dealer_named_by_the_moving_party_gets_nothing(pair, tmp_path):
         for named, first in (({"address": rogue_at, "fingerprint": Identity.load(rogue).fingerprint}, Kind.ERROR),
                              ({"address": rogue_at, "fingerprint": real}, Kind.WELCOME)):
             channel = connect(fixed_at, Identity.load(attacker), "fixed")
-            channel.send(Message(Kind.HELLO, {"version": 1, "session": "attack", "protocol": "mpc", "dealer": named,
+            channel.send(Message(Kind.HELLO, {"version": SESSION_VERSION, "session": "attack", "protocol": "mpc", "dealer": named,
                                               "fixed_bits": FIXED_BITS, "basis_bits": BASIS_BITS, "settings": {}}))
             received = [channel.recv()]
             if first == Kind.ERROR:

@@ -451,9 +451,8 @@ def _check_spread(samples: np.ndarray, shape: tuple[int, ...], factor: int) -> N
             raise DisclosureRefused(
                 f"a URS sample set at level {factor} holds {counts[worst]} samples in the block of {sizes[worst]} "
                 f"voxels from ({', '.join(axes)}) = ({', '.join(map(str, corner))}), where a uniform draw of {k} of "
-                f"the level's {n_voxels} "
-                f"voxels puts about {sizes[worst] * k / n_voxels:.0f}: the fixed party refuses sets that thin "
-                "their samples in places (uniform_samples)")
+                f"the level's {n_voxels} voxels puts about {sizes[worst] * k / n_voxels:.0f}: the fixed party "
+                "refuses sets that thin their samples in places (uniform_samples)")
 
 
 def fit_bspline_levels(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False):

@@ -224,6 +224,47 @@ def test_the_fixed_party_refuses_a_moving_party_that_ignores_its_policy(tmp_path
     assert "more than 3 products" in fixed.stderr.read()
 
 
+def test_a_real_fixed_party_refuses_thinned_and_sparse_sample_sets(tmp_path, slice_2d):
+    """A real ``ppir fixed`` under the default policy serves two sessions from a moving party that skips its own
+    checks: a URS set that leaves out the left half of the level, then a B-spline set of 1 voxel in 20. Each is
+    refused before any product, and the server goes on serving."""
+    write_image(slice_2d, tmp_path / "fixed.nrrd")
+    folders = parties(tmp_path / "ids", ("moving", "fixed"))
+    fixed = subprocess.Popen([sys.executable, "-m", "ppir", "fixed", "--image", str(tmp_path / "fixed.nrrd"),
+                              "--listen", "127.0.0.1:0", "--identity", str(folders["fixed"]), "--sessions", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = "127.0.0.1:{port}".format(**json.loads(fixed.stdout.readline()))
+        spec = LevelSpec(1, 0.0)
+        grid = level_image(slice_2d, spec).grid
+        right_half = np.flatnonzero(grid.points()[:, 0] > grid.center()[0])
+        sparse = np.arange(0, grid.n_voxels, 20)
+        for settings, samples, basis, refusal in [
+                (Settings(levels=[1], sampling="urs", sample_fraction=0.5), right_half,
+                 AffineBasis(grid.points(right_half), grid.center()), "uniform_samples"),
+                (Settings(transform="bspline", levels=[1], sampling="urs", sample_fraction=820 / 16384,
+                          bspline_spacing_mm=40.0), sparse,
+                 BSplineBasis(grid.points(sparse), control_grid_for(slice_2d.grid, 40.0)),
+                 "min_samples_per_control_point")]:
+            backend = registry.load("fhe").moving_backend(address, None, Identity.load(folders["moving"]),
+                                                          settings.to_dict())
+            try:
+                backend.agree(settings)
+                backend.start_level(spec)
+                if settings.transform == "bspline":        # the affine stage's level comes first
+                    backend.set_samples(samples, AffineBasis(grid.points(samples), grid.center()))
+                    backend.start_level(spec)
+                with pytest.raises(PeerError, match=refusal):
+                    backend.set_samples(samples, basis)
+            finally:
+                backend.close()
+        assert fixed.poll() is None                    # still serving
+    finally:
+        fixed.kill()
+        fixed.wait(30)
+    assert "uniform_samples" in (log := fixed.stderr.read()) and "min_samples_per_control_point" in log
+
+
 @pytest.mark.parametrize("protocol", ["mpc", "fhe"])
 def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protocol):
     """Real parties: two answers to the same B-spline product differ by the noise the policy states. Under FHE a

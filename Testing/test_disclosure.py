@@ -254,7 +254,7 @@ def test_a_real_fixed_party_refuses_thinned_and_sparse_sample_sets(tmp_path, sli
                 if settings.transform == "bspline":        # the affine stage's level comes first
                     backend.set_samples(samples, AffineBasis(grid.points(samples), grid.center()))
                     backend.start_level(spec)
-                with pytest.raises(PeerError, match=refusal):
+                with pytest.raises(PeerError, match="the fixed party stopped: .*" + refusal):
                     backend.set_samples(samples, basis)
             finally:
                 backend.close()
@@ -262,7 +262,6 @@ def test_a_real_fixed_party_refuses_thinned_and_sparse_sample_sets(tmp_path, sli
     finally:
         fixed.kill()
         fixed.wait(30)
-    assert "uniform_samples" in (log := fixed.stderr.read()) and "min_samples_per_control_point" in log
 
 
 @pytest.mark.parametrize("protocol", ["mpc", "fhe"])

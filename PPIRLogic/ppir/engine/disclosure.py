@@ -205,11 +205,6 @@ def touched_outputs(basis) -> int:
     return basis.matrix.shape[1]
 
 
-def values_per_product(basis, dim: int, metric: str = "ssd", bins: int = BINS) -> int:
-    """Values one product reveals: r for every output the samples touch, and the cross term (or MI's histogram)."""
-    return product_values(touched_outputs(basis), dim, metric, bins)
-
-
 def output_scales(basis) -> np.ndarray:
     """w_a = max_x |Phi_a(x)| per basis output (affine: coordinates in mm, and 1; B-spline: 1).
 
@@ -341,12 +336,12 @@ class DisclosureLedger:
             raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
                                     "party's limit: drop --resample-each-iteration")
 
-    def _check_density(self, basis) -> None:
-        """Refuse a B-spline sample set with fewer than ``min_samples_per_control_point`` samples per touched output."""
+    def _check_density(self, basis, touched: int) -> None:
+        """Refuse a B-spline sample set with fewer than ``min_samples_per_control_point`` samples per output it
+        touches (``touched``)."""
         floor = self.policy.min_samples_per_control_point
         if not hasattr(basis, "control") or not floor or not basis.n_samples:
             return
-        touched = touched_outputs(basis)
         if basis.n_samples < floor * touched:
             raise DisclosureRefused(
                 f"at level {self._level.factor} the B-spline stage's {basis.n_samples} samples touch {touched} "
@@ -368,13 +363,15 @@ class DisclosureLedger:
         self._check_set(samples)
         if samples is not None and has_repeats(samples):
             raise DisclosureRefused("a sample set with repeated voxels")
-        self._check_density(basis)
+        touched = touched_outputs(basis)
+        self._check_density(basis, touched)
         level.sample_sets += 1
         if samples is None:
             level.sampled[:] = True
         else:
             level.sampled[samples] = True
-        self._per_product = values_per_product(basis, dim, self._metric, self._bins)
+        # per product: r for every output the samples touch, and the cross term (or MI's histogram)
+        self._per_product = product_values(touched, dim, self._metric, self._bins)
         level.revealed += self._per_sample_set     # the sample set's sum of squares (and sum, for NCC; none for MI)
         for _ in range(self._per_sample_set):
             self._release()

@@ -51,7 +51,7 @@ def _basis(n: int) -> AffineBasis:
 
 def test_ledger_counts_values_per_level_and_refuses_beyond_the_ratio():
     ledger = DisclosureLedger(DisclosurePolicy(max_ratio=0.5, min_samples=10, max_products=1000), "urs")
-    ledger.start_level(4, 1000)
+    ledger.start_level(4, (1000,))
     samples = np.arange(0, 1000, 5)                       # 200 unknowns: 100 values allowed
     ledger.sample_set(samples, _basis(200), 3)          # sum of squares: 1 value
     products = 0
@@ -71,7 +71,7 @@ def test_ledger_refuses_small_repeated_or_extra_sample_sets_and_gms():
     with pytest.raises(DisclosureRefused, match="refuses GMS"):
         DisclosureLedger(policy, "gms")
     ledger = DisclosureLedger(policy, "urs")
-    ledger.start_level(2, 1000)
+    ledger.start_level(2, (1000,))
     with pytest.raises(DisclosureRefused, match="under the fixed party's minimum of 50"):
         ledger.sample_set(np.arange(7), _basis(7), 3)
     with pytest.raises(DisclosureRefused, match="repeated voxels"):

@@ -103,7 +103,7 @@ def test_the_ledger_counts_the_masks_membership_it_shows_and_refuses_beyond_its_
     policy = DisclosurePolicy(min_samples=10, max_sample_sets=5, max_mask_fraction=0.5,
                               uniform_samples=False)      # runs of consecutive voxels, to count them by hand
     ledger = DisclosureLedger(policy, "urs", fixed_mask=True)
-    ledger.start_level(2, 100)
+    ledger.start_level(2, (100,))
     ledger.offer(np.arange(0, 40))
     ledger.kept(12, 40)
     with pytest.raises(DisclosureRefused, match=r"keeps 9 of the 40 samples at level 2, under its minimum of 10"):

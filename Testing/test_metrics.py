@@ -84,7 +84,7 @@ def test_ncc_sum_is_counted_and_noised(mni_4mm):
     counts = {}
     for metric in ("ssd", "ncc"):
         ledger = DisclosureLedger(policy, "full", metric)
-        ledger.start_level(1, mni_4mm.grid.n_voxels)
+        ledger.start_level(1, mni_4mm.grid.shape)
         ledger.sample_set(None, LinearModel("affine", mni_4mm.grid.center()).basis(mni_4mm.grid.points()[:10]), 3)
         counts[metric] = (ledger.levels[1].revealed, ledger.releases)
     assert counts == {"ssd": (1, 1), "ncc": (2, 2)}

@@ -96,7 +96,7 @@ def test_mi_products_are_counted_noised_and_ordered(slice_2d):
     policy = DisclosurePolicy(noise_multiplier=1.0, allow_mi=True)
     model = LinearModel("affine", slice_2d.grid.center())
     ledger = DisclosureLedger(policy, "full", "mi")
-    ledger.start_level(1, slice_2d.grid.n_voxels)
+    ledger.start_level(1, slice_2d.grid.shape)
     ledger.sample_set(None, model.basis(slice_2d.grid.points()[:10]), 2)
     ledger.product()
     assert ledger.levels[1].revealed == mattes.BINS ** 2 + 3 * 2 and ledger.releases == 2     # histogram, gradient

@@ -291,9 +291,9 @@ class DisclosureLedger:
         self.releases = 0
         self._budget = policy.release_budget()
 
-    def start_level(self, factor: int, shape: tuple[int, ...] | int) -> None:
-        """Account the level of shrink ``factor``; ``shape``: its voxel grid (numpy order), or a voxel count."""
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    def start_level(self, factor: int, shape: tuple[int, ...]) -> None:
+        """Account the level of shrink ``factor``; ``shape``: its voxel grid (numpy order)."""
+        shape = tuple(shape)
         n_voxels = math.prod(shape)
         if factor not in self.levels:
             self.levels[factor] = LevelAccount(factor, np.zeros(n_voxels, dtype=bool), shape,

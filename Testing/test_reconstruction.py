@@ -176,20 +176,25 @@ def test_the_mi_attack_works_through_the_real_mpc_parties(slice64, tmp_path):
         record_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", settings, DisclosurePolicy())
 
 
+def _finest_shares(recording, fixed, discs) -> list[float]:
+    """Each resolved disc's share at the finest level by the undamped response (the 3D measure's projection)."""
+    from ppir_bench.attack.measure import projected
+    finest = [p for p in recording.levels().values() if p[0].sample_set.spec.factor == 1][0]
+    return [d for d in projected(finest, fixed, discs)[1] if np.isfinite(d)]
+
+
 def test_the_control_point_floor_limits_what_a_bspline_level_shows(slice64):
     """B-spline at the finest level of the 64² slice, each disc's share by response (no chance floor). Without
     the floor (min_samples_per_control_point = 0, the policy before it) the 20 mm grid's values follow 26-88 %
     of each disc (measured); the default policy refuses that grid and names the one it serves (95.4 mm here:
     114 samples per control point), whose values follow at most 10 % (measured -3 to 9 %)."""
-    from ppir_bench.attack.measure import projected
     fixed, moving, discs = slice64
     settings = Settings(transform="bspline", bspline_levels=[1])
 
     def worst(policy: DisclosurePolicy, spacing: float) -> float:
         _, recording = record_clear(fixed, moving, Settings(**{**settings.to_dict(), "bspline_spacing_mm": spacing}),
                                     policy)
-        finest = [p for p in recording.levels().values() if p[0].sample_set.spec.factor == 1][0]
-        shares = [d for d in projected(finest, fixed, discs)[1] if np.isfinite(d)]
+        shares = _finest_shares(recording, fixed, discs)
         assert len(shares) >= 4
         return max(shares)
 
@@ -208,7 +213,6 @@ def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
     a uniform draw and refuses the set (uniform_samples); legitimate uniform draws pass (the other tests' URS runs,
     and 5,300 draws over 3D and 2D shapes in a scratch check)."""
     from ppir.engine import driver
-    from ppir_bench.attack.measure import projected
     fixed, moving, discs = slice64
     points = fixed.grid.points()
     thinned = np.zeros(fixed.grid.n_voxels, bool)
@@ -221,7 +225,6 @@ def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
     settings = Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=95.4, sampling="urs",
                         sample_fraction=1.0)
     _, recording = record_clear(fixed, moving, settings, DisclosurePolicy(uniform_samples=False))
-    finest = [p for p in recording.levels().values() if p[0].sample_set.spec.factor == 1][0]
-    assert max(d for d in projected(finest, fixed, discs)[1] if np.isfinite(d)) > 0.4
+    assert max(_finest_shares(recording, fixed, discs)) > 0.4
     with pytest.raises(DisclosureRefused, match=r"holds \d+ samples in the block .*uniform_samples"):
         record_clear(fixed, moving, settings, DisclosurePolicy())

@@ -114,7 +114,8 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
 
 def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, slice_2d):
     """Levels 2,1 at a 40 mm grid on the 128² slice: level 2 has 41 samples per control point, under the floor
-    of 90, so the B-spline stage runs at level 1 only; levels the user chose are kept, and refused."""
+    of 90, so the B-spline stage runs at level 1 only, in the clear and between real MPC parties; levels the
+    user chose are kept, and refused."""
     settings = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=40.0)
     assert fit_bspline_levels(DisclosurePolicy(), settings, slice_2d.grid).bspline_levels == [1]
     assert fit_bspline_levels(DisclosurePolicy.off(), settings, slice_2d.grid).bspline_levels == [2, 1]
@@ -125,7 +126,16 @@ def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, s
     synthesize(slice_2d, "bspline", 1, tmp_path)
     backend = ClearBackend(read_image(tmp_path / "fixed.nrrd"), DisclosurePolicy())
     result = register(read_image(tmp_path / "moving.nrrd"), backend, settings)
-    assert [(level.stage, level.factor) for level in result.levels] == [("affine", 2), ("affine", 1), ("bspline", 1)]
+    planned = [("affine", 2), ("affine", 1), ("bspline", 1)]
+    assert [(level.stage, level.factor) for level in result.levels] == planned
+    # real parties: the fixed party plans the same levels from the settings it was sent, and serves them
+    done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(tmp_path / "fixed.nrrd"),
+                           "--moving", str(tmp_path / "moving.nrrd"), "--transform", "bspline", "--levels", "2,1",
+                           "--bspline-spacing", "40", "--protocol", "mpc", "--output-transform", str(tmp_path / "t.h5"),
+                           "--report", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(level["stage"], level["factor"]) for level in report["levels"]] == planned
 
 
 def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d):

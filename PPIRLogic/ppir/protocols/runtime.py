@@ -303,7 +303,7 @@ def serve_fixed_session(channel: Channel, fixed: Volume, identity: Identity, dea
     handler = _fixed_handler(meta, channel, identity, dealer)
     try:
         party = FixedParty(fixed, DisclosurePolicy() if policy is None else policy, mask=mask)
-        terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid)
+        terms = SessionTerms(str(meta.get("protocol")), meta.get("settings"), party.grid, party.policy, party.masked)
         try:
             party.open(terms.settings)
         except PPIRError as err:

@@ -1,8 +1,9 @@
 """The terms of one session, as the fixed party accepts them: the moving party's settings, checked on every request.
 
 The moving party sends its settings when it opens the session. The fixed party rebuilds them with
-the engine's own checks, runs the protocol's pre-flight, and then serves only the pyramid levels,
-sample sets and bases that those settings produce; anything else ends the session.
+the engine's own checks, runs the protocol's pre-flight, fits an unset B-spline stage to the levels its
+policy serves as the moving party does once it has the policy (``fit_bspline_levels``), and then serves
+only the pyramid levels, sample sets and bases that those settings produce; anything else ends the session.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from ppir.common.errors import PPIRError
 from ppir.engine.bspline import control_grid_for
+from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused, fit_bspline_levels
 from ppir.engine.driver import stages
 from ppir.engine.image import Grid
 from ppir.engine.pyramid import LevelSpec
@@ -22,12 +24,20 @@ from ppir.protocols.net.channel import PeerError
 class SessionTerms:
     """The settings the fixed party agreed to, and the requests they allow, in order."""
 
-    def __init__(self, protocol: str, settings: dict, fixed_grid: Grid):
+    def __init__(self, protocol: str, settings: dict, fixed_grid: Grid, policy: DisclosurePolicy | None = None,
+                 fixed_mask: bool = False):
+        """``policy``, ``fixed_mask``: the fixed party's, to plan the B-spline stage's levels as the moving party
+        will (None: as the settings say)."""
         try:
             self.settings = Settings.from_dict(settings)
             registry.preflight(protocol, self.settings)
         except PPIRError as err:
             raise PeerError(f"the session settings were refused: {err}") from None
+        if policy is not None:
+            try:
+                self.settings = fit_bspline_levels(policy, self.settings, fixed_grid, fixed_mask)
+            except DisclosureRefused:
+                pass    # no level fits: the moving party's plan check stops it with the reason
         self._levels = [(stage, spec) for stage, specs in stages(self.settings) for spec in specs]
         self._control = control_grid_for(fixed_grid, self.settings.bspline_spacing_mm).grid.to_dict()
         self._next = 0

@@ -164,7 +164,8 @@ def policy(args) -> None:
                 continue
             pair_kind = args.pair or ("bspline" if kind == "bspline" else "affine")
             fixed, moving, truth, discs = pair(args.image, pair_kind, args.seed, Path(tmp) / f"{kind}{spacing}")
-            settings = Settings(transform=kind, sampling=args.sampling, bspline_spacing_mm=spacing,
+            settings = Settings(transform=kind, sampling=args.sampling, sample_fraction=args.sample_fraction,
+                                bspline_spacing_mm=spacing,
                                 levels=args.levels or Settings().levels,
                                 bspline_levels=args.bspline_levels if kind == "bspline" else None)
             grid = f"{spacing:g}" if kind == "bspline" else "-"
@@ -199,7 +200,8 @@ def response(args) -> None:
         for kind in args.transforms:
             fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
                                                Path(tmp) / kind)
-            settings = Settings(transform=kind, sampling=args.sampling, bspline_spacing_mm=args.bspline_spacing[0],
+            settings = Settings(transform=kind, sampling=args.sampling, sample_fraction=args.sample_fraction,
+                                bspline_spacing_mm=args.bspline_spacing[0],
                                 levels=args.levels or Settings().levels,
                                 bspline_levels=args.bspline_levels if kind == "bspline" else None)
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
@@ -226,6 +228,7 @@ def main() -> None:
     parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "mni4", "mni2"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sampling", default="full")
+    parser.add_argument("--sample-fraction", type=float, default=Settings().sample_fraction, help="with --sampling urs")
     parser.add_argument("--max-unknowns", type=int, default=4200)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 1.0, 10.0])

@@ -19,6 +19,7 @@ from ppir.engine.disclosure import (
     DisclosureRefused,
     check_plan,
     fit_bspline_levels,
+    plan_within,
 )
 from ppir.engine.driver import register
 from ppir.engine.image import read_image, write_image
@@ -95,7 +96,7 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
                     sample_fraction=0.2)
     finest = Settings(**{**fine.to_dict(), "bspline_levels": [1], "sampling": "full"})
     for policy, settings, limit in [
-            (DisclosurePolicy(min_samples_per_control_point=0), fine,
+            (DisclosurePolicy(min_samples=256, min_samples_per_control_point=0), fine,
              r"at level 2 the bspline stage needs 4918 values for 819 samples"),
             (DisclosurePolicy(), finest,
              r"at level 1 the grid's 1225 control points share 16384 samples \(13.4 each\)")]:
@@ -105,11 +106,17 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
         check_plan(policy, Settings(**{**settings.to_dict(), "bspline_spacing_mm": suggested}), slice_2d.grid)
     with pytest.raises(DisclosureRefused, match=r"share 819 samples \(0.7 each\): no control grid fits at this "
                                                 r"level: use --bspline-levels without 2, or full sampling"):
+        check_plan(DisclosurePolicy(min_samples=256), fine, slice_2d.grid)
+    with pytest.raises(DisclosureRefused, match=r"level 2 would use 819 samples, under the fixed party's minimum of "
+                                                r"2048 \(min_samples\): use a --sample-fraction of at least 0.5, "
+                                                r"or drop level 2"):
         check_plan(DisclosurePolicy(), fine, slice_2d.grid)
-    with pytest.raises(DisclosureRefused, match="under the fixed party's minimum"):
-        check_plan(DisclosurePolicy(min_samples=5000), Settings(sampling="urs"), slice_2d.grid)
-    check_plan(DisclosurePolicy(), Settings(transform="bspline", bspline_spacing_mm=40.0, bspline_levels=[1]),
-               slice_2d.grid)
+    with pytest.raises(DisclosureRefused, match=r"level 1 would use 1638 samples, under the fixed party's minimum of "
+                                                r"5000 \(min_samples\): use a --sample-fraction of at least 0.305$"):
+        policy = DisclosurePolicy(min_samples=5000)
+        check_plan(policy, plan_within(policy, Settings(sampling="urs"), slice_2d.grid)[0], slice_2d.grid)
+    served = Settings(transform="bspline", bspline_spacing_mm=40.0, bspline_levels=[1])
+    check_plan(DisclosurePolicy(), plan_within(DisclosurePolicy(), served, slice_2d.grid)[0], slice_2d.grid)
 
 
 def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, slice_2d):
@@ -130,12 +137,29 @@ def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, s
     assert [(level.stage, level.factor) for level in result.levels] == planned
     # real parties: the fixed party plans the same levels from the settings it was sent, and serves them
     done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(tmp_path / "fixed.nrrd"),
-                           "--moving", str(tmp_path / "moving.nrrd"), "--transform", "bspline", "--levels", "2,1",
+                           "--moving", str(tmp_path / "moving.nrrd"), "--transform", "bspline",
                            "--bspline-spacing", "40", "--protocol", "mpc", "--output-transform", str(tmp_path / "t.h5"),
                            "--report", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert [(level["stage"], level["factor"]) for level in report["levels"]] == planned
+    assert [(level["stage"], level["factor"]) for level in report["levels"]] == planned     # default levels 4,2,1
+    assert "planned within the fixed party's policy: level 4 left out" in done.stdout
+    assert "the B-spline stage runs at level(s) 1 only" in done.stdout
+
+
+def test_levels_under_min_samples_are_left_out_with_their_smoothing(slice_2d):
+    """The 128² slice's 32² level (1,024 voxels) is under the default minimum of 2,048 samples: left out, with
+    its smoothing; with URS 10 % only the finest level would have enough, and is kept to be refused."""
+    settings = Settings(levels=[4, 2, 1], smoothing=[2.0, 1.0, 0.0])
+    planned, notes = plan_within(DisclosurePolicy(), settings, slice_2d.grid)
+    assert (planned.levels, planned.smoothing) == ([2, 1], [1.0, 0.0])
+    assert notes == ["level 4 left out: its sample set would hold 1024 voxels, under the fixed party's minimum of "
+                     "2048 (min_samples)"]
+    assert plan_within(DisclosurePolicy.off(), settings, slice_2d.grid) == (settings, [])
+    sparse = Settings(sampling="urs", sample_fraction=0.1)
+    assert plan_within(DisclosurePolicy(), sparse, slice_2d.grid)[0].levels == [1]
+    with pytest.raises(DisclosureRefused, match=r"level 1 would use 1638 samples, .* at least 0.125$"):
+        check_plan(DisclosurePolicy(), plan_within(DisclosurePolicy(), sparse, slice_2d.grid)[0], slice_2d.grid)
 
 
 def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d):
@@ -143,7 +167,7 @@ def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d)
     skips the plan check (or draws fewer samples than it planned) is refused before any product."""
     settings = Settings(transform="bspline", sampling="full", bspline_spacing_mm=40.0, bspline_levels=[1])
     control = control_grid_for(slice_2d.grid, 40.0)
-    for samples, accepted in [(None, True), (np.arange(0, slice_2d.grid.n_voxels, 20), False)]:
+    for samples, accepted in [(None, True), (np.arange(0, slice_2d.grid.n_voxels, 6), False)]:
         backend = ClearBackend(slice_2d, DisclosurePolicy())
         backend.agree(settings)
         grid = backend.start_level(LevelSpec(1, 0.0))
@@ -151,8 +175,8 @@ def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d)
         if accepted:
             backend.set_samples(samples, basis)
             continue
-        with pytest.raises(DisclosureRefused, match=r"820 samples touch 100 control points, 8.2 samples per control "
-                                                    r"point, under the fixed party's minimum of 90"):
+        with pytest.raises(DisclosureRefused, match=r"2731 samples touch 100 control points, 27.3 samples per "
+                                                    r"control point, under the fixed party's minimum of 90"):
             backend.set_samples(samples, basis)
 
 
@@ -236,7 +260,7 @@ def test_the_fixed_party_refuses_a_moving_party_that_ignores_its_policy(tmp_path
 
 def test_a_real_fixed_party_refuses_thinned_and_sparse_sample_sets(tmp_path, slice_2d):
     """A real ``ppir fixed`` under the default policy serves two sessions from a moving party that skips its own
-    checks: a URS set that leaves out the left half of the level, then a B-spline set of 1 voxel in 20. Each is
+    checks: a URS set that leaves out the left half of the level, then a B-spline set of 1 voxel in 6. Each is
     refused before any product, and the server goes on serving."""
     write_image(slice_2d, tmp_path / "fixed.nrrd")
     folders = parties(tmp_path / "ids", ("moving", "fixed"))
@@ -248,11 +272,11 @@ def test_a_real_fixed_party_refuses_thinned_and_sparse_sample_sets(tmp_path, sli
         spec = LevelSpec(1, 0.0)
         grid = level_image(slice_2d, spec).grid
         right_half = np.flatnonzero(grid.points()[:, 0] > grid.center()[0])
-        sparse = np.arange(0, grid.n_voxels, 20)
+        sparse = np.arange(0, grid.n_voxels, 6)
         for settings, samples, basis, refusal in [
                 (Settings(levels=[1], sampling="urs", sample_fraction=0.5), right_half,
                  AffineBasis(grid.points(right_half), grid.center()), "uniform_samples"),
-                (Settings(transform="bspline", levels=[1], sampling="urs", sample_fraction=820 / 16384,
+                (Settings(transform="bspline", levels=[1], sampling="urs", sample_fraction=2731 / 16384,
                           bspline_spacing_mm=40.0), sparse,
                  BSplineBasis(grid.points(sparse), control_grid_for(slice_2d.grid, 40.0)),
                  "min_samples_per_control_point")]:

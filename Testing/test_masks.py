@@ -215,7 +215,7 @@ def test_a_fixed_mask_that_leaves_too_few_samples_is_refused_with_the_reason(tmp
     fixed_mask = Volume(mask, slice_2d.grid)
     settings = Settings(levels=[1], sampling="urs", sample_fraction=0.2)
     with pytest.raises(DisclosureRefused, match=r"the fixed party's mask keeps \d+ of the 3277 samples at level 1, "
-                                                r"under its minimum of 256"):
+                                                r"under its minimum of 2048"):
         register(slice_2d, ClearBackend(slice_2d, DisclosurePolicy(), mask=fixed_mask), settings)
     process, address, identity = _serve_fixed(tmp_path, slice_2d, fixed_mask, DisclosurePolicy())
     backend = registry.load("fhe").moving_backend(address, None, identity, settings.to_dict())
@@ -227,7 +227,7 @@ def test_a_fixed_mask_that_leaves_too_few_samples_is_refused_with_the_reason(tmp
     finally:
         backend.close()
     process.wait(60)
-    assert "under its minimum of 256" in process.stderr.read()
+    assert "under its minimum of 2048" in process.stderr.read()
 
 
 @pytest.mark.parametrize("protocol", ["mpc", "fhe"])

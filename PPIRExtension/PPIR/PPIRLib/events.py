@@ -42,6 +42,7 @@ def summary_lines(summary: dict | None) -> list[str]:
                              f"received {_megabytes(stats['bytes_received'])}")
         if summary.get("tre_mm"):
             lines.append(f"Target registration error: {summary['tre_mm']['mean']:.2f} mm (mean)")
+        lines += [f"Planned within the fixed party's policy: {note}" for note in summary.get("plan", [])]
         return lines + disclosure_lines(summary.get("disclosure"))
     return [f"Session time: {summary['wall_time_s']:.1f} s",
             f"Sent {_megabytes(summary['bytes_sent'])}, received {_megabytes(summary['bytes_received'])}",

@@ -131,12 +131,15 @@ def _print_summary(report: dict, as_json: bool) -> None:
                "tre_mm": report.get("tre_mm"),
                "metric": report["metric"], "final_value": report["final_value"],
                "final_ssd": report["final_ssd"], "wall_time_s": round(report["wall_time_s"], 3),
-               "parties": report["parties"], "outputs": report["outputs"], "disclosure": report.get("disclosure")}
+               "parties": report["parties"], "outputs": report["outputs"], "disclosure": report.get("disclosure"),
+               "plan": report["plan"]}
     if as_json:
         print(json.dumps(summary), flush=True)
         return
     print(f"registered ({report['protocol']}) in {summary['wall_time_s']} s, {summary['iterations']} iterations; "
           f"final {summary['metric'].upper()} {summary['final_value']:.6g}")
+    for note in report["plan"]:
+        print(f"  planned within the fixed party's policy: {note}")
     if "tre_mm" in report:
         tre = report["tre_mm"]
         print(f"  TRE against the ground truth: mean {tre['mean']:.3f} mm, p95 {tre['p95']:.3f} mm, "

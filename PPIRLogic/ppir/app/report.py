@@ -42,6 +42,7 @@ def build_report(protocol: str, settings: Settings, result: Result, wall_time_s:
         "metric": result.metric,
         "final_value": result.final_value,
         "settings": {k: v for k, v in settings.__dict__.items()},
+        "plan": result.plan,
         "levels": [level.to_dict() for level in result.levels],
         "iterations": result.iterations,
         "joint_products": sum(level.joint_products for level in result.levels),

@@ -18,8 +18,10 @@ party therefore
   around a detail and keeps the rest dense passes the per-control-point count but gives the attack
   more equations per voxel there (measured in docs/security.md). Not checked with a moving mask,
   whose sets are uneven by design, so ``allow_moving_mask = false`` refuses moving masks altogether;
-- refuses sample sets smaller than ``min_samples`` (or with repeated voxels), more than
-  ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
+- refuses sample sets smaller than ``min_samples`` (or with repeated voxels): at a level with few sampled
+  voxels, even the two products a level needs weigh each voxel heavily (2D levels of 1,024 voxels showed up
+  to 36 % of a detail; docs/security.md), so the moving party leaves such coarse levels out (``plan_within``);
+  refuses more than ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
   allowed (GMS indices trace the moving image's edges; MI's histograms show J's bin at the samples);
 - with a mask of its own (``ppir fixed --fixed-mask``), keeps only the samples inside it and tells the
   moving party which: the moving party learns the mask's membership at the voxels it offered, so the
@@ -70,7 +72,7 @@ class DisclosurePolicy:
     """The fixed party's limits on what it reveals (its configuration; the moving party plans within it)."""
 
     max_ratio: float = 0.5
-    min_samples: int = 256
+    min_samples: int = 2048
     max_sample_sets: int = 1
     max_products: int = 40
     allow_gms: bool = False
@@ -452,6 +454,39 @@ def _check_spread(samples: np.ndarray, shape: tuple[int, ...], factor: int) -> N
                 "refuses sets that thin their samples in places (uniform_samples)")
 
 
+def plan_within(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False):
+    """``settings`` as the moving party runs them under ``policy``, and what changed, as sentences. Both parties
+    derive the plan from the agreed settings and the policy:
+
+    - pyramid levels whose sample sets would hold fewer than ``min_samples`` voxels (the coarse levels of
+      small images, where a few global sums already weigh each voxel heavily: docs/security.md) are left
+      out (if none has enough, all but the finest, which ``check_plan`` then refuses with what would fit);
+    - an unset B-spline stage is kept to the levels the policy serves (``fit_bspline_levels``)."""
+    from ppir.engine.pyramid import level_grid
+    notes = []
+    counts = [_level_samples(settings, level_grid(fixed, factor).n_voxels) for factor in settings.levels]
+    keep = [i for i, n in enumerate(counts) if n >= policy.min_samples] or [int(np.argmin(settings.levels))]
+    if len(keep) < len(counts):
+        for i in sorted(set(range(len(counts))) - set(keep)):
+            notes.append(f"level {settings.levels[i]} left out: its sample set would hold {counts[i]} voxels, under the "
+                         f"fixed party's minimum of {policy.min_samples} (min_samples)")
+        smoothing = None if settings.smoothing is None else [settings.smoothing[i] for i in keep]
+        settings = replace(settings, levels=[settings.levels[i] for i in keep], smoothing=smoothing)
+    fitted = fit_bspline_levels(policy, settings, fixed, fixed_mask)
+    if fitted.bspline_levels != settings.bspline_levels and fitted.bspline_levels != settings.levels:
+        left_out = [f for f in settings.levels if f not in fitted.bspline_levels]
+        notes.append(f"the B-spline stage runs at level(s) {','.join(map(str, fitted.bspline_levels))} only: the fixed "
+                     f"party's policy does not serve the {settings.bspline_spacing_mm:g} mm grid at level(s) "
+                     f"{','.join(map(str, left_out))}")
+    return fitted, notes
+
+
+def _level_samples(settings, n_voxels: int) -> int:
+    """The size of a level's sample set under ``settings`` (before any mask)."""
+    from ppir.engine.sampling import sample_count
+    return n_voxels if settings.sampling == "full" else sample_count(n_voxels, settings.sample_fraction)
+
+
 def fit_bspline_levels(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = False):
     """``settings`` with the B-spline stage kept to the levels ``policy`` serves, when the user left
     ``bspline_levels`` unset (the stage then follows ``levels``); unchanged when the user chose them. When no
@@ -478,7 +513,6 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
     ``fixed_mask``: the fixed party masks, so the share of each level offered to it is limited."""
     from ppir.engine.bspline import control_grid_for
     from ppir.engine.pyramid import level_grid
-    from ppir.engine.sampling import sample_count
     DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins,     # GMS, MI, masks
                      moving_mask=settings.moving_mask)
     if settings.resample_each_iteration and settings.sampling != "full" and policy.max_sample_sets < 2:
@@ -498,12 +532,14 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
         per_product = product_values(points, d, settings.metric, settings.histogram_bins)
         for factor in settings.stage_levels(stage):
             n = level_grid(fixed, factor).n_voxels
-            samples = n if settings.sampling == "full" else sample_count(n, settings.sample_fraction)
+            samples = _level_samples(settings, n)
             if samples < policy.min_samples:
+                what = (f"use a --sample-fraction of at least {policy.min_samples / n:.3g}" if n >= policy.min_samples
+                        else f"this level has {n} voxels: use a finer level or a larger image")
                 raise DisclosureRefused(
                     f"level {factor} would use {samples} samples, under the fixed party's minimum of "
-                    f"{policy.min_samples}: use a --sample-fraction of at least {policy.min_samples / n:.3g} "
-                    f"or drop level {factor}")
+                    f"{policy.min_samples} (min_samples): {what}"
+                    f"{'' if factor == min(settings.stage_levels(stage)) else f', or drop level {factor}'}")
             used = revealed.get(factor, 0) + values_per_sample_set(settings.metric) + 2 * per_product
             allowed = policy.max_ratio * samples
             more = "" if settings.sampling == "full" else ", or full sampling"

@@ -7,7 +7,7 @@ It owns the moving image and the transform, and reaches the fixed image only thr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from ppir.common.errors import PPIRError
 from ppir.engine import masks
 from ppir.engine.bspline import BSplineModel, control_grid_for
-from ppir.engine.disclosure import DisclosureLedger, check_plan, fit_bspline_levels
+from ppir.engine.disclosure import DisclosureLedger, check_plan, plan_within
 from ppir.engine.image import Grid, Volume, check_pair
 from ppir.engine.joint import JointBackend
 from ppir.engine.linear import LinearModel
@@ -78,6 +78,7 @@ class Result:
     final_ssd: float
     metric: str = "ssd"
     final_value: float = float("nan")
+    plan: list[str] = field(default_factory=list)     # what the fixed party's policy changed in the settings
 
     @property
     def iterations(self) -> int:
@@ -213,7 +214,8 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     reaches the backend either, but the sample indices show where it falls on the fixed grid.
     A B-spline level that ends folded raises ``Diverged`` unless ``check_folding`` is off (the privacy
     benchmarks, which record what a run releases, whatever it ends with). A B-spline stage whose levels
-    the settings leave unset runs at the levels the fixed party's policy serves (``fit_bspline_levels``).
+    The run is planned within the fixed party's policy (``plan_within``: coarse levels with too few samples left
+    out, an unset B-spline stage kept to the levels the policy serves); ``Result.plan`` says what changed.
     """
     fixed = backend.fixed_grid
     check_pair(fixed, moving.grid)
@@ -224,7 +226,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     if initial is None and settings.initialization == "identity":
         _check_overlap(moving, fixed)
     policy = backend.agree(settings)
-    settings = fit_bspline_levels(policy, settings, fixed, backend.fixed_mask)
+    settings, plan_notes = plan_within(policy, settings, fixed, backend.fixed_mask)
     check_plan(policy, settings, fixed, backend.fixed_mask)
     ledger = DisclosureLedger(policy, settings.sampling, settings.metric, settings.histogram_bins, backend.fixed_mask,
                               settings.moving_mask)
@@ -240,7 +242,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
         p = _run_stage("bspline", model, model.identity(), moving, backend, settings, plan[1][1], reports,
                        progress, ledger, moving_mask, check_folding)
     last = reports[-1]
-    return Result(model.to_sitk(p), model, p, reports, last.final_ssd, settings.metric, last.value)
+    return Result(model.to_sitk(p), model, p, reports, last.final_ssd, settings.metric, last.value, plan_notes)
 
 
 def _run_stage(stage, model, p, moving, backend, settings, specs, reports, progress, ledger=None, moving_mask=None,

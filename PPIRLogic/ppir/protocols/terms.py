@@ -1,8 +1,8 @@
 """The terms of one session, as the fixed party accepts them: the moving party's settings, checked on every request.
 
 The moving party sends its settings when it opens the session. The fixed party rebuilds them with
-the engine's own checks, runs the protocol's pre-flight, fits an unset B-spline stage to the levels its
-policy serves as the moving party does once it has the policy (``fit_bspline_levels``), and then serves
+the engine's own checks, runs the protocol's pre-flight, plans them within its policy as the moving party
+does once it has the policy (``plan_within``: levels left out, B-spline levels fitted), and then serves
 only the pyramid levels, sample sets and bases that those settings produce; anything else ends the session.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 from ppir.common.errors import PPIRError
 from ppir.engine.bspline import control_grid_for
-from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused, fit_bspline_levels
+from ppir.engine.disclosure import DisclosurePolicy, DisclosureRefused, plan_within
 from ppir.engine.driver import stages
 from ppir.engine.image import Grid
 from ppir.engine.pyramid import LevelSpec
@@ -26,8 +26,8 @@ class SessionTerms:
 
     def __init__(self, protocol: str, settings: dict, fixed_grid: Grid, policy: DisclosurePolicy | None = None,
                  fixed_mask: bool = False):
-        """``policy``, ``fixed_mask``: the fixed party's, to plan the B-spline stage's levels as the moving party
-        will (None: as the settings say)."""
+        """``policy``, ``fixed_mask``: the fixed party's, to plan the levels as the moving party will (None: as the
+        settings say)."""
         try:
             self.settings = Settings.from_dict(settings)
             registry.preflight(protocol, self.settings)
@@ -35,7 +35,7 @@ class SessionTerms:
             raise PeerError(f"the session settings were refused: {err}") from None
         if policy is not None:
             try:
-                self.settings = fit_bspline_levels(policy, self.settings, fixed_grid, fixed_mask)
+                self.settings = plan_within(policy, self.settings, fixed_grid, fixed_mask)[0]
             except DisclosureRefused:
                 pass    # no level fits: the moving party's plan check stops it with the reason
         self._levels = [(stage, spec) for stage, specs in stages(self.settings) for spec in specs]

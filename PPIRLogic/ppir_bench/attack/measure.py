@@ -30,13 +30,13 @@ DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to th
 
 
 def image(name: str) -> Volume:
-    """slice64, slice128 (the 2D T1 slice at 4 mm, 2 mm) or mni4, mni2 (MNI152 T1 at 4 mm, 2 mm)."""
+    """slice64, slice128, slice256 (the 2D T1 slice at 4, 2, 1 mm) or mni4, mni2 (MNI152 T1 at 4 mm, 2 mm)."""
     folder = data.fetch(log=lambda *_: None)
     if name in ("mni4", "mni2"):
         factor = int(name[3:])
         return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(factor, 0.5 * factor))
-    factor = {"slice64": 4, "slice128": 2}[name]
-    return level_image(read_image(folder / data.SLICE_2D), LevelSpec(factor, 0.5 * factor))
+    factor = {"slice64": 4, "slice128": 2, "slice256": 1}[name]
+    return level_image(read_image(folder / data.SLICE_2D), LevelSpec(factor, 0.5 * factor if factor > 1 else 0.0))
 
 
 def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:
@@ -225,7 +225,7 @@ def response(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ppir_bench.attack.measure")
     parser.add_argument("what", choices=("baseline", "policy", "response"))
-    parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "mni4", "mni2"))
+    parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "slice256", "mni4", "mni2"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sampling", default="full")
     parser.add_argument("--sample-fraction", type=float, default=Settings().sample_fraction, help="with --sampling urs")

@@ -115,20 +115,20 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
                                                 r"5000 \(min_samples\): use a --sample-fraction of at least 0.305$"):
         policy = DisclosurePolicy(min_samples=5000)
         check_plan(policy, plan_within(policy, Settings(sampling="urs"), slice_2d.grid)[0], slice_2d.grid)
-    served = Settings(transform="bspline", bspline_spacing_mm=40.0, bspline_levels=[1])
+    served = Settings(transform="bspline", bspline_spacing_mm=50.0, bspline_levels=[1])
     check_plan(DisclosurePolicy(), plan_within(DisclosurePolicy(), served, slice_2d.grid)[0], slice_2d.grid)
 
 
 def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, slice_2d):
-    """Levels 2,1 at a 40 mm grid on the 128² slice: level 2 has 41 samples per control point, under the floor
-    of 90, so the B-spline stage runs at level 1 only, in the clear and between real MPC parties; levels the
+    """Levels 2,1 at a 50 mm grid on the 128² slice: level 2 has 51 samples per control point, under the floor
+    of 180, so the B-spline stage runs at level 1 only (202 per point), in the clear and between real MPC parties; levels the
     user chose are kept, and refused."""
-    settings = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=40.0)
+    settings = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=50.0)
     assert fit_bspline_levels(DisclosurePolicy(), settings, slice_2d.grid).bspline_levels == [1]
     assert fit_bspline_levels(DisclosurePolicy.off(), settings, slice_2d.grid).bspline_levels == [2, 1]
     chosen = Settings(**{**settings.to_dict(), "bspline_levels": [2, 1]})
     assert fit_bspline_levels(DisclosurePolicy(), chosen, slice_2d.grid) == chosen
-    with pytest.raises(DisclosureRefused, match=r"at level 2 the grid's 100 control points share 4096 samples"):
+    with pytest.raises(DisclosureRefused, match=r"at level 2 the grid's 81 control points share 4096 samples"):
         check_plan(DisclosurePolicy(), chosen, slice_2d.grid)
     synthesize(slice_2d, "bspline", 1, tmp_path)
     backend = ClearBackend(read_image(tmp_path / "fixed.nrrd"), DisclosurePolicy())
@@ -138,7 +138,7 @@ def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, s
     # real parties: the fixed party plans the same levels from the settings it was sent, and serves them
     done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(tmp_path / "fixed.nrrd"),
                            "--moving", str(tmp_path / "moving.nrrd"), "--transform", "bspline",
-                           "--bspline-spacing", "40", "--protocol", "mpc", "--output-transform", str(tmp_path / "t.h5"),
+                           "--bspline-spacing", "50", "--protocol", "mpc", "--output-transform", str(tmp_path / "t.h5"),
                            "--report", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
@@ -165,8 +165,8 @@ def test_levels_under_min_samples_are_left_out_with_their_smoothing(slice_2d):
 def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d):
     """The fixed party counts samples per touched control point on the set it receives: a moving party that
     skips the plan check (or draws fewer samples than it planned) is refused before any product."""
-    settings = Settings(transform="bspline", sampling="full", bspline_spacing_mm=40.0, bspline_levels=[1])
-    control = control_grid_for(slice_2d.grid, 40.0)
+    settings = Settings(transform="bspline", sampling="full", bspline_spacing_mm=50.0, bspline_levels=[1])
+    control = control_grid_for(slice_2d.grid, 50.0)
     for samples, accepted in [(None, True), (np.arange(0, slice_2d.grid.n_voxels, 6), False)]:
         backend = ClearBackend(slice_2d, DisclosurePolicy())
         backend.agree(settings)
@@ -175,8 +175,8 @@ def test_a_sparse_bspline_sample_set_is_refused_whatever_the_plan_said(slice_2d)
         if accepted:
             backend.set_samples(samples, basis)
             continue
-        with pytest.raises(DisclosureRefused, match=r"2731 samples touch 100 control points, 27.3 samples per "
-                                                    r"control point, under the fixed party's minimum of 90"):
+        with pytest.raises(DisclosureRefused, match=r"2731 samples touch 81 control points, 33.7 samples per "
+                                                    r"control point, under the fixed party's minimum of 180"):
             backend.set_samples(samples, basis)
 
 

@@ -85,10 +85,11 @@ def test_the_response_measure_follows_the_revealed_values(slice64):
 
 
 def test_the_default_policy_refuses_that_attack_before_any_product(slice64):
-    """The same run under the fixed party's default policy stops before anything about J is revealed."""
+    """The same run under the fixed party's default policy stops before anything about J is revealed: on a 64²
+    slice only a grid of one cell across has 180 samples per control point."""
     fixed, moving, _ = slice64
     recording = None
-    with pytest.raises(DisclosureRefused, match=r"per B-spline control point .*at level 1 .*--bspline-spacing 95.4 mm"):
+    with pytest.raises(DisclosureRefused, match=r"per B-spline control point .*at level 1 .*--bspline-spacing 291.0 mm"):
         _, recording = record_clear(fixed, moving, Settings(transform="bspline"), DisclosurePolicy())
     assert recording is None
 
@@ -112,6 +113,14 @@ def test_the_attack_works_through_the_real_mpc_parties_and_the_policy_stops_it(s
     with pytest.raises(DisclosureRefused, match=r"level 2 would use 1024 samples, under the fixed party's minimum "
                                                 r"of 2048 \(min_samples\)"):
         record_private("mpc", tmp_path / "fixed.nrrd", tmp_path / "moving.nrrd", settings, DisclosurePolicy())
+
+
+@pytest.fixture(scope="module")
+def slice128_bspline(tmp_path_factory):
+    """The 2D T1 slice at 2 mm (128x128) as a synthetic B-spline pair whose fixed image has five discs."""
+    image = level_image(read_image(data.fetch(log=lambda *_: None) / data.SLICE_2D), LevelSpec(2, 1.0))
+    fixed, moving, _, discs = pair_with_details(image, "bspline", 1, tmp_path_factory.mktemp("attack-bspline"))
+    return read_image(fixed), read_image(moving), discs
 
 
 @pytest.fixture(scope="module")
@@ -186,27 +195,29 @@ def _finest_shares(recording, fixed, discs) -> list[float]:
     return [d for d in projected(finest, fixed, discs)[1] if np.isfinite(d)]
 
 
-def test_the_control_point_floor_limits_what_a_bspline_level_shows(slice64):
-    """B-spline at the finest level of the 64² slice, each disc's share by response (no chance floor). Without
-    the floor (min_samples_per_control_point = 0, the policy before it) the 20 mm grid's values follow 26-88 %
-    of each disc (measured); the default policy refuses that grid and names the one it serves (95.4 mm here:
-    114 samples per control point), whose values follow at most 10 % (measured -3 to 9 %)."""
-    fixed, moving, discs = slice64
+def test_the_control_point_floor_limits_what_a_bspline_level_shows(slice64, slice128_bspline):
+    """B-spline at the finest level, each disc's share by response (no chance floor). Without the floor
+    (min_samples_per_control_point = 0, the policy before it) the 64² slice's 20 mm grid follows 26-88 % of each
+    disc (measured). On the 128² slice the default policy refuses 20 mm (64 samples per control point) and names
+    the grid it serves (48.8 mm: 202 per point), whose values follow at most 10 % (measured 1-5 %; 30 mm, 114
+    per point, which the earlier floor of 90 served, followed 4-17 %)."""
     settings = Settings(transform="bspline", bspline_levels=[1])
 
-    def worst(policy: DisclosurePolicy, spacing: float) -> float:
+    def worst(pair, policy: DisclosurePolicy, spacing: float) -> float:
+        fixed, moving, discs = pair
         _, recording = record_clear(fixed, moving, Settings(**{**settings.to_dict(), "bspline_spacing_mm": spacing}),
                                     policy)
         shares = _finest_shares(recording, fixed, discs)
         assert len(shares) >= 4
         return max(shares)
 
-    assert worst(DisclosurePolicy(min_samples_per_control_point=0), 20.0) > 0.5
+    assert worst(slice64, DisclosurePolicy(min_samples_per_control_point=0), 20.0) > 0.5
+    grid = slice128_bspline[0].grid
     with pytest.raises(DisclosureRefused,
                        match=r"min_samples_per_control_point.* --bspline-spacing [\d.]+ mm or more") as err:
-        check_plan(DisclosurePolicy(), plan_within(DisclosurePolicy(), settings, fixed.grid)[0], fixed.grid)
+        check_plan(DisclosurePolicy(), plan_within(DisclosurePolicy(), settings, grid)[0], grid)
     suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
-    assert worst(DisclosurePolicy(), suggested) <= 0.1
+    assert worst(slice128_bspline, DisclosurePolicy(), suggested) <= 0.1
 
 
 def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
@@ -214,7 +225,8 @@ def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
     samples only 1 voxel in 4 within 30 mm of each disc: the level's values then follow 51 % of the 8 mm disc
     (measured; -3 to 9 % from an even set). The fixed party sees a block of the level with too few samples for
     a uniform draw and refuses the set (uniform_samples); legitimate uniform draws pass (the other tests' URS runs,
-    and 5,300 draws over 3D and 2D shapes in a scratch check)."""
+    and 5,300 draws over 3D and 2D shapes in a scratch check). The policy's floor here is the earlier 90 samples
+    per control point: the default 180 serves no grid on the 64² slice."""
     from ppir.engine import driver
     fixed, moving, discs = slice64
     points = fixed.grid.points()
@@ -227,10 +239,11 @@ def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
     monkeypatch.setattr(driver, "draw_uniform", lambda n, f, rng: chosen if n == len(voxels) else draw(n, f, rng))
     settings = Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=95.4, sampling="urs",
                         sample_fraction=1.0)
-    _, recording = record_clear(fixed, moving, settings, DisclosurePolicy(uniform_samples=False))
+    _, recording = record_clear(fixed, moving, settings,
+                                DisclosurePolicy(uniform_samples=False, min_samples_per_control_point=90))
     assert max(_finest_shares(recording, fixed, discs)) > 0.4
     with pytest.raises(DisclosureRefused, match=r"holds \d+ samples in the block .*uniform_samples"):
-        record_clear(fixed, moving, settings, DisclosurePolicy())
+        record_clear(fixed, moving, settings, DisclosurePolicy(min_samples_per_control_point=90))
 
 
 def test_coarse_levels_with_few_samples_are_left_out(slice128):

@@ -6,7 +6,8 @@ their ratio, epsilon, and the optimistic reconstruction attack (``ppir_bench.att
 Tikhonov dampings, the estimate closest to the truth) — its PSNR next to the moving party's own warped
 image, and the share of each detail's contrast (discs of 3-8 mm present only in J) it recovers: measured
 against the truth's contrast (which the rest of J's error enters: a chance floor) and as the estimate's
-response to the disc alone (no floor).
+response to the disc alone (no floor; at levels too large for the dense solve, the matrix-free undamped
+response of ``ppir_bench.attack.sparse``).
 Accuracy cost: TRE against the truth and displacement RMSE against the policy-free run. Mattes MI
 settings are attacked through its bin memberships (``ppir_bench.attack.solve_mi``): the share of
 samples whose bin of J the attack gets right, next to the moving party's own guess.
@@ -24,7 +25,7 @@ from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Volume
 from ppir.engine.settings import Settings
 
-from ppir_bench.attack.measure import DAMPS, attack, attack_mi, pair
+from ppir_bench.attack.measure import DAMPS, attack, attack_mi, pair, projected
 from ppir_bench.attack.record import MIProduct, record_clear
 from ppir_bench.engine import _save, machine
 
@@ -48,8 +49,10 @@ SETTINGS = (
             Settings(transform="bspline", bspline_levels=[1])),
     Setting("2D 64², B-spline 40 mm, finest level", "slice64", "bspline",
             Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=40.0)),
-    Setting("2D 64², B-spline 95.4 mm (the grid the default policy serves), finest level", "slice64", "bspline",
-            Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=95.4)),
+    Setting("2D 128², B-spline 20 mm, finest level", "slice128", "bspline",
+            Settings(transform="bspline", bspline_levels=[1])),
+    Setting("2D 128², B-spline 48.8 mm (the grid the default policy serves), finest level", "slice128", "bspline",
+            Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=48.8)),
     Setting("3D MNI 4 mm, affine, URS 20 %", "mni4", "affine",
             Settings(transform="affine", sampling="urs", sample_fraction=0.2)),
     Setting("2D 128², affine, MI", "slice128", "affine", Settings(transform="affine", metric="mi")),
@@ -78,6 +81,8 @@ def _levels(recording, fixed: Volume, discs, ledger: dict) -> list[dict]:
             a = attack(products, fixed, discs, DAMPS)
             row.update(attack_psnr=a["psnr_prior"], own_psnr=a["psnr_base"], details=_finite(a["detail_prior"]),
                        response=_finite(a["response"]))
+        else:
+            row.update(response=_finite(projected(products, fixed, discs)[1]))
         rows.append(row)
     return rows
 
@@ -142,5 +147,5 @@ def _psnr(level: dict) -> str:
     if "attack_bins" in level:
         return f"bins right {100 * level['attack_bins']:.1f} % ({100 * level['own_bins']:.1f} %)"
     if "attack_psnr" not in level:
-        return "not attacked (too many unknowns)"
+        return "dense attack skipped (too many unknowns)"
     return f"{level['attack_psnr']:.1f} ({level['own_psnr']:.1f})"

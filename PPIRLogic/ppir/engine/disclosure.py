@@ -81,7 +81,7 @@ class DisclosurePolicy:
     max_epsilon: float = math.inf
     delta: float = DELTA
     max_mask_fraction: float = 0.5
-    min_samples_per_control_point: float = 90.0
+    min_samples_per_control_point: float = 180.0
     uniform_samples: bool = True
     allow_moving_mask: bool = True
 

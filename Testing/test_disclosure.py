@@ -121,8 +121,8 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
 
 def test_an_unset_bspline_stage_runs_at_the_levels_the_policy_serves(tmp_path, slice_2d):
     """Levels 2,1 at a 50 mm grid on the 128² slice: level 2 has 51 samples per control point, under the floor
-    of 180, so the B-spline stage runs at level 1 only (202 per point), in the clear and between real MPC parties; levels the
-    user chose are kept, and refused."""
+    of 180, so the B-spline stage runs at level 1 only (202 per point), in the clear and between real MPC parties;
+    levels the user chose are kept, and refused."""
     settings = Settings(transform="bspline", levels=[2, 1], bspline_spacing_mm=50.0)
     assert fit_bspline_levels(DisclosurePolicy(), settings, slice_2d.grid).bspline_levels == [1]
     assert fit_bspline_levels(DisclosurePolicy.off(), settings, slice_2d.grid).bspline_levels == [2, 1]

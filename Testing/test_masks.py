@@ -53,8 +53,8 @@ SETTINGS = dict(transform="affine", levels=[2, 1], sampling="urs", sample_fracti
 
 def _tre(fixed, moving, truth, fixed_mask=None, moving_mask=None, reference=None) -> float:
     settings = Settings(**SETTINGS, moving_mask=moving_mask is not None)
-    result = register(moving, ClearBackend(fixed, DisclosurePolicy(), mask=fixed_mask), settings,
-                      moving_mask=moving_mask)
+    result = register(moving, ClearBackend(fixed, DisclosurePolicy(allow_moving_mask=True), mask=fixed_mask),
+                      settings, moving_mask=moving_mask)
     return tre(reference or fixed, result.transform, truth)["mean"]
 
 
@@ -80,7 +80,7 @@ def test_moving_samples_are_drawn_inside_the_moving_mask_and_the_fixed_party_kee
     fixed, moving, _ = brain_pair
     _, moving_mask = corrupted(moving, [(0.2, 0.6), (0.45, 0.95), (0.2, 0.6)])
     _, fixed_mask = corrupted(fixed, [(0.4, 0.8), (0.05, 0.5), (0.4, 0.8)])
-    backend = ClearBackend(fixed, DisclosurePolicy(), mask=fixed_mask)
+    backend = ClearBackend(fixed, DisclosurePolicy(allow_moving_mask=True), mask=fixed_mask)
     recorder = RecordingBackend(backend)
     offered = []
     keep = recorder.keep_samples
@@ -115,17 +115,17 @@ def test_the_ledger_counts_the_masks_membership_it_shows_and_refuses_beyond_its_
         DisclosurePolicy(max_mask_fraction=1.5)
 
 
-def test_a_fixed_party_can_refuse_moving_masks(slice_2d):
-    """A moving mask lets the moving party choose its samples (its sets are not checked for uniform spread), so
-    a fixed party may refuse it: the moving party's plan stops, and the fixed party refuses the session's
-    settings itself. The default policy allows it."""
+def test_moving_masks_need_the_fixed_partys_consent(slice_2d):
+    """A moving mask lets the moving party choose its samples (its sets are not checked for uniform spread: the
+    thinning attack of test_reconstruction.py), so the default policy refuses it: the moving party's plan
+    stops, and the fixed party refuses the session's settings itself. allow_moving_mask = true allows it."""
     settings = Settings(levels=[1], sampling="urs", moving_mask=True)
-    policy = DisclosurePolicy(allow_moving_mask=False)
+    policy = DisclosurePolicy()
     with pytest.raises(DisclosureRefused, match="refuses a moving mask.*allow_moving_mask = true"):
         check_plan(policy, settings, slice_2d.grid)
     with pytest.raises(DisclosureRefused, match="refuses a moving mask"):
         ClearBackend(slice_2d, policy).agree(settings)
-    ClearBackend(slice_2d, DisclosurePolicy()).agree(settings)
+    ClearBackend(slice_2d, DisclosurePolicy(allow_moving_mask=True)).agree(settings)
     ClearBackend(slice_2d, policy).agree(Settings(levels=[1], sampling="urs"))
 
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "PPIRExtension" / "
 slicer = pytest.importorskip("slicer", reason="slicer-core (Slicer's MRML) is a test requirement")
 from conftest import oblique  # noqa: E402
 from ppir.app.synth import synthesize  # noqa: E402
+from ppir.engine.disclosure import DisclosurePolicy  # noqa: E402
 from ppir.engine.image import write_volume  # noqa: E402
 from PPIRLib import jobs, loopback, mrml  # noqa: E402
 from PPIRLib.events import describe, summary_lines  # noqa: E402
@@ -342,8 +343,9 @@ def test_a_local_run_registers_within_both_masks(mni_4mm, tmp_path):
     for name in ("fixed", "moving"):
         image = sitk.ReadImage(str(tmp_path / f"{name}.nrrd"))
         sitk.WriteImage(sitk.Cast(image > 20, sitk.sitkUInt8), str(tmp_path / f"{name}-labels.nrrd"))
+    DisclosurePolicy(allow_moving_mask=True).write(tmp_path / "policy.toml")    # the fixed party's consent
     settings = jobs.RunSettings(role="local", protocol="clear", transform="affine", sampling="urs",
-                                sample_fraction=0.3, levels="1")
+                                sample_fraction=0.3, levels="1", disclosure_policy=str(tmp_path / "policy.toml"))
     job = jobs.Job(settings, moving_node=moving, fixed_node=fixed,
                    moving_mask=_label_map(scene, tmp_path / "moving-labels.nrrd", "moving labels"),
                    fixed_mask=_label_map(scene, tmp_path / "fixed-labels.nrrd", "fixed labels"), keep_files=True)

@@ -17,7 +17,7 @@ party therefore
   below ``SPREAD_P``, blocks of 8, 16 and 32 voxels a side). A moving party that thins its samples
   around a detail and keeps the rest dense passes the per-control-point count but gives the attack
   more equations per voxel there (measured in docs/security.md). Not checked with a moving mask,
-  whose sets are uneven by design, so ``allow_moving_mask = false`` refuses moving masks altogether;
+  whose sets are uneven by design, so moving masks are refused unless ``allow_moving_mask``;
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels): at a level with few sampled
   voxels, even the two products a level needs weigh each voxel heavily (2D levels of 1,024 voxels showed up
   to 36 % of a detail; docs/security.md), so the moving party leaves such coarse levels out (``plan_within``);
@@ -83,7 +83,7 @@ class DisclosurePolicy:
     max_mask_fraction: float = 0.5
     min_samples_per_control_point: float = 180.0
     uniform_samples: bool = True
-    allow_moving_mask: bool = True
+    allow_moving_mask: bool = False
 
     def __post_init__(self) -> None:
         if not self.max_ratio > 0:
@@ -113,7 +113,7 @@ class DisclosurePolicy:
         """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
         return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
                    allow_gms=True, allow_mi=True, max_mask_fraction=1.0, min_samples_per_control_point=0.0,
-                   uniform_samples=False)
+                   uniform_samples=False, allow_moving_mask=True)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -468,8 +468,8 @@ def plan_within(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fa
     keep = [i for i, n in enumerate(counts) if n >= policy.min_samples] or [int(np.argmin(settings.levels))]
     if len(keep) < len(counts):
         for i in sorted(set(range(len(counts))) - set(keep)):
-            notes.append(f"level {settings.levels[i]} left out: its sample set would hold {counts[i]} voxels, under the "
-                         f"fixed party's minimum of {policy.min_samples} (min_samples)")
+            notes.append(f"level {settings.levels[i]} left out: its sample set would hold {counts[i]} voxels, under "
+                         f"the fixed party's minimum of {policy.min_samples} (min_samples)")
         smoothing = None if settings.smoothing is None else [settings.smoothing[i] for i in keep]
         settings = replace(settings, levels=[settings.levels[i] for i in keep], smoothing=smoothing)
     fitted = fit_bspline_levels(policy, settings, fixed, fixed_mask)

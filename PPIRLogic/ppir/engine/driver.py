@@ -213,7 +213,7 @@ def register(moving: Volume, backend: JointBackend, settings: Settings,
     one) restricts every sample set to the fixed voxels the current transform maps into it; it never
     reaches the backend either, but the sample indices show where it falls on the fixed grid.
     A B-spline level that ends folded raises ``Diverged`` unless ``check_folding`` is off (the privacy
-    benchmarks, which record what a run releases, whatever it ends with). A B-spline stage whose levels
+    benchmarks, which record what a run releases, whatever it ends with).
     The run is planned within the fixed party's policy (``plan_within``: coarse levels with too few samples left
     out, an unset B-spline stage kept to the levels the policy serves); ``Result.plan`` says what changed.
     """

@@ -28,7 +28,8 @@ from ppir.protocols.net.channel import DEFAULT_MAX_MESSAGE, Channel, Identity, P
 from ppir.protocols.net.framing import Message
 from ppir.protocols.terms import SessionTerms
 
-SESSION_VERSION = 2     # 2: the disclosure policy sent in WELCOME gained the B-spline floor and spread checks
+SESSION_VERSION = 3     # 3: both parties plan the levels within the policy (plan_within); 2: the policy in WELCOME
+                        # gained the B-spline floor and spread checks
 IDLE_SECONDS = 3600.0   # how long a serving party waits for the moving party's next request
 
 

@@ -463,13 +463,11 @@ def plan_within(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fa
       out (if none has enough, all but the finest, which ``check_plan`` then refuses with what would fit);
     - an unset B-spline stage is kept to the levels the policy serves (``fit_bspline_levels``)."""
     from ppir.engine.pyramid import level_grid
-    notes = []
     counts = [_level_samples(settings, level_grid(fixed, factor).n_voxels) for factor in settings.levels]
     keep = [i for i, n in enumerate(counts) if n >= policy.min_samples] or [int(np.argmin(settings.levels))]
-    if len(keep) < len(counts):
-        for i in sorted(set(range(len(counts))) - set(keep)):
-            notes.append(f"level {settings.levels[i]} left out: its sample set would hold {counts[i]} voxels, under "
-                         f"the fixed party's minimum of {policy.min_samples} (min_samples)")
+    notes = [f"level {settings.levels[i]} left out: its sample set would hold {counts[i]} voxels, under the fixed "
+             f"party's minimum of {policy.min_samples} (min_samples)" for i in range(len(counts)) if i not in keep]
+    if notes:
         smoothing = None if settings.smoothing is None else [settings.smoothing[i] for i in keep]
         settings = replace(settings, levels=[settings.levels[i] for i in keep], smoothing=smoothing)
     fitted = fit_bspline_levels(policy, settings, fixed, fixed_mask)

@@ -153,6 +153,13 @@ def baseline(args) -> None:
                   flush=True)
 
 
+def _settings(args, kind: str, spacing: float) -> Settings:
+    """The registration of a sweep's run, from the command line's options."""
+    return Settings(transform=kind, sampling=args.sampling, sample_fraction=args.sample_fraction,
+                    bspline_spacing_mm=spacing, levels=args.levels or Settings().levels,
+                    bspline_levels=args.bspline_levels if kind == "bspline" else None)
+
+
 def policy(args) -> None:
     """The real disclosure policy (max_ratio x noise multiplier), per transform and level: the run's TRE next to
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
@@ -164,10 +171,7 @@ def policy(args) -> None:
                 continue
             pair_kind = args.pair or ("bspline" if kind == "bspline" else "affine")
             fixed, moving, truth, discs = pair(args.image, pair_kind, args.seed, Path(tmp) / f"{kind}{spacing}")
-            settings = Settings(transform=kind, sampling=args.sampling, sample_fraction=args.sample_fraction,
-                                bspline_spacing_mm=spacing,
-                                levels=args.levels or Settings().levels,
-                                bspline_levels=args.bspline_levels if kind == "bspline" else None)
+            settings = _settings(args, kind, spacing)
             grid = f"{spacing:g}" if kind == "bspline" else "-"
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio, sigma in itertools.product(args.ratios, args.sigmas):
@@ -200,10 +204,7 @@ def response(args) -> None:
         for kind in args.transforms:
             fixed, moving, truth, discs = pair(args.image, "bspline" if kind == "bspline" else "affine", args.seed,
                                                Path(tmp) / kind)
-            settings = Settings(transform=kind, sampling=args.sampling, sample_fraction=args.sample_fraction,
-                                bspline_spacing_mm=args.bspline_spacing[0],
-                                levels=args.levels or Settings().levels,
-                                bspline_levels=args.bspline_levels if kind == "bspline" else None)
+            settings = _settings(args, kind, args.bspline_spacing[0])
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio in args.ratios:
                 try:

@@ -178,7 +178,7 @@ def _add_policy_option(p: argparse.ArgumentParser, whose: str) -> None:
     p.add_argument("--disclosure-policy", metavar="POLICY.toml",
                    help=f"{whose} disclosure policy: a [disclosure] table (max_ratio, min_samples, "
                         "max_sample_sets, max_products, allow_gms, allow_mi, noise_multiplier, max_epsilon, delta, "
-                        "max_mask_fraction, min_samples_per_control_point, uniform_samples, allow_moving_mask; "
+                        "max_mask_fraction, min_samples_per_control_point(_3d), uniform_samples, allow_moving_mask; "
                         "enabled = false for none). "
                         "Default: the default policy (docs/security.md)")
 

@@ -9,8 +9,10 @@ party therefore
   be solving for (the distinct voxels sampled at that level, over every sample set and stage), and
   refuses a product that would take the ratio over ``max_ratio``;
 - refuses a B-spline sample set with fewer than ``min_samples_per_control_point`` sampled voxels per control
-  point it touches: each B-spline output is a local sum, so what bounds how much of a small detail its
-  values determine is how many samples share each output, not the level's global ratio (measured in
+  point it touches (``min_samples_per_control_point_3d`` on 3D images): each B-spline output is a local sum,
+  so what bounds how much of a small detail its values determine is how many samples share each output, not
+  the level's global ratio. A 3D sample enters 3 x 64 outputs where a 2D one enters 2 x 16, and 3D levels
+  showed 13-22 % of a detail at 216-512 samples per control point, hence a floor of its own (measured in
   docs/security.md);
 - refuses a sample set declared URS whose samples are not spread as a uniform draw would be
   (``uniform_samples``): a block of the level with implausibly few of them (hypergeometric tail
@@ -82,6 +84,7 @@ class DisclosurePolicy:
     delta: float = DELTA
     max_mask_fraction: float = 0.5
     min_samples_per_control_point: float = 180.0
+    min_samples_per_control_point_3d: float = 1000.0
     uniform_samples: bool = True
     allow_moving_mask: bool = False
 
@@ -91,9 +94,10 @@ class DisclosurePolicy:
         if isinstance(self.max_mask_fraction, bool) or not isinstance(self.max_mask_fraction, (int, float)) \
                 or not 0 < self.max_mask_fraction <= 1:
             raise PPIRError(f"disclosure policy: max_mask_fraction must be in (0, 1], got {self.max_mask_fraction!r}")
-        floor = self.min_samples_per_control_point
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
-            raise PPIRError(f"disclosure policy: min_samples_per_control_point must be a number >= 0, got {floor!r}")
+        for name in ("min_samples_per_control_point", "min_samples_per_control_point_3d"):
+            floor = getattr(self, name)
+            if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < math.inf:
+                raise PPIRError(f"disclosure policy: {name} must be a number >= 0, got {floor!r}")
         for name in ("min_samples", "max_sample_sets", "max_products"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -113,7 +117,12 @@ class DisclosurePolicy:
         """No limits and no noise: the fixed party reveals whatever the moving party asks (trials, attack tests)."""
         return cls(max_ratio=math.inf, min_samples=1, max_sample_sets=10 ** 9, max_products=10 ** 9,
                    allow_gms=True, allow_mi=True, max_mask_fraction=1.0, min_samples_per_control_point=0.0,
-                   uniform_samples=False, allow_moving_mask=True)
+                   min_samples_per_control_point_3d=0.0, uniform_samples=False, allow_moving_mask=True)
+
+    def control_point_floor(self, dim: int) -> tuple[float, str]:
+        """The B-spline floor for images of ``dim`` dimensions, and its field's name."""
+        name = "min_samples_per_control_point" + ("_3d" if dim == 3 else "")
+        return getattr(self, name), name
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
@@ -338,17 +347,17 @@ class DisclosureLedger:
             raise DisclosureRefused(f"more than {policy.max_sample_sets} sample set(s) at one level, the fixed "
                                     "party's limit: drop --resample-each-iteration")
 
-    def _check_density(self, basis, touched: int) -> None:
-        """Refuse a B-spline sample set with fewer than ``min_samples_per_control_point`` samples per output it
+    def _check_density(self, basis, touched: int, dim: int) -> None:
+        """Refuse a B-spline sample set with fewer than the policy's floor for ``dim`` of samples per output it
         touches (``touched``)."""
-        floor = self.policy.min_samples_per_control_point
+        floor, name = self.policy.control_point_floor(dim)
         if not hasattr(basis, "control") or not floor or not basis.n_samples:
             return
         if basis.n_samples < floor * touched:
             raise DisclosureRefused(
                 f"at level {self._level.factor} the B-spline stage's {basis.n_samples} samples touch {touched} "
                 f"control points, {basis.n_samples / touched:.1f} samples per control point, under the fixed "
-                f"party's minimum of {floor:g} (min_samples_per_control_point): use a coarser --bspline-spacing, "
+                f"party's minimum of {floor:g} ({name}): use a coarser --bspline-spacing, "
                 "a larger --sample-fraction, or --bspline-levels without this level")
 
     def kept(self, kept: int, offered: int) -> None:
@@ -366,7 +375,7 @@ class DisclosureLedger:
         if samples is not None and has_repeats(samples):
             raise DisclosureRefused("a sample set with repeated voxels")
         touched = touched_outputs(basis)
-        self._check_density(basis, touched)
+        self._check_density(basis, touched, dim)
         level.sample_sets += 1
         if samples is None:
             level.sampled[:] = True
@@ -548,10 +557,11 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
                 if spacing is None:
                     return f"no control grid fits at this level: use --bspline-levels without {factor}{more}"
                 return f"use --bspline-spacing {spacing} mm or more, --bspline-levels without {factor}{more}"
-            if stage == "bspline" and samples < policy.min_samples_per_control_point * points:
+            floor, name = policy.control_point_floor(d)
+            if stage == "bspline" and samples < floor * points:
                 raise DisclosureRefused(
-                    f"the fixed party asks for at least {policy.min_samples_per_control_point:g} sampled voxels per "
-                    f"B-spline control point (min_samples_per_control_point); at level {factor} the grid's {points} "
+                    f"the fixed party asks for at least {floor:g} sampled voxels per B-spline control point "
+                    f"({name}); at level {factor} the grid's {points} "
                     f"control points share {samples} samples ({samples / points:.1f} each): {grid_hint()}")
             if used > allowed:
                 hint = (f"{points} control points; {grid_hint()}" if stage == "bspline"
@@ -564,14 +574,15 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
 
 def _fitting_spacing(fixed, settings, room: float, d: int, samples: int, policy: DisclosurePolicy) -> float | None:
     """The smallest control-point spacing (in steps of 25 %) whose two products fit in ``room`` values with
-    at least ``policy.min_samples_per_control_point`` of the ``samples`` per control point; None if even
-    the coarsest grid (one cell across the image) does not."""
+    at least the policy's floor for ``d`` dimensions of the ``samples`` per control point; None if even the
+    coarsest grid (one cell across the image) does not."""
     from ppir.engine.bspline import control_grid_for
+    floor = policy.control_point_floor(d)[0]
 
     def fits(spacing: float) -> bool:
         points = control_grid_for(fixed, spacing).n_points
         return (2 * product_values(points, d, settings.metric, settings.histogram_bins) <= room
-                and samples >= policy.min_samples_per_control_point * points)
+                and samples >= floor * points)
 
     widest = float(np.max((np.asarray(fixed.size) - 1) * fixed.spacing))
     spacing = settings.bspline_spacing_mm

@@ -23,15 +23,21 @@ from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.engine.settings import Settings
 
 from ppir_bench.attack import solve, solve_mi, sparse
-from ppir_bench.attack.pairs import pair_with_details, without_discs
+from ppir_bench.attack.pairs import central_cube, pair_with_details, without_discs
 from ppir_bench.attack.record import MIProduct, Product, record_clear
 
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
 
 
+IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40")
+
+
 def image(name: str) -> Volume:
-    """slice64, slice128, slice256 (the 2D T1 slice at 4, 2, 1 mm) or mni4, mni2 (MNI152 T1 at 4 mm, 2 mm)."""
+    """slice64, slice128, slice256 (the 2D T1 slice at 4, 2, 1 mm), mni4, mni2 (MNI152 T1 at 4 mm, 2 mm) or
+    mni4-cubeN (the central N³ voxels of mni4)."""
     folder = data.fetch(log=lambda *_: None)
+    if name.startswith("mni4-cube"):
+        return central_cube(image("mni4"), int(name.removeprefix("mni4-cube")))
     if name in ("mni4", "mni2"):
         factor = int(name[3:])
         return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(factor, 0.5 * factor))
@@ -160,6 +166,13 @@ def _settings(args, kind: str, spacing: float) -> Settings:
                     bspline_levels=args.bspline_levels if kind == "bspline" else None)
 
 
+def _floors(args) -> dict:
+    """The policy's control-point floors: ``--floor`` for both dimensions, or the defaults."""
+    if args.floor is None:
+        return {}
+    return {"min_samples_per_control_point": args.floor, "min_samples_per_control_point_3d": args.floor}
+
+
 def policy(args) -> None:
     """The real disclosure policy (max_ratio x noise multiplier), per transform and level: the run's TRE next to
     the policy-free run's, and the optimistic attacker's best reconstruction (over a damping sweep) and details."""
@@ -176,7 +189,7 @@ def policy(args) -> None:
             free, _ = record_clear(fixed, moving, settings, DisclosurePolicy.off())
             for ratio, sigma in itertools.product(args.ratios, args.sigmas):
                 rule = DisclosurePolicy(max_ratio=ratio, noise_multiplier=sigma,
-                                        min_samples_per_control_point=args.floor)
+                                        **_floors(args))
                 try:
                     result, recording = record_clear(fixed, moving, settings, rule)
                 except PPIRError as err:          # refused by the policy, or the registration diverged
@@ -209,7 +222,7 @@ def response(args) -> None:
             for ratio in args.ratios:
                 try:
                     result, recording = record_clear(fixed, moving, settings, DisclosurePolicy(
-                        max_ratio=ratio, min_samples_per_control_point=args.floor))
+                        max_ratio=ratio, **_floors(args)))
                 except PPIRError as err:
                     print(f"| {args.image} | {kind} | {args.sampling} | {args.bspline_levels} | stopped: {err} |", flush=True)
                     continue
@@ -226,7 +239,7 @@ def response(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ppir_bench.attack.measure")
     parser.add_argument("what", choices=("baseline", "policy", "response"))
-    parser.add_argument("--image", default="slice128", choices=("slice64", "slice128", "slice256", "mni4", "mni2"))
+    parser.add_argument("--image", default="slice128", choices=IMAGES)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sampling", default="full")
     parser.add_argument("--sample-fraction", type=float, default=Settings().sample_fraction, help="with --sampling urs")
@@ -236,8 +249,8 @@ def main() -> None:
     parser.add_argument("--transforms", nargs="+", default=["rigid", "affine", "bspline"])
     parser.add_argument("--levels", type=int, nargs="+", default=None, help="pyramid shrink factors (policy)")
     parser.add_argument("--bspline-levels", type=int, nargs="+", default=None)
-    parser.add_argument("--floor", type=float, default=DisclosurePolicy.min_samples_per_control_point,
-                        help="the policy's min_samples_per_control_point (0 for the policy before it)")
+    parser.add_argument("--floor", type=float, default=None,
+                        help="the policy's min_samples_per_control_point, 2D and 3D (default: the policy's; 0: none)")
     parser.add_argument("--bspline-spacing", type=float, nargs="+", default=[Settings.bspline_spacing_mm],
                         help="control-point spacings (mm) to sweep for the B-spline transform")
     parser.add_argument("--pair", choices=("affine", "bspline"), default=None,

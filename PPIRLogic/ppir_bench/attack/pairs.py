@@ -6,12 +6,21 @@ from pathlib import Path
 import numpy as np
 from ppir.app.synth import synthesize
 from ppir.engine.evaluate import foreground
-from ppir.engine.image import Volume, read_image, write_image
+from ppir.engine.image import Grid, Volume, read_image, write_image
 
 from ppir_bench.attack.solve import Disc
 
 RADII_MM = (3.0, 4.0, 5.0, 6.0, 8.0)
 PLACES = ((0.30, 0.30, 0.40), (0.70, 0.35, 0.60), (0.35, 0.70, 0.50), (0.65, 0.65, 0.35), (0.50, 0.50, 0.55))
+
+
+def central_cube(volume: Volume, side: int) -> Volume:
+    """The central ``side``³ voxels of a 3D volume, in place (the same physical positions)."""
+    start = [(n - side) // 2 for n in volume.array.shape]
+    array = np.ascontiguousarray(volume.array[tuple(slice(s, s + side) for s in start)])
+    grid = volume.grid
+    origin = grid.index_to_point(np.asarray(start[::-1], float))
+    return Volume(array, Grid(array.shape, grid.spacing, origin, grid.direction))
 
 
 def place_discs(fixed: Volume, amplitude: float, radii: tuple[float, ...] = RADII_MM) -> list[Disc]:

@@ -1,21 +1,27 @@
-"""The response measure at any size: a level's revealed values as a matrix-free operator, solved by LSQR.
+"""The response measure at any size: a level's revealed values as a sparse matrix A over its sampled voxels.
 
 ``solve`` forms A^T A densely, which limits it to a few thousand voxels: the coarse levels of 2D slices.
-Here A is applied sample set by sample set (A x: each product's Phi^T (g * x) and cross term; A^T y:
-back through the same basis), so a 3D level of 100,000 sampled voxels costs a few sparse products per
-iteration. Undamped, the minimum-norm solution of A x = A c is c's projection onto the equations' row
-space: everything of the change c that the revealed values determine, which is the most any attacker
-can follow of it from exact values (``solve.Spectrum.response`` at damping 0, without the dense solve).
+Here, with few equations (up to ``GRAM_ROWS``, as in 3D levels under the policy), the projection goes
+through the dense Gram matrix A A^T, in seconds; with more, A is applied sample set by sample set (A x:
+each product's Phi^T (g * x) and cross term; A^T y: back through the same basis) and solved by LSQR, so
+a 3D level of 100,000 sampled voxels costs a few sparse products per iteration. Undamped, the
+minimum-norm solution of A x = A c is c's projection onto the equations' row space: everything of the
+change c that the revealed values determine, which is the most any attacker can follow of it from exact
+values (``solve.Spectrum.response`` at damping 0, without the dense solve).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from ppir.engine.basis import BSplineBasis
 from scipy.sparse.linalg import LinearOperator, lsqr
 
 from ppir_bench.attack.record import Product
+
+GRAM_ROWS = 8000            # up to this many equations, ``response`` projects through A A^T (dense, rows^2)
+GRAM_CUTOFF = 1e-12         # eigenvalues of A A^T under this share of the largest (dependent rows) are left out
 
 
 @dataclass
@@ -39,6 +45,13 @@ class _Block:
         xs = x[self.cols]
         r = np.asarray(self._phi().T @ (self.g * xs[:, None]))
         return np.concatenate([r.ravel(), self.w.T @ xs])
+
+    def matrix(self, n_voxels: int) -> sp.csr_matrix:
+        """The block's equations as sparse rows over the level's ``n_voxels`` columns."""
+        phi = sp.csr_matrix(self._phi())
+        local = sp.vstack([phi.multiply(self.g[:, [c]]).T for c in range(self.g.shape[1])] + [sp.csr_matrix(self.w.T)])
+        local = local.tocoo()
+        return sp.csr_matrix((local.data, (local.row, self.cols[local.col])), shape=(local.shape[0], n_voxels))
 
     def backward(self, y: np.ndarray, out: np.ndarray) -> None:
         split = y.size - self.w.shape[1]
@@ -75,6 +88,10 @@ class Equations(LinearOperator):
     def unknowns(self) -> int:
         return len(self.voxels)
 
+    def matrix(self) -> sp.csr_matrix:
+        """A as a sparse matrix (its rows in another order than the operator's: the same row space)."""
+        return sp.vstack([b.matrix(self.shape[1]) for b in self._blocks]).tocsr()
+
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([b.forward(np.ravel(x)) for b in self._blocks])
 
@@ -87,12 +104,31 @@ class Equations(LinearOperator):
         return out
 
 
+def _gram(a: sp.csc_matrix, chunk: int = 8192) -> np.ndarray:
+    """A A^T, dense, summed over column blocks (B-spline rows on coarse grids are nearly dense)."""
+    gram = np.zeros((a.shape[0], a.shape[0]))
+    for start in range(0, a.shape[1], chunk):
+        block = a[:, start:start + chunk].toarray()
+        gram += block @ block.T
+    return gram
+
+
 def response(equations: Equations, change: np.ndarray, iterations: int = 2000) -> tuple[np.ndarray, float]:
-    """The projection of ``change`` (at the voxels) onto the row space, and LSQR's relative residual ||A x - A c||
-    / ||A c|| (how far from converged: the projection is only as good as it is small)."""
+    """The projection of ``change`` (at the voxels) onto the row space, and its relative residual ||A x - A c||
+    / ||A c||. Through the Gram matrix up to ``GRAM_ROWS`` equations: the projection of exact values, down to
+    singular values 10^-6 of the largest (an attacker with exact values; less precise ones follow less). Else
+    by LSQR, which stops before its weakest directions: a lower bound (on a 3D level of 13,824 voxels, 17 %
+    of a detail where the Gram projection gives 22 %)."""
     target = equations @ change
     norm = float(np.linalg.norm(target))
     if norm == 0:
         return np.zeros_like(change), 0.0
-    moved = lsqr(equations, target, atol=1e-12, btol=1e-12, iter_lim=iterations)[0]
+    if equations.shape[0] <= GRAM_ROWS:
+        a = equations.matrix().tocsc()
+        values, vectors = np.linalg.eigh(_gram(a))
+        keep = values > GRAM_CUTOFF * values[-1]
+        coef = vectors[:, keep] @ ((vectors[:, keep].T @ (a @ change)) / values[keep])
+        moved = np.asarray(a.T @ coef).ravel()
+    else:
+        moved = lsqr(equations, target, atol=1e-12, btol=1e-12, iter_lim=iterations)[0]
     return moved, float(np.linalg.norm(equations @ moved - target)) / norm

@@ -29,7 +29,7 @@ from ppir_bench.attack.record import MIProduct, Product, record_clear
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
 
 
-IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40")
+IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40", "mni4-cube46")
 
 
 def image(name: str) -> Volume:

@@ -46,12 +46,17 @@ class _Block:
         r = np.asarray(self._phi().T @ (self.g * xs[:, None]))
         return np.concatenate([r.ravel(), self.w.T @ xs])
 
-    def matrix(self, n_voxels: int) -> sp.csr_matrix:
-        """The block's equations as sparse rows over the level's ``n_voxels`` columns."""
-        phi = sp.csr_matrix(self._phi())
-        local = sp.vstack([phi.multiply(self.g[:, [c]]).T for c in range(self.g.shape[1])] + [sp.csr_matrix(self.w.T)])
-        local = local.tocoo()
-        return sp.csr_matrix((local.data, (local.row, self.cols[local.col])), shape=(local.shape[0], n_voxels))
+    def columns(self, lo: int, hi: int) -> np.ndarray:
+        """The block's equations over the level's columns ``lo`` to ``hi`` - 1, dense, rows as ``forward``'s."""
+        inside = (self.cols >= lo) & (self.cols < hi)
+        phi = self._phi()[inside]
+        phi = phi.toarray() if sp.issparse(phi) else np.asarray(phi)
+        g = self.g[inside]
+        out = np.zeros((self.rows, hi - lo))
+        at = self.cols[inside] - lo
+        out[:-self.w.shape[1], at] = (phi[:, :, None] * g[:, None, :]).reshape(len(at), -1).T
+        out[-self.w.shape[1]:, at] = self.w[inside].T
+        return out
 
     def backward(self, y: np.ndarray, out: np.ndarray) -> None:
         split = y.size - self.w.shape[1]
@@ -88,9 +93,13 @@ class Equations(LinearOperator):
     def unknowns(self) -> int:
         return len(self.voxels)
 
-    def matrix(self) -> sp.csr_matrix:
-        """A as a sparse matrix (its rows in another order than the operator's: the same row space)."""
-        return sp.vstack([b.matrix(self.shape[1]) for b in self._blocks]).tocsr()
+    def gram(self, chunk: int = 2048) -> np.ndarray:
+        """A A^T, dense, summed over blocks of ``chunk`` columns (A itself is never held whole)."""
+        gram = np.zeros((self.shape[0], self.shape[0]))
+        for lo in range(0, self.shape[1], chunk):
+            block = np.vstack([b.columns(lo, min(lo + chunk, self.shape[1])) for b in self._blocks])
+            gram += block @ block.T
+        return gram
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([b.forward(np.ravel(x)) for b in self._blocks])
@@ -104,15 +113,6 @@ class Equations(LinearOperator):
         return out
 
 
-def _gram(a: sp.csc_matrix, chunk: int = 8192) -> np.ndarray:
-    """A A^T, dense, summed over column blocks (B-spline rows on coarse grids are nearly dense)."""
-    gram = np.zeros((a.shape[0], a.shape[0]))
-    for start in range(0, a.shape[1], chunk):
-        block = a[:, start:start + chunk].toarray()
-        gram += block @ block.T
-    return gram
-
-
 def response(equations: Equations, change: np.ndarray, iterations: int = 2000) -> tuple[np.ndarray, float]:
     """The projection of ``change`` (at the voxels) onto the row space, and its relative residual ||A x - A c||
     / ||A c||. Through the Gram matrix up to ``GRAM_ROWS`` equations: the projection of exact values, down to
@@ -124,11 +124,9 @@ def response(equations: Equations, change: np.ndarray, iterations: int = 2000) -
     if norm == 0:
         return np.zeros_like(change), 0.0
     if equations.shape[0] <= GRAM_ROWS:
-        a = equations.matrix().tocsc()
-        values, vectors = np.linalg.eigh(_gram(a))
+        values, vectors = np.linalg.eigh(equations.gram())
         keep = values > GRAM_CUTOFF * values[-1]
-        coef = vectors[:, keep] @ ((vectors[:, keep].T @ (a @ change)) / values[keep])
-        moved = np.asarray(a.T @ coef).ravel()
+        moved = equations.rmatvec(vectors[:, keep] @ ((vectors[:, keep].T @ target) / values[keep]))
     else:
         moved = lsqr(equations, target, atol=1e-12, btol=1e-12, iter_lim=iterations)[0]
     return moved, float(np.linalg.norm(equations @ moved - target)) / norm

@@ -1,4 +1,4 @@
-"""The response measure at any size: a level's revealed values as a sparse matrix A over its sampled voxels.
+"""The response measure at any size: a level's revealed values as linear equations A on its sampled voxels.
 
 ``solve`` forms A^T A densely, which limits it to a few thousand voxels: the coarse levels of 2D slices.
 Here, with few equations (up to ``GRAM_ROWS``, as in 3D levels under the policy), the projection goes

@@ -11,7 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from identities import introduce, parties, party
@@ -311,6 +311,7 @@ _spec = st.one_of(st.tuples(st.one_of(st.text(max_size=70), st.integers(), st.no
 @given(meta=st.one_of(st.dictionaries(st.text(max_size=8), _json, max_size=4), _json),
        specs=st.one_of(st.lists(_spec, max_size=4), _json), extra=st.sampled_from([None, "x"]),
        body=st.binary(max_size=600), nesting=st.integers(0, 3000))
+@example(meta={}, specs=[["0", "float32", [0, 2 ** 40, 2 ** 40]]], extra=None, body=b"", nesting=0)   # CI found it
 def test_framing_fuzz_structured_headers(meta, specs, extra, body, nesting):
     """Structured but hostile headers (wrong types, huge or negative shapes, odd dtypes, deep nesting)."""
     import json

@@ -93,6 +93,8 @@ def _specs(header: bytes | bytearray) -> tuple[dict, list[tuple[str, np.dtype, t
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(type(s) is int and 0 <= s <= MAX_EXTENT for s in shape)):
             raise FramingError(f"array {name!r}: shape must be at most {MAX_DIMS} integers in [0, {MAX_EXTENT}]")
+        if math.prod(s for s in shape if s) > MAX_EXTENT:      # an empty array's other extents count too (numpy)
+            raise FramingError(f"array {name!r}: its extents multiply to more than {MAX_EXTENT}")
         names.add(name)
         checked.append((name, np.dtype(dtype).newbyteorder("<"), tuple(shape)))
     return meta, checked

@@ -60,12 +60,13 @@ def test_attack_recovers_j_without_protection(slice64):
         assert psnr > 80.0 > own + 20.0
 
 
-def test_the_response_measure_follows_the_revealed_values(slice64):
+def test_the_response_measure_follows_the_revealed_values(slice64, monkeypatch):
     """A detail's share by the estimate's response: all of it where the level is solved exactly (no policy,
     B-spline), less where an affine run reveals 56 values for 1,024 voxels (measured 3-15 % undamped; a level
     the default policy now leaves out, so the policy here is the earlier minimum of 256 samples); the
-    matrix-free projection used for 3D levels agrees with the dense one."""
-    from ppir_bench.attack import measure
+    projections used for 3D levels (exact through A A^T, or LSQR where the equations are many) agree with
+    the dense one."""
+    from ppir_bench.attack import measure, sparse
     from ppir_bench.attack.measure import attack
     fixed, moving, discs = slice64
     _, exact = record_clear(fixed, moving, Settings(transform="bspline"), DisclosurePolicy.off())
@@ -78,10 +79,12 @@ def test_the_response_measure_follows_the_revealed_values(slice64):
     dense = attack(level, fixed, discs)["response"]
     shares = [d for d in dense if np.isfinite(d)]
     assert len(shares) >= 3 and max(shares) < 0.3
-    # the matrix-free LSQR projection (3D levels) gives the dense solve's undamped response
-    _, projected, residual = measure.projected(level, fixed, discs)
-    assert residual < 1e-6
-    np.testing.assert_allclose(projected, dense, atol=0.01)
+    # both of sparse.response's projections (3D levels) give the dense solve's undamped response
+    for gram_rows in (sparse.GRAM_ROWS, 0):
+        monkeypatch.setattr(sparse, "GRAM_ROWS", gram_rows)
+        _, projected, residual = measure.projected(level, fixed, discs)
+        assert residual < 1e-6
+        np.testing.assert_allclose(projected, dense, atol=0.01)
 
 
 def test_the_default_policy_refuses_that_attack_before_any_product(slice64):
@@ -246,22 +249,27 @@ def test_a_urs_set_thinned_around_the_details_is_refused(slice64, monkeypatch):
         record_clear(fixed, moving, settings, DisclosurePolicy(min_samples_per_control_point=90))
 
 
+def _level_shares(recording, fixed, discs) -> dict[int, list[float]]:
+    """Per level (shrink factor), each resolved disc's share by the undamped response; at least three per level."""
+    from ppir_bench.attack.measure import projected
+    out = {}
+    for products in recording.levels().values():
+        found = [d for d in projected(products, fixed, discs)[1] if np.isfinite(d)]
+        assert len(found) >= 3
+        out[products[0].sample_set.spec.factor] = found
+    return out
+
+
 def test_coarse_levels_with_few_samples_are_left_out(slice128):
     """Affine on the 128² slice, each disc's share by the undamped response. Under the earlier minimum of 256
     samples the 32² level (1,024 voxels) runs, and its values follow up to 36 % of a disc (measured 5-36 %):
     two products already weigh each of its voxels heavily. The default minimum of 2,048 leaves that level
     out, the moving party says so, and what the levels left show stays at most 10 % (measured -1 to 2 %)."""
-    from ppir_bench.attack.measure import projected
     fixed, moving, discs = slice128
 
     def shares(policy: DisclosurePolicy) -> tuple[dict[int, float], list[str]]:
         result, recording = record_clear(fixed, moving, Settings(transform="affine"), policy)
-        worst = {}
-        for products in recording.levels().values():
-            found = [d for d in projected(products, fixed, discs)[1] if np.isfinite(d)]
-            assert len(found) >= 3
-            worst[products[0].sample_set.spec.factor] = max(found)
-        return worst, result.plan
+        return {factor: max(found) for factor, found in _level_shares(recording, fixed, discs).items()}, result.plan
 
     earlier, notes = shares(DisclosurePolicy(min_samples=256))
     assert not notes and earlier[4] > 0.2
@@ -273,9 +281,9 @@ def test_coarse_levels_with_few_samples_are_left_out(slice128):
 
 def _cube(name: str, folder) -> tuple:
     """A central cube of the MNI152 T1 at 4 mm as a synthetic B-spline pair whose fixed image has five balls."""
-    from ppir_bench.attack.measure import image
-    fixed, moving, _, balls = pair_with_details(image(name), "bspline", 1, folder)
-    return read_image(fixed), read_image(moving), balls
+    from ppir_bench.attack.measure import pair
+    fixed, moving, _, balls = pair(name, "bspline", 1, folder)
+    return fixed, moving, balls
 
 
 @pytest.fixture(scope="module")
@@ -292,13 +300,7 @@ def cube46(tmp_path_factory):
 
 def _worst_share(recording, fixed, balls) -> float:
     """The largest share of a ball, over the resolved balls of every level (undamped response)."""
-    from ppir_bench.attack.measure import projected
-    shares = []
-    for products in recording.levels().values():
-        found = [d for d in projected(products, fixed, balls)[1] if np.isfinite(d)]
-        assert len(found) >= 3
-        shares += found
-    return max(shares)
+    return max(max(found) for found in _level_shares(recording, fixed, balls).values())
 
 
 def test_the_attack_recovers_3d_details_without_protection_and_the_default_refuses_it(cube24):
@@ -308,8 +310,7 @@ def test_the_attack_recovers_3d_details_without_protection_and_the_default_refus
     fixed, moving, balls = cube24
     settings = Settings(transform="bspline", bspline_levels=[1], levels=[1], sampling="urs", sample_fraction=0.25)
     _, recording = record_clear(fixed, moving, settings, DisclosurePolicy.off())
-    from ppir_bench.attack.measure import projected
-    shares = [d for d in projected(recording.levels()[LevelSpec(1, 0.0)], fixed, balls)[1] if np.isfinite(d)]
+    shares = _level_shares(recording, fixed, balls)[1]
     assert len(shares) >= 4 and min(shares) > 0.25
     recording = None
     with pytest.raises(DisclosureRefused, match=r"1500 sampled voxels per B-spline control point "

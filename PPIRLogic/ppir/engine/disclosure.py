@@ -532,6 +532,7 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
             f"sampling offers {100 * offered:g} %: use --sampling urs with a --sample-fraction of at most "
             f"{policy.max_mask_fraction:g}")
     d = fixed.dim
+    floor, floor_name = policy.control_point_floor(d)
     linear = "rigid" if settings.transform == "rigid" else "affine"
     revealed: dict[int, int] = {}
     for stage in (linear, "bspline") if settings.transform == "bspline" else (linear,):
@@ -557,11 +558,10 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
                 if spacing is None:
                     return f"no control grid fits at this level: use --bspline-levels without {factor}{more}"
                 return f"use --bspline-spacing {spacing} mm or more, --bspline-levels without {factor}{more}"
-            floor, name = policy.control_point_floor(d)
             if stage == "bspline" and samples < floor * points:
                 raise DisclosureRefused(
                     f"the fixed party asks for at least {floor:g} sampled voxels per B-spline control point "
-                    f"({name}); at level {factor} the grid's {points} "
+                    f"({floor_name}); at level {factor} the grid's {points} "
                     f"control points share {samples} samples ({samples / points:.1f} each): {grid_hint()}")
             if used > allowed:
                 hint = (f"{points} control points; {grid_hint()}" if stage == "bspline"

@@ -1,7 +1,7 @@
 """The response measure at any size: a level's revealed values as linear equations A on its sampled voxels.
 
 ``solve`` forms A^T A densely, which limits it to a few thousand voxels: the coarse levels of 2D slices.
-Here, with few equations (up to ``GRAM_ROWS``, as in 3D levels under the policy), the projection goes
+Here, with few equations (up to ``GRAM_ROWS``, as in the test suite's 3D levels), the projection goes
 through the dense Gram matrix A A^T, in seconds; with more, A is applied sample set by sample set (A x:
 each product's Phi^T (g * x) and cross term; A^T y: back through the same basis) and solved by LSQR, so
 a 3D level of 100,000 sampled voxels costs a few sparse products per iteration. Undamped, the

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,8 +106,14 @@ def test_a_plan_the_policy_cannot_serve_names_the_limit_and_what_would_fit(slice
         suggested = float(err.value.args[0].split("--bspline-spacing ")[1].split(" mm")[0])
         check_plan(policy, Settings(**{**settings.to_dict(), "bspline_spacing_mm": suggested}), slice_2d.grid)
     with pytest.raises(DisclosureRefused, match=r"share 819 samples \(0.7 each\): no control grid fits at this "
-                                                r"level: use --bspline-levels without 2, or full sampling"):
+                                                r"level: use --bspline-levels without 2$"):   # nor would full sampling
         check_plan(DisclosurePolicy(min_samples=256), fine, slice_2d.grid)
+    half = Settings(transform="bspline", levels=[1], bspline_spacing_mm=60.0, sampling="urs", sample_fraction=0.5)
+    with pytest.raises(DisclosureRefused, match=r"\(128.0 each\): use --bspline-spacing 93.8 mm or more, "
+                                                r"--bspline-levels without 1, or full sampling, which serves the "
+                                                r"60 mm grid at this level$"):
+        check_plan(DisclosurePolicy(), half, slice_2d.grid)
+    check_plan(DisclosurePolicy(), replace(half, sampling="full"), slice_2d.grid)
     with pytest.raises(DisclosureRefused, match=r"level 2 would use 819 samples, under the fixed party's minimum of "
                                                 r"2048 \(min_samples\): use a --sample-fraction of at least 0.5, "
                                                 r"or drop level 2"):

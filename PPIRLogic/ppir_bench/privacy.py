@@ -55,6 +55,8 @@ SETTINGS = (
             Settings(transform="bspline", bspline_levels=[1], bspline_spacing_mm=48.8)),
     Setting("3D MNI 4 mm, affine, URS 20 %", "mni4", "affine",
             Settings(transform="affine", sampling="urs", sample_fraction=0.2)),
+    Setting("3D MNI 4 mm, central 46³, B-spline 186.3 mm (the grid the default policy serves)", "mni4-cube46",
+            "bspline", Settings(transform="bspline", bspline_spacing_mm=186.3)),
     Setting("2D 128², affine, MI", "slice128", "affine", Settings(transform="affine", metric="mi")),
     Setting("2D 128², affine, MI (allowed)", "slice128", "affine", Settings(transform="affine", metric="mi"),
             allow_mi=True),

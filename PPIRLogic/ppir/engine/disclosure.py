@@ -550,7 +550,10 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
                     f"{'' if factor == min(settings.stage_levels(stage)) else f', or drop level {factor}'}")
             used = revealed.get(factor, 0) + values_per_sample_set(settings.metric) + 2 * per_product
             allowed = policy.max_ratio * samples
-            more = "" if settings.sampling == "full" else ", or full sampling"
+            more = ""            # offered only where every voxel of the level would meet the limits
+            if settings.sampling != "full" and used <= policy.max_ratio * n and (stage != "bspline" or n >= floor * points):
+                grid = f", which serves the {settings.bspline_spacing_mm:g} mm grid at this level" if stage == "bspline" else ""
+                more = f", or full sampling{grid}"
             room = allowed - used + 2 * per_product
 
             def grid_hint() -> str:

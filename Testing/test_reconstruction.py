@@ -280,7 +280,8 @@ def test_coarse_levels_with_few_samples_are_left_out(slice128):
 
 
 def _cube(name: str, folder) -> tuple:
-    """A central cube of the MNI152 T1 at 4 mm as a synthetic B-spline pair whose fixed image has five balls."""
+    """A central cube of the MNI152 T1 (at 4 or 2 mm) as a synthetic B-spline pair whose fixed image has five
+    balls."""
     from ppir_bench.attack.measure import pair
     fixed, moving, _, balls = pair(name, "bspline", 1, folder)
     return fixed, moving, balls
@@ -296,6 +297,12 @@ def cube24(tmp_path_factory):
 def cube46(tmp_path_factory):
     """The central 46³ voxels (184 mm) of the brain at 4 mm."""
     return _cube("mni4-cube46", tmp_path_factory.mktemp("cube46"))
+
+
+@pytest.fixture(scope="module")
+def cube46_2mm(tmp_path_factory):
+    """The central 46³ voxels (92 mm) of the brain at 2 mm."""
+    return _cube("mni2-cube46", tmp_path_factory.mktemp("cube46_2mm"))
 
 
 def _worst_share(recording, fixed, balls) -> float:
@@ -327,6 +334,22 @@ def test_3d_levels_need_a_floor_of_their_own(cube24):
     settings = Settings(transform="bspline", bspline_levels=[1], levels=[1], bspline_spacing_mm=95.4)
     _, recording = record_clear(fixed, moving, settings, DisclosurePolicy(min_samples_per_control_point_3d=180))
     assert _worst_share(recording, fixed, balls) > 0.15
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="open (issue 14): at 2 mm the default's 3D floor lets a B-spline level show over a "
+                          "tenth of a ball")
+def test_the_default_policy_keeps_2mm_bspline_details_under_a_tenth(cube46_2mm):
+    """2 mm, full sampling, the default policy, B-spline at the finest level one cell across this 92 mm cube
+    (1,521 samples per control point: the default serves it). Measured: 13 % of the 5 mm ball. On larger 2 mm
+    cubes the default's grids showed 12-15 %, and 3,000 samples per point still 7-12 % (docs/security.md):
+    raising the floor alone does not close this gap. Strict: once the policy holds the bar here, this test
+    fails until its mark is removed."""
+    fixed, moving, balls = cube46_2mm
+    settings = Settings(transform="bspline", levels=[1], bspline_levels=[1], bspline_spacing_mm=95.0)
+    check_plan(DisclosurePolicy(), settings, fixed.grid)
+    _, recording = record_clear(fixed, moving, settings, DisclosurePolicy())
+    assert _worst_share(recording, fixed, balls) <= 0.1
 
 
 @pytest.mark.parametrize("transform", ["rigid", "affine", "bspline"])

@@ -29,15 +29,17 @@ from ppir_bench.attack.record import MIProduct, Product, record_clear
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
 
 
-IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40", "mni4-cube46")
+IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40", "mni4-cube46", "mni2-cube46",
+          "mni2-cube58", "mni2-cube64", "mni2-cube72")
 
 
 def image(name: str) -> Volume:
     """slice64, slice128, slice256 (the 2D T1 slice at 4, 2, 1 mm), mni4, mni2 (MNI152 T1 at 4 mm, 2 mm) or
-    mni4-cubeN (the central N³ voxels of mni4)."""
+    mni4-cubeN, mni2-cubeN (the central N³ voxels of mni4, mni2)."""
     folder = data.fetch(log=lambda *_: None)
-    if name.startswith("mni4-cube"):
-        return central_cube(image("mni4"), int(name.removeprefix("mni4-cube")))
+    if "-cube" in name:
+        whole, side = name.split("-cube")
+        return central_cube(image(whole), int(side))
     if name in ("mni4", "mni2"):
         factor = int(name[3:])
         return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(factor, 0.5 * factor))

@@ -12,8 +12,8 @@ party therefore
   point it touches (``min_samples_per_control_point_3d`` on 3D images): each B-spline output is a local sum,
   so what bounds how much of a small detail its values determine is how many samples share each output, not
   the level's global ratio. A 3D sample enters 3 x 64 outputs where a 2D one enters 2 x 16, and 3D levels
-  at 4 mm showed 13-22 % of a detail at 216-512 samples per control point and up to 13 % at 1,000, hence a
-  floor of its own (measured in docs/security.md);
+  at 4 mm showed 13-22 % of a detail at 216-512 samples per control point and up to 13 % at 1,000, at 2 mm
+  up to 15 % at 1,561 and 12 % at 2,986, hence a floor of its own (measured in docs/security.md);
 - refuses a sample set declared URS whose samples are not spread as a uniform draw would be
   (``uniform_samples``): a block of the level with implausibly few of them (hypergeometric tail
   below ``SPREAD_P``, blocks of 8, 16 and 32 voxels a side). A moving party that thins its samples
@@ -84,7 +84,7 @@ class DisclosurePolicy:
     delta: float = DELTA
     max_mask_fraction: float = 0.5
     min_samples_per_control_point: float = 180.0
-    min_samples_per_control_point_3d: float = 1500.0
+    min_samples_per_control_point_3d: float = 4000.0
     uniform_samples: bool = True
     allow_moving_mask: bool = False
 

@@ -279,36 +279,19 @@ def test_coarse_levels_with_few_samples_are_left_out(slice128):
                      "2048 (min_samples)"]
 
 
-def _cube(name: str, folder) -> tuple:
-    """A central cube of the MNI152 T1 (at 4 or 2 mm) as a synthetic B-spline pair whose fixed image has five
-    balls."""
+@pytest.fixture(scope="module")
+def cube(tmp_path_factory):
+    """``cube(name)``: a central cube of the MNI152 T1 (``mni4-cubeN`` or ``mni2-cubeN``: N³ voxels at 4 or
+    2 mm) as a synthetic B-spline pair whose fixed image has five balls; each made once per module."""
     from ppir_bench.attack.measure import pair
-    fixed, moving, _, balls = pair(name, "bspline", 1, folder)
-    return fixed, moving, balls
+    made = {}
 
-
-@pytest.fixture(scope="module")
-def cube24(tmp_path_factory):
-    """The central 24³ voxels (96 mm) of the brain at 4 mm."""
-    return _cube("mni4-cube24", tmp_path_factory.mktemp("cube24"))
-
-
-@pytest.fixture(scope="module")
-def cube46(tmp_path_factory):
-    """The central 46³ voxels (184 mm) of the brain at 4 mm."""
-    return _cube("mni4-cube46", tmp_path_factory.mktemp("cube46"))
-
-
-@pytest.fixture(scope="module")
-def cube46_2mm(tmp_path_factory):
-    """The central 46³ voxels (92 mm) of the brain at 2 mm."""
-    return _cube("mni2-cube46", tmp_path_factory.mktemp("cube46_2mm"))
-
-
-@pytest.fixture(scope="module")
-def cube64_2mm(tmp_path_factory):
-    """The central 64³ voxels (128 mm) of the brain at 2 mm."""
-    return _cube("mni2-cube64", tmp_path_factory.mktemp("cube64_2mm"))
+    def get(name: str) -> tuple:
+        if name not in made:
+            fixed, moving, _, balls = pair(name, "bspline", 1, tmp_path_factory.mktemp(name))
+            made[name] = fixed, moving, balls
+        return made[name]
+    return get
 
 
 def _worst_share(recording, fixed, balls) -> float:
@@ -316,11 +299,11 @@ def _worst_share(recording, fixed, balls) -> float:
     return max(max(found) for found in _level_shares(recording, fixed, balls).values())
 
 
-def test_the_attack_recovers_3d_details_without_protection_and_the_default_refuses_it(cube24):
+def test_the_attack_recovers_3d_details_without_protection_and_the_default_refuses_it(cube):
     """3D, B-spline 20 mm, URS 25 %, no policy: the revealed values follow 31-74 % of each ball of 3-8 mm
     (measured; LSQR, a lower bound). The default policy refuses that run before any product: no control grid
     on this 96 mm cube has the 4,000 samples per control point it asks for in 3D."""
-    fixed, moving, balls = cube24
+    fixed, moving, balls = cube("mni4-cube24")
     settings = Settings(transform="bspline", bspline_levels=[1], levels=[1], sampling="urs", sample_fraction=0.25)
     _, recording = record_clear(fixed, moving, settings, DisclosurePolicy.off())
     shares = _level_shares(recording, fixed, balls)[1]
@@ -332,45 +315,45 @@ def test_the_attack_recovers_3d_details_without_protection_and_the_default_refus
     assert recording is None
 
 
-def test_3d_levels_need_a_floor_of_their_own(cube24):
+def test_3d_levels_need_a_floor_of_their_own(cube):
     """The 2D floor (180 samples per control point) serves this cube one cell across (216 per point, full
     sampling), and its values then follow over 15 % of a ball (measured 22 %: a 3D sample enters 3 x 64
     B-spline outputs, a 2D one 2 x 16)."""
-    fixed, moving, balls = cube24
+    fixed, moving, balls = cube("mni4-cube24")
     settings = Settings(transform="bspline", bspline_levels=[1], levels=[1], bspline_spacing_mm=95.4)
     _, recording = record_clear(fixed, moving, settings, DisclosurePolicy(min_samples_per_control_point_3d=180))
     assert _worst_share(recording, fixed, balls) > 0.15
 
 
-def test_2mm_levels_need_a_higher_3d_floor(cube46_2mm, cube46):
+def test_2mm_levels_need_a_higher_3d_floor(cube):
     """At 2 mm, the earlier 3D floor of 1,500 samples per control point served this 92 mm cube one cell across
     (1,521 per point, full sampling), and its values then follow over 10 % of a ball (measured 13 % of the 5 mm
     one; 4 mm cubes at the same density stayed at 1-3 %). The default of 4,000 refuses every grid here, and on
     the 4 mm 46³ cube (docs/security.md)."""
-    fixed, moving, balls = cube46_2mm
+    fixed, moving, balls = cube("mni2-cube46")
     settings = Settings(transform="bspline", levels=[1], bspline_levels=[1], bspline_spacing_mm=95.0)
     _, recording = record_clear(fixed, moving, settings, DisclosurePolicy(min_samples_per_control_point_3d=1500))
     assert _worst_share(recording, fixed, balls) > 0.1
-    for volume in (fixed, cube46[0]):
+    for volume in (fixed, cube("mni4-cube46")[0]):
         with pytest.raises(DisclosureRefused, match=r"\(min_samples_per_control_point_3d\).*no control grid fits"):
             plan_within(DisclosurePolicy(), Settings(transform="bspline"), volume.grid)
 
 
 @pytest.mark.parametrize("transform", ["rigid", "affine"])
-def test_the_default_policy_keeps_3d_details_under_a_tenth(cube46, transform):
+def test_the_default_policy_keeps_3d_details_under_a_tenth(cube, transform):
     """3D, full sampling, the default policy and the plan it leaves: levels 2 and 1 (the 12³ level has too few
     samples). Every ball's share at every level stays at most 10 % (measured on seeds 1-3: 0-1 %)."""
-    fixed, moving, balls = cube46
+    fixed, moving, balls = cube("mni4-cube46")
     result, recording = record_clear(fixed, moving, Settings(transform=transform), DisclosurePolicy())
     assert {level.factor for level in result.levels} == {1, 2}
     assert _worst_share(recording, fixed, balls) <= 0.1
 
 
-def test_the_default_policy_keeps_3d_bspline_details_under_a_tenth(cube64_2mm):
+def test_the_default_policy_keeps_3d_bspline_details_under_a_tenth(cube):
     """2 mm, full sampling, the default policy: it refuses the default 20 mm grid and names one cell across this
     128 mm cube (4,096 samples per control point); at that grid, B-spline at the finest level, every ball's share
-    stays at most 10 % (measured @C64@)."""
-    fixed, moving, balls = cube64_2mm
+    stays at most 10 % (measured 2, 5 and 5 % on seeds 1-3)."""
+    fixed, moving, balls = cube("mni2-cube64")
     settings = Settings(transform="bspline", levels=[1], bspline_levels=[1])
     with pytest.raises(DisclosureRefused,
                        match=r"\(min_samples_per_control_point_3d\).*--bspline-spacing 149.0 mm or more") as refusal:

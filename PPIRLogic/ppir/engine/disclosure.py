@@ -551,9 +551,11 @@ def check_plan(policy: DisclosurePolicy, settings, fixed, fixed_mask: bool = Fal
             used = revealed.get(factor, 0) + values_per_sample_set(settings.metric) + 2 * per_product
             allowed = policy.max_ratio * samples
             more = ""            # offered only where every voxel of the level would meet the limits
-            if settings.sampling != "full" and used <= policy.max_ratio * n and (stage != "bspline" or n >= floor * points):
-                grid = f", which serves the {settings.bspline_spacing_mm:g} mm grid at this level" if stage == "bspline" else ""
-                more = f", or full sampling{grid}"
+            full_serves = used <= policy.max_ratio * n and (stage != "bspline" or n >= floor * points)
+            if settings.sampling != "full" and full_serves:
+                more = ", or full sampling"
+                if stage == "bspline":
+                    more += f", which serves the {settings.bspline_spacing_mm:g} mm grid at this level"
             room = allowed - used + 2 * per_product
 
             def grid_hint() -> str:

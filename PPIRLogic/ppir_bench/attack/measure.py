@@ -30,7 +30,7 @@ DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to th
 
 
 IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40", "mni4-cube46", "mni2-cube46",
-          "mni2-cube58", "mni2-cube64", "mni2-cube72")
+          "mni2-cube58", "mni2-cube64", "mni2-cube72", "mni2-cube79")
 
 
 def image(name: str) -> Volume:

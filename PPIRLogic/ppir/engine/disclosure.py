@@ -23,7 +23,7 @@ party therefore
 - refuses sample sets smaller than ``min_samples`` (or with repeated voxels): at a level with few sampled
   voxels, even the two products a level needs weigh each voxel heavily (2D levels of 1,024 voxels showed up
   to 36 % of a detail; docs/security.md), so the moving party leaves such coarse levels out (``plan_within``);
-  refuses more than ``max_sample_sets`` per level, more than ``max_products`` per level, and GMS and Mattes MI unless
+  refuses more than ``max_sample_sets`` and ``max_products`` per level and stage, and GMS and Mattes MI unless
   allowed (GMS indices trace the moving image's edges; MI's histograms show J's bin at the samples);
 - with a mask of its own (``ppir fixed --fixed-mask``), keeps only the samples inside it and tells the
   moving party which: the moving party learns the mask's membership at the voxels it offered, so the

@@ -14,6 +14,7 @@ from ppir.engine.evaluate import tre
 from ppir.engine.image import read_image
 from ppir.engine.joint import ClearBackend
 from ppir.engine.linear import LinearModel
+from ppir.engine.masks import read_mask
 from ppir.engine.metrics import gauss_newton
 from ppir.engine.moving_image import MovingLevel
 from ppir.engine.pyramid import LevelSpec
@@ -76,6 +77,24 @@ def test_ncc_registers_across_scanners(tmp_path, mni_4mm, sample_dir):
         errors[metric] = tre(fixed, result.transform, truth)["mean"]
         assert result.metric == metric and [lv.metric for lv in result.levels] == [metric, metric]
     assert errors["ncc"] < 1.5 and errors["ssd"] > 2 * errors["ncc"], errors
+
+
+def test_the_fixed_partys_head_mask_takes_the_air_out_of_ncc(tmp_path, mni_4mm, sample_dir, capsys):
+    """On the same pair, the air-tissue edge, where the scanner curve jumps, biases NCC: `ppir data mask` makes
+    the head mask, and with it as the fixed party's mask the error falls from 1.30 to 0.53 mm (measured)."""
+    synthesize(mni_4mm, "affine", 1, tmp_path, contrast="mapped", tissue_dir=sample_dir)
+    fixed, moving = read_image(tmp_path / "fixed.nrrd"), read_image(tmp_path / "moving.nrrd")
+    truth = sitk.ReadTransform(str(tmp_path / "ground_truth.h5"))
+    assert main(["data", "mask", "--image", str(tmp_path / "fixed.nrrd"), "--out", str(tmp_path / "m.nrrd"),
+                 "--threshold", "0"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err and not (tmp_path / "m.nrrd").exists()
+    assert main(["data", "mask", "--image", str(tmp_path / "fixed.nrrd"), "--out", str(tmp_path / "m.nrrd")]) == 0
+    mask = read_mask(tmp_path / "m.nrrd", fixed, "fixed mask")
+    head = fixed.array > 0.1 * np.percentile(fixed.array, 99)
+    assert mask.array[head].mean() > 0.99 and 0.1 < mask.array.mean() < 0.5 and mask.array[0, 0, 0] == 0
+    errors = [tre(fixed, register(moving, ClearBackend(fixed, mask=m), Settings(metric="ncc", levels=[2, 1])).transform,
+                  truth)["mean"] for m in (None, mask)]
+    assert errors[1] < 0.6 and errors[1] < 0.5 * errors[0], errors
 
 
 def test_ncc_sum_is_counted_and_noised(mni_4mm):

@@ -62,9 +62,10 @@ ENGINE_CASES = (
 
 
 def simpleitk_affine(fixed: Volume, moving: Volume, levels: list[int], mattes_bins: int | None = None,
-                     sample_fraction: float | None = None, iterations: int = 200, seed: int = 1) -> sitk.Transform:
+                     sample_fraction: float | None = None, iterations: int = 200, seed: int = 1,
+                     fixed_mask: Volume | None = None) -> sitk.Transform:
     """SimpleITK's registration with the same pyramid, affine: mean squares, or Mattes MI over ``mattes_bins``;
-    all voxels, or a random ``sample_fraction`` of them."""
+    all voxels, or a random ``sample_fraction`` of them; only inside ``fixed_mask`` if one is given."""
     f, m = fixed.to_sitk(), moving.to_sitk()
     initial = sitk.CenteredTransformInitializer(f, m, sitk.AffineTransform(fixed.dim),
                                                 sitk.CenteredTransformInitializerFilter.GEOMETRY)
@@ -78,6 +79,8 @@ def simpleitk_affine(fixed: Volume, moving: Volume, levels: list[int], mattes_bi
     else:
         method.SetMetricSamplingStrategy(method.RANDOM)
         method.SetMetricSamplingPercentage(sample_fraction, seed)
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(sitk.Cast(fixed_mask.to_sitk(), sitk.sitkUInt8))
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
                                                     gradientMagnitudeTolerance=1e-8)

@@ -26,7 +26,8 @@ from ppir.app.contract import METRICS
 from ppir.app.synth import synthesize
 from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import disagreement, tre
-from ppir.engine.image import Volume, read_image
+from ppir.engine.image import Volume, read_image, write_image
+from ppir.engine.masks import head_mask
 from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.protocols import registry
 
@@ -46,10 +47,14 @@ class Pair:
     contrast: str
     seed: int = 1
     transform: str = "affine"
+    metrics: tuple[str, ...] = METRICS
+    head_mask: bool = False     # the fixed party's --fixed-mask from `ppir data mask`; SimpleITK's peer gets it too
 
 
-PAIRS = (Pair("T1 through a scanner curve", "mapped"), Pair("T2-like", "t2"), Pair("PET-like", "pet"))
-BSPLINE_PAIRS = tuple(Pair(p.name, p.contrast, 0, "bspline") for p in PAIRS)
+PAIRS = (Pair("T1 through a scanner curve", "mapped"),
+         Pair("T1 through a scanner curve, the fixed party's head mask", "mapped", metrics=("ncc",), head_mask=True),
+         Pair("T2-like", "t2"), Pair("PET-like", "pet"))
+BSPLINE_PAIRS = tuple(Pair(p.name, p.contrast, 0, "bspline") for p in PAIRS if not p.head_mask)
 
 
 def _fixed_source(factor: int) -> tuple[Volume, Path]:
@@ -59,7 +64,8 @@ def _fixed_source(factor: int) -> tuple[Volume, Path]:
     return (level_image(source, LevelSpec(factor, 0.5 * factor)) if factor > 1 else source), folder
 
 
-def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume) -> dict:
+def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume,
+              options: tuple[str, ...] = ()) -> dict:
     """One fresh ``ppir register`` process; a stopped run keeps its last error line."""
     name = f"{metric}-{protocol}"
     policy = folder / "policy-free.toml"
@@ -67,7 +73,8 @@ def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: s
     out, report = folder / f"{name}.h5", folder / f"{name}.json"
     done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(folder / "fixed.nrrd"),
                            "--moving", str(folder / "moving.nrrd"), "--metric", metric, "--protocol", protocol,
-                           *REGISTRATION[transform], "--disclosure-policy", str(policy), "--output-transform", str(out),
+                           *REGISTRATION[transform], *options, "--disclosure-policy", str(policy),
+                           "--output-transform", str(out),
                            "--report", str(report)], capture_output=True, text=True, timeout=3600)
     row = {"metric": metric, "protocol": protocol}
     if done.returncode != 0:
@@ -81,15 +88,19 @@ def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: s
     return row
 
 
-def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, transform: str) -> list[dict]:
-    """SimpleITK's Mattes MI (50 bins, 10 % random samples; affine only) and elastix's (affine, then B-spline for a
-    B-spline pair), the same pyramid."""
+def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, transform: str,
+           mask: Volume | None = None) -> list[dict]:
+    """SimpleITK's Mattes MI (50 bins, 10 % random samples; affine only; with ``mask`` as its fixed mask) and,
+    without a mask, elastix's (affine, then B-spline for a B-spline pair), the same pyramid."""
     rows = []
     if transform == "affine":
         start = time.perf_counter()
-        reference = simpleitk_affine(fixed, moving, LEVELS, mattes_bins=50, sample_fraction=0.1, iterations=300)
-        rows.append({"metric": "Mattes MI", "protocol": "SimpleITK", "wall_s": time.perf_counter() - start,
-                     "tre_mm": tre(fixed, reference, truth)["mean"]})
+        reference = simpleitk_affine(fixed, moving, LEVELS, mattes_bins=50, sample_fraction=0.1, iterations=300,
+                                     fixed_mask=mask)
+        rows.append({"metric": "Mattes MI" + (", the same mask" if mask is not None else ""), "protocol": "SimpleITK",
+                     "wall_s": time.perf_counter() - start, "tre_mm": tre(fixed, reference, truth)["mean"]})
+    if mask is not None:
+        return rows
     found = elastix_registration(folder, fixed, len(LEVELS), "AdvancedMattesMutualInformation",
                                  BSPLINE_SPACING_MM if transform == "bspline" else None)
     peer = {"metric": "AdvancedMattesMutualInformation", "protocol": "elastix"}
@@ -100,16 +111,21 @@ def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, t
     return rows
 
 
-def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, protocols=None, metrics=METRICS,
+def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, protocols=None, metrics=None,
              with_peers: bool = True) -> dict:
     synthesize(source, pair.transform, pair.seed, folder, 0.02, True, contrast=pair.contrast, tissue_dir=tissues)
     fixed, moving = read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd")
     truth = sitk.ReadTransform(str(folder / "ground_truth.h5"))
+    mask, options = None, ()
+    if pair.head_mask:
+        mask = head_mask(fixed)
+        write_image(mask, folder / "head-mask.nrrd")
+        options = ("--fixed-mask", str(folder / "head-mask.nrrd"))
     rows = []
-    for metric in metrics:
+    for metric in metrics or pair.metrics:
         clear = None
         for protocol in protocols or registry.names():
-            row = _ppir_row(folder, pair.transform, metric, protocol, truth, fixed)
+            row = _ppir_row(folder, pair.transform, metric, protocol, truth, fixed, options)
             if protocol == "clear" and "transform_file" in row:
                 clear = sitk.ReadTransform(row["transform_file"])
             elif clear is not None and "transform_file" in row:
@@ -119,7 +135,7 @@ def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, proto
             rows.append(row)
             log(f"  {pair.name} ({pair.transform}): {metric} {protocol}: " + (f"stopped: {row['stopped']}" if "stopped" in row else
                                                           f"TRE {row['tre_mm']:.3f} mm, {row['wall_s']:.1f} s"))
-    peers = _peers(folder, fixed, moving, truth, pair.transform) if with_peers else []
+    peers = _peers(folder, fixed, moving, truth, pair.transform, mask) if with_peers else []
     for peer in peers:
         log(f"  {pair.name}: {peer['protocol']}: " + (peer.get("stopped") or f"TRE {peer['tre_mm']:.3f} mm"))
     initial = tre(fixed, sitk.Transform(fixed.dim, sitk.sitkIdentity), truth)["mean"]
@@ -132,8 +148,8 @@ def run_multimodal_suite(out: Path | None, log=print, factor: int = 2, pairs=PAI
     source, tissues = _fixed_source(factor)
     with tempfile.TemporaryDirectory(prefix="ppir-multimodal-") as tmp:
         results = {"suite": "multimodal", "machine": machine(), "spacing_mm": float(factor),
-                   "pairs": [run_pair(p, source, tissues, Path(tmp) / f"{p.transform}-{p.contrast}", log, protocols)
-                             for p in pairs]}
+                   "pairs": [run_pair(p, source, tissues, Path(tmp) / f"{i}-{p.transform}-{p.contrast}", log, protocols)
+                             for i, p in enumerate(pairs)]}
     _save(out, "multimodal", results, markdown(results))
     return results
 

@@ -252,6 +252,18 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_mask(args: argparse.Namespace) -> int:
+    from ppir.common.files import check_output_path
+    from ppir.engine.image import read_image, write_image
+    from ppir.engine.masks import head_mask
+    check_output_path(args.out)
+    mask = head_mask(read_image(args.image, "image"), args.threshold)
+    write_image(mask, args.out)
+    print(f"{args.out}: {int(mask.array.sum())} of {mask.array.size} voxels inside "
+          f"({100 * mask.array.mean():.1f} %)")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ppir.engine.evaluate import tre
     from ppir.engine.image import read_image
@@ -491,6 +503,18 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
     synth.add_argument("--tissue-dir", type=Path, default=None,
                        help="folder with the tissue maps (default: the `ppir data fetch` folder)")
     synth.set_defaults(run=_cmd_data_synth)
+    mask = data_sub.add_parser("mask", help="a head mask of an image, for --fixed-mask (NCC between scanners)",
+                               description="Writes OUT: the voxels brighter than THRESHOLD x the image's 99th "
+                                           "intensity percentile, their largest connected part, holes filled. "
+                                           "As the fixed party's --fixed-mask it keeps the air out of NCC, "
+                                           "whose result the air-tissue edge biases when the two scanners' "
+                                           "intensity curves differ (docs/method.md); the moving party then "
+                                           "learns the mask at the voxels it samples (docs/security.md).")
+    mask.add_argument("--image", required=True, help="the image to mask (the fixed image)")
+    mask.add_argument("--out", required=True, help="the mask to write (e.g. head-mask.nrrd), on the image's grid")
+    mask.add_argument("--threshold", type=float, default=0.1, metavar="FRACTION",
+                      help="of the 99th intensity percentile (default: 0.1)")
+    mask.set_defaults(run=_cmd_data_mask)
 
     ev = sub.add_parser("evaluate", help="target registration error of a transform against a ground truth",
                         description="Prints JSON {\"tre_mm\": {mean, median, p95, max, voxels}} over the fixed "

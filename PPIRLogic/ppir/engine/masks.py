@@ -23,6 +23,7 @@ from ppir.engine.image import Grid, Volume, read_sitk
 
 ORIGIN_TOLERANCE = 1e-3      # of the smallest voxel spacing
 RELATIVE_TOLERANCE = 1e-4    # spacing and direction cosines
+HEAD_FRACTION = 0.1          # head_mask's threshold, of the 99th intensity percentile
 
 
 def read_mask(path: str | os.PathLike, volume: Volume, role: str) -> Volume:
@@ -50,6 +51,20 @@ def read_mask(path: str | os.PathLike, volume: Volume, role: str) -> Volume:
     if not inside.any():
         raise PPIRError(f"{label}: is empty (no non-zero voxel)")
     return Volume(inside.astype(np.uint8), volume.grid)
+
+
+def head_mask(volume: Volume, fraction: float = HEAD_FRACTION) -> Volume:
+    """The head (or body) in ``volume``: the voxels brighter than ``fraction`` x its 99th intensity percentile,
+    their largest connected part, holes filled; 0/1 uint8 on the volume's grid. A fixed party's mask that
+    keeps the air out of NCC between scanners whose intensity curves differ (docs/method.md)."""
+    if not 0.0 < fraction < 1.0:
+        raise PPIRError(f"the head mask's threshold must be a fraction between 0 and 1, got {fraction}")
+    level = fraction * float(np.percentile(volume.array, 99))
+    if not level > 0:
+        raise PPIRError("the image's 99th intensity percentile is not positive: there is no head above the air")
+    bright = sitk.BinaryThreshold(volume.to_sitk(), level, float("inf"), 1, 0)
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(bright), sortByObjectSize=True) == 1
+    return Volume(sitk.GetArrayFromImage(sitk.BinaryFillhole(largest)).astype(np.uint8), volume.grid)
 
 
 def grid_difference(grid: Grid, expected: Grid) -> str | None:

@@ -8,7 +8,8 @@ fresh ``ppir register`` process (levels 4,2,1, URS 10 %; affine: at most 16 iter
 no disclosure policy: the policy has its own suite); a run that stops (divergence, a protocol that
 does not serve the metric) is a row with the reason. Next to them: SimpleITK's Mattes MI (affine)
 and, if installed, elastix's AdvancedMattesMutualInformation (affine, or affine then B-spline) on
-the same pair.
+the same pair. The intensity-mapped pair runs NCC once more with the fixed party's head mask
+(``ppir data mask``), SimpleITK's Mattes MI given the same mask.
 """
 from __future__ import annotations
 

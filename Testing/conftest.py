@@ -1,12 +1,22 @@
 """Shared fixtures: small crops of the real sample images (fetched once into the user cache)."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from ppir.app import data
 from ppir.engine.image import Volume, read_image
 from ppir.engine.pyramid import LevelSpec, level_image
+
+
+def pytest_configure(config):
+    """Tests stop parties with Ctrl-C (SIGINT). A shell that starts the suite in the background (`make test &`,
+    nohup) ignores SIGINT, and every child would inherit that and never see it: catch it here instead, so the
+    parties start with the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -30,19 +30,20 @@ DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to th
 
 
 IMAGES = ("slice64", "slice128", "slice256", "mni4", "mni2", "mni4-cube24", "mni4-cube40", "mni4-cube46", "mni2-cube46",
-          "mni2-cube58", "mni2-cube64", "mni2-cube72", "mni2-cube79")
+          "mni2-cube58", "mni2-cube64", "mni2-cube72", "mni2-cube79", "mni1-cube64", "mni1-cube96")
 
 
 def image(name: str) -> Volume:
-    """slice64, slice128, slice256 (the 2D T1 slice at 4, 2, 1 mm), mni4, mni2 (MNI152 T1 at 4 mm, 2 mm) or
-    mni4-cubeN, mni2-cubeN (the central N³ voxels of mni4, mni2)."""
+    """slice64, slice128, slice256 (the 2D T1 slice at 4, 2, 1 mm), mni4, mni2, mni1 (MNI152 T1 at 4, 2, 1 mm) or
+    mni4-cubeN, mni2-cubeN, mni1-cubeN (the central N³ voxels of one of them)."""
     folder = data.fetch(log=lambda *_: None)
     if "-cube" in name:
         whole, side = name.split("-cube")
         return central_cube(image(whole), int(side))
-    if name in ("mni4", "mni2"):
+    if name in ("mni4", "mni2", "mni1"):
         factor = int(name[3:])
-        return level_image(read_image(folder / "mni152_t1_1mm.nii.gz"), LevelSpec(factor, 0.5 * factor))
+        whole = read_image(folder / "mni152_t1_1mm.nii.gz")
+        return whole if factor == 1 else level_image(whole, LevelSpec(factor, 0.5 * factor))
     factor = {"slice64": 4, "slice128": 2, "slice256": 1}[name]
     return level_image(read_image(folder / data.SLICE_2D), LevelSpec(factor, 0.5 * factor if factor > 1 else 0.0))
 

@@ -112,8 +112,9 @@ def test_the_default_policy_refuses_that_attack_before_any_product(slice64):
 
 def test_the_attack_works_through_the_real_mpc_parties_and_the_policy_stops_it(slice64, tmp_path):
     """The same recording from a real MPC session (three processes over TLS): measured 77 / 44–47 dB at 16² / 32²
-    (the fixed-point rounding differs between machines) against the own image's 40 / 31 dB, every resolved detail recovered; under the fixed party's default
-    policy the moving party stops before the first product (both levels hold under 2,048 voxels)."""
+    (the fixed-point rounding differs between machines) against the own image's 40 / 31 dB, every resolved
+    detail recovered; under the fixed party's default policy the moving party stops before the first product
+    (both levels hold under 2,048 voxels)."""
     from ppir.engine.image import write_image
     from ppir_bench.attack.record import record_private
     fixed, moving, discs = slice64

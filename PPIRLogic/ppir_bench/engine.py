@@ -61,6 +61,12 @@ ENGINE_CASES = (
 )
 
 
+def shrunk(image: Volume, factor: int) -> Volume:
+    """``image`` at ``factor`` times its voxel size, smoothed as a pyramid level is (sigma 0.5 x factor voxels);
+    itself at factor 1."""
+    return level_image(image, LevelSpec(factor, 0.5 * factor)) if factor > 1 else image
+
+
 def simpleitk_affine(fixed: Volume, moving: Volume, levels: list[int], mattes_bins: int | None = None,
                      sample_fraction: float | None = None, iterations: int = 200, seed: int = 1,
                      fixed_mask: Volume | None = None) -> sitk.Transform:
@@ -92,9 +98,7 @@ def simpleitk_affine(fixed: Volume, moving: Volume, levels: list[int], mattes_bi
 
 
 def _pair(case: Case, folder: Path, seed: int) -> tuple[Volume, Volume, sitk.Transform]:
-    source = read_image(data.sample_path(case.image))
-    if case.shrink > 1:
-        source = level_image(source, LevelSpec(case.shrink, 0.5 * case.shrink))
+    source = shrunk(read_image(data.sample_path(case.image)), case.shrink)
     synthesize(source, case.truth, seed, folder, case.noise, case.bias)
     return (read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd"),
             sitk.ReadTransform(str(folder / "ground_truth.h5")))

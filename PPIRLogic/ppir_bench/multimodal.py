@@ -29,10 +29,9 @@ from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Volume, read_image, write_image
 from ppir.engine.masks import head_mask
-from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.protocols import registry
 
-from ppir_bench.engine import _save, machine, simpleitk_affine
+from ppir_bench.engine import _save, machine, shrunk, simpleitk_affine
 from ppir_bench.suite import ELASTIX_MISSING, elastix_registration
 
 LEVELS = [4, 2, 1]
@@ -62,7 +61,7 @@ def _fixed_source(factor: int) -> tuple[Volume, Path]:
     """The MNI152 T1 at ``factor`` mm, and the folder with its tissue maps."""
     folder = data.fetch(log=lambda *_: None)
     source = read_image(folder / "mni152_t1_1mm.nii.gz")
-    return (level_image(source, LevelSpec(factor, 0.5 * factor)) if factor > 1 else source), folder
+    return shrunk(source, factor), folder
 
 
 def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume,

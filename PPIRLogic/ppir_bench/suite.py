@@ -23,10 +23,9 @@ from ppir.common.files import OutputBatch
 from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import disagreement, tre
 from ppir.engine.image import Volume, read_image
-from ppir.engine.pyramid import LevelSpec, level_image
 from ppir.protocols import registry
 
-from ppir_bench.engine import large_2d_pair, machine, simpleitk_affine
+from ppir_bench.engine import large_2d_pair, machine, shrunk, simpleitk_affine
 from ppir_bench.paper import PAPER
 
 PROTOCOLS = registry.names()
@@ -68,11 +67,6 @@ SUITES = {
 def _make_pair(image: Volume, folder: Path, truth: str = "affine", seed: int = 1) -> sitk.Transform:
     synthesize(image, truth, seed, folder, 0.02, True)
     return sitk.ReadTransform(str(folder / "ground_truth.h5"))
-
-
-def _shrunk(image: Volume, shrink: int) -> Volume:
-    """The image reduced by ``shrink`` per axis (smoothed first), or itself."""
-    return level_image(image, LevelSpec(shrink, 0.5 * shrink)) if shrink > 1 else image
 
 
 def registration(fixed: Path, moving: Path, truth: Path, folder: Path, name: str, protocol: str,
@@ -194,7 +188,7 @@ def _model_runs(pair: Pair, transform: str, folder: Path, repeats: int, log) -> 
 def run_pair(pair: Pair, repeats: int, work: Path, log) -> dict:
     """Affine rows on a pair moved by a random affine; B-spline rows on a pair moved by affine + B-spline."""
     folder = work / pair.name.replace(" ", "_").replace(",", "")
-    source = _shrunk(read_image(data.sample_path(pair.image)), pair.shrink)
+    source = shrunk(read_image(data.sample_path(pair.image)), pair.shrink)
     truths = {model: _make_pair(source, folder / model, model) for model in ("affine", "bspline")}
     fixed_volume = read_image(folder / "affine" / "fixed.nrrd")
     rows = [row for model in ("affine", "bspline") for row in _model_runs(pair, model, folder / model, repeats, log)]
@@ -216,7 +210,7 @@ def run_scaling(shrinks: tuple[int, ...], work: Path, log) -> dict:
     source = read_image(data.sample_path(MNI))
     for shrink in shrinks:
         folder = work / f"scaling-{shrink}"
-        image = _shrunk(source, shrink)
+        image = shrunk(source, shrink)
         _make_pair(image, folder)
         voxels = int(np.prod(image.grid.size))
         for protocol in PROTOCOLS:

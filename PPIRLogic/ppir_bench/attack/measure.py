@@ -19,12 +19,13 @@ from ppir.engine import mutual_information as mattes
 from ppir.engine.disclosure import DisclosurePolicy
 from ppir.engine.evaluate import tre
 from ppir.engine.image import Volume, read_image
-from ppir.engine.pyramid import LevelSpec, level_image
+from ppir.engine.pyramid import level_image
 from ppir.engine.settings import Settings
 
 from ppir_bench.attack import solve, solve_mi, sparse
 from ppir_bench.attack.pairs import central_cube, pair_with_details, without_discs
 from ppir_bench.attack.record import MIProduct, Product, record_clear
+from ppir_bench.engine import shrunk
 
 DAMPS = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)   # relative to the largest eigenvalue of A^T A
 
@@ -41,11 +42,8 @@ def image(name: str) -> Volume:
         whole, side = name.split("-cube")
         return central_cube(image(whole), int(side))
     if name in ("mni4", "mni2", "mni1"):
-        factor = int(name[3:])
-        whole = read_image(folder / "mni152_t1_1mm.nii.gz")
-        return whole if factor == 1 else level_image(whole, LevelSpec(factor, 0.5 * factor))
-    factor = {"slice64": 4, "slice128": 2, "slice256": 1}[name]
-    return level_image(read_image(folder / data.SLICE_2D), LevelSpec(factor, 0.5 * factor if factor > 1 else 0.0))
+        return shrunk(read_image(folder / "mni152_t1_1mm.nii.gz"), int(name[3:]))
+    return shrunk(read_image(folder / data.SLICE_2D), {"slice64": 4, "slice128": 2, "slice256": 1}[name])
 
 
 def attack(products: list[Product], fixed: Volume, discs, damps=(0.0,)) -> dict:

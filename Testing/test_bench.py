@@ -68,3 +68,16 @@ def test_multimodal_suite_runs_a_metric_under_a_protocol(tmp_path):
     masked = run_pair(PAIRS[1], source, tissues, tmp_path / "masked", lambda *_: None, protocols=("clear",))
     assert (tmp_path / "masked" / "head-mask.nrrd").exists() and masked["runs"][0]["tre_mm"] < run["tre_mm"]
     assert [p["metric"] for p in masked["peers"]] == ["Mattes MI, the same mask"]
+
+
+def test_multimodal_suite_starts_a_bspline_pair_at_the_truth_as_well(tmp_path):
+    """On a B-spline pair each metric also runs from the truth (the moving image resampled through it, registered
+    from the identity): the row's TRE is its distance from the truth, far under the pair's initial misalignment."""
+    from ppir_bench.multimodal import Pair, _fixed_source, markdown, run_pair
+    source, tissues = _fixed_source(4)
+    pair = run_pair(Pair("T1", "same", 0, "bspline", metrics=("ssd",)), source, tissues, tmp_path, lambda *_: None,
+                    protocols=("clear",), with_peers=False)
+    start, at_truth = pair["runs"]
+    assert at_truth["protocol"] == "clear, started at the truth" and (tmp_path / "moving-at-truth.nrrd").exists()
+    assert at_truth["tre_mm"] < 0.1 * pair["initial_tre_mm"] and start["tre_mm"] < 0.1 * pair["initial_tre_mm"]
+    assert f"| T1 | bspline | ssd | clear, started at the truth | {at_truth['tre_mm']:.3f} |" in markdown({"pairs": [pair]})

@@ -9,7 +9,8 @@ no disclosure policy: the policy has its own suite); a run that stops (divergenc
 does not serve the metric) is a row with the reason. Next to them: SimpleITK's Mattes MI (affine)
 and, if installed, elastix's AdvancedMattesMutualInformation (affine, or affine then B-spline) on
 the same pair. The intensity-mapped pair runs NCC once more with the fixed party's head mask
-(``ppir data mask``), SimpleITK's Mattes MI given the same mask.
+(``ppir data mask``), SimpleITK's Mattes MI given the same mask. On a B-spline pair each metric also
+runs in the clear started at the truth (``at_truth``): how far the metric's own optimum lies from it.
 """
 from __future__ import annotations
 
@@ -65,18 +66,18 @@ def _fixed_source(factor: int) -> tuple[Volume, Path]:
 
 
 def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: sitk.Transform, fixed: Volume,
-              options: tuple[str, ...] = ()) -> dict:
+              options: tuple[str, ...] = (), moving: str = "moving.nrrd", label: str | None = None) -> dict:
     """One fresh ``ppir register`` process; a stopped run keeps its last error line."""
-    name = f"{metric}-{protocol}"
+    name = f"{metric}-{protocol}-{Path(moving).stem}"
     policy = folder / "policy-free.toml"
     DisclosurePolicy.off().write(policy)
     out, report = folder / f"{name}.h5", folder / f"{name}.json"
     done = subprocess.run([sys.executable, "-m", "ppir", "register", "--fixed", str(folder / "fixed.nrrd"),
-                           "--moving", str(folder / "moving.nrrd"), "--metric", metric, "--protocol", protocol,
+                           "--moving", str(folder / moving), "--metric", metric, "--protocol", protocol,
                            *REGISTRATION[transform], *options, "--disclosure-policy", str(policy),
                            "--output-transform", str(out),
                            "--report", str(report)], capture_output=True, text=True, timeout=3600)
-    row = {"metric": metric, "protocol": protocol}
+    row = {"metric": metric, "protocol": label or protocol}
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         row["stopped"] = (lines[-1] if lines else f"exit {done.returncode}").removeprefix("ppir: error: ")
@@ -86,6 +87,17 @@ def _ppir_row(folder: Path, transform: str, metric: str, protocol: str, truth: s
     row.update(tre_mm=tre(fixed, sitk.ReadTransform(str(out)), truth)["mean"], wall_s=result["wall_time_s"],
                iterations=result["iterations"], traffic_mb=traffic / 1e6, transform_file=str(out))
     return row
+
+
+def at_truth(folder: Path, metric: str, fixed: Volume, moving: Volume, truth: sitk.Transform) -> dict:
+    """The clear registration started at the truth: the moving image resampled onto the fixed grid through the
+    ground truth, registered from the identity. Its distance from the identity (the row's TRE) is how far
+    the metric's own optimum, as the pyramid reaches it from there, lies from the truth: a floor for the
+    runs from the start on this pair."""
+    aligned = sitk.Resample(moving.to_sitk(), fixed.to_sitk(), truth, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+    write_image(Volume.from_sitk(aligned), folder / "moving-at-truth.nrrd")
+    return _ppir_row(folder, "bspline", metric, "clear", sitk.Transform(fixed.dim, sitk.sitkIdentity), fixed,
+                     ("--init", "identity"), moving="moving-at-truth.nrrd", label="clear, started at the truth")
 
 
 def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, transform: str,
@@ -111,8 +123,13 @@ def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, t
     return rows
 
 
+def _log_row(log, pair: Pair, row: dict) -> None:
+    log(f"  {pair.name} ({pair.transform}): {row['metric']} {row['protocol']}: " + (
+        f"stopped: {row['stopped']}" if "stopped" in row else f"TRE {row['tre_mm']:.3f} mm, {row['wall_s']:.1f} s"))
+
+
 def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, protocols=None, metrics=None,
-             with_peers: bool = True) -> dict:
+             with_peers: bool = True, with_truth_start: bool = True) -> dict:
     synthesize(source, pair.transform, pair.seed, folder, 0.02, True, contrast=pair.contrast, tissue_dir=tissues)
     fixed, moving = read_image(folder / "fixed.nrrd"), read_image(folder / "moving.nrrd")
     truth = sitk.ReadTransform(str(folder / "ground_truth.h5"))
@@ -133,8 +150,11 @@ def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, proto
                                                        fixed.grid)["rmse"]
             row.pop("transform_file", None)
             rows.append(row)
-            log(f"  {pair.name} ({pair.transform}): {metric} {protocol}: " + (f"stopped: {row['stopped']}" if "stopped" in row else
-                                                          f"TRE {row['tre_mm']:.3f} mm, {row['wall_s']:.1f} s"))
+            _log_row(log, pair, row)
+        if pair.transform == "bspline" and with_truth_start:
+            rows.append(at_truth(folder, metric, fixed, moving, truth))
+            rows[-1].pop("transform_file", None)
+            _log_row(log, pair, rows[-1])
     peers = _peers(folder, fixed, moving, truth, pair.transform, mask) if with_peers else []
     for peer in peers:
         log(f"  {pair.name}: {peer['protocol']}: " + (peer.get("stopped") or f"TRE {peer['tre_mm']:.3f} mm"))

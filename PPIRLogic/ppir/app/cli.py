@@ -25,6 +25,7 @@ from ppir.app.outputs import Outputs
 from ppir.app.progress import JsonLines, TerminalBar
 from ppir.common.errors import PPIRError
 from ppir.common.version import __version__
+from ppir.engine.masks import HEAD_FRACTION
 from ppir.engine.settings import Settings
 from ppir.protocols import registry
 
@@ -512,8 +513,8 @@ def _add_other_commands(parser: argparse.ArgumentParser, sub) -> argparse.Argume
                                            "learns the mask at the voxels it samples (docs/security.md).")
     mask.add_argument("--image", required=True, help="the image to mask (the fixed image)")
     mask.add_argument("--out", required=True, help="the mask to write (e.g. head-mask.nrrd), on the image's grid")
-    mask.add_argument("--threshold", type=float, default=0.1, metavar="FRACTION",
-                      help="of the 99th intensity percentile (default: 0.1)")
+    mask.add_argument("--threshold", type=float, default=HEAD_FRACTION, metavar="FRACTION",
+                      help=f"of the 99th intensity percentile (default: {HEAD_FRACTION:g})")
     mask.set_defaults(run=_cmd_data_mask)
 
     ev = sub.add_parser("evaluate", help="target registration error of a transform against a ground truth",

@@ -96,8 +96,10 @@ def at_truth(folder: Path, metric: str, fixed: Volume, moving: Volume, truth: si
     runs from the start on this pair."""
     aligned = sitk.Resample(moving.to_sitk(), fixed.to_sitk(), truth, sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
     write_image(Volume.from_sitk(aligned), folder / "moving-at-truth.nrrd")
-    return _ppir_row(folder, "bspline", metric, "clear", sitk.Transform(fixed.dim, sitk.sitkIdentity), fixed,
-                     ("--init", "identity"), moving="moving-at-truth.nrrd", label="clear, started at the truth")
+    row = _ppir_row(folder, "bspline", metric, "clear", sitk.Transform(fixed.dim, sitk.sitkIdentity), fixed,
+                    ("--init", "identity"), moving="moving-at-truth.nrrd", label="clear, started at the truth")
+    row.pop("transform_file", None)
+    return row
 
 
 def _peers(folder: Path, fixed: Volume, moving: Volume, truth: sitk.Transform, transform: str,
@@ -153,7 +155,6 @@ def run_pair(pair: Pair, source: Volume, tissues: Path, folder: Path, log, proto
             _log_row(log, pair, row)
         if pair.transform == "bspline" and with_truth_start:
             rows.append(at_truth(folder, metric, fixed, moving, truth))
-            rows[-1].pop("transform_file", None)
             _log_row(log, pair, rows[-1])
     peers = _peers(folder, fixed, moving, truth, pair.transform, mask) if with_peers else []
     for peer in peers:

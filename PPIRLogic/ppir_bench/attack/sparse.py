@@ -50,11 +50,18 @@ class _Block:
     def columns(self, lo: int, hi: int) -> np.ndarray:
         """The block's equations over the level's columns ``lo`` to ``hi`` - 1, dense, rows as ``forward``'s."""
         inside = (self.cols >= lo) & (self.cols < hi)
+        return self._dense(inside, self.cols[inside] - lo, hi - lo)
+
+    def subset(self, wanted: np.ndarray) -> np.ndarray:
+        """The block's equations over the level's columns ``wanted`` (sorted), dense, rows as ``forward``'s."""
+        inside = np.isin(self.cols, wanted)
+        return self._dense(inside, np.searchsorted(wanted, self.cols[inside]), len(wanted))
+
+    def _dense(self, inside: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
         phi = self._phi()[inside]
         phi = phi.toarray() if sp.issparse(phi) else np.asarray(phi)
         g = self.g[inside]
-        out = np.zeros((self.rows, hi - lo))
-        at = self.cols[inside] - lo
+        out = np.zeros((self.rows, width))
         out[:-self.w.shape[1], at] = (phi[:, :, None] * g[:, None, :]).reshape(len(at), -1).T
         out[-self.w.shape[1]:, at] = self.w[inside].T
         return out
@@ -103,6 +110,10 @@ class Equations(LinearOperator):
             gram = syrk(1.0, block.T, beta=1.0, c=gram, trans=1, overwrite_c=1)
         return np.triu(gram) + np.triu(gram, 1).T
 
+    def over(self, wanted: np.ndarray) -> np.ndarray:
+        """A's columns ``wanted`` (sorted), dense: every equation, zero rows included."""
+        return np.vstack([b.subset(wanted) for b in self._blocks])
+
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([b.forward(np.ravel(x)) for b in self._blocks])
 
@@ -113,6 +124,17 @@ class Equations(LinearOperator):
             b.backward(y[start:start + b.rows], out)
             start += b.rows
         return out
+
+
+def response_knowing_the_rest(equations: Equations, change: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The projection of ``change`` (zero outside the columns ``wanted``, sorted) for an attacker that already knows
+    J at every other sampled voxel: it subtracts their part of each revealed value, which leaves the equations
+    over ``wanted`` alone (exact: through their normal matrix, eigenvalues under ``GRAM_CUTOFF`` of the largest
+    left out). Returns the response at ``wanted``."""
+    local = equations.over(wanted)
+    values, vectors = np.linalg.eigh(local.T @ local)
+    keep = values > GRAM_CUTOFF * values[-1]
+    return vectors[:, keep] @ (vectors[:, keep].T @ change[wanted])
 
 
 def response(equations: Equations, change: np.ndarray, iterations: int = 2000) -> tuple[np.ndarray, float]:

@@ -6,7 +6,6 @@ The moving party records what its backend hands it and solves for J per pyramid 
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest

@@ -6,7 +6,6 @@ The moving party records what its backend hands it and solves for J per pyramid 
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from ppir.common.errors import PPIRError

@@ -351,7 +351,7 @@ def cube64_default(attack_pair):
     return fixed, balls, record_clear(fixed, moving, settings, DisclosurePolicy())[1]
 
 
-def test_the_default_policy_keeps_3d_bspline_details_under_a_tenth(attack_pair, cube64_default):
+def test_the_default_policy_keeps_3d_bspline_details_under_a_tenth(cube64_default):
     """2 mm, full sampling, the default policy: it refuses the default 20 mm grid and names one cell across this
     128 mm cube (4,096 samples per control point); at that grid, B-spline at the finest level, every ball's share
     stays at most 10 % (measured 2, 5 and 5 % on seeds 1-3)."""

@@ -51,7 +51,7 @@ def _add_registration_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metric", choices=METRICS, default=DEFAULTS.metric,
                    help="similarity: ssd (same scanner and contrast), ncc (normalised cross-correlation: "
                         "robust to gain and offset between scanners), mi (Mattes mutual information: other "
-                        "contrasts and modalities; FHE: rigid and affine only) (default: ssd)")
+                        "contrasts and modalities) (default: ssd)")
     g.add_argument("--sampling", choices=SAMPLINGS, default=DEFAULTS.sampling,
                    help="which fixed voxels enter the sums: all, a uniform random subset, or a "
                         "gradient-magnitude-weighted subset (default: full)")

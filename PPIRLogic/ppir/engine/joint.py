@@ -287,6 +287,11 @@ class FixedParty:
         return self.output_noise(shape, self._mi_sensitivity)
 
     @property
+    def mi_sensitivity(self) -> float:
+        """The L2 sensitivity of an MI gradient product's normalised release (``binned_noise``)."""
+        return self._mi_sensitivity
+
+    @property
     def bin_indices(self) -> np.ndarray:
         """MI: each sample's fixed bin l(x) (the fixed party's own)."""
         return self._bins

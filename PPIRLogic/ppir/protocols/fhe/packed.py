@@ -26,6 +26,12 @@ and rotations; the weights of a channel have l1 norm 1 in all, each used with fo
 Splitting the last axis off to the fixed party makes four times as many E but a quarter of the
 encodings, which dominate the moving party's time.
 
+Mattes MI with a B-spline uses the same layout with the fixed party's bin memberships in place of J: one set
+E_lot = b_t(x_d) M_l(x) per fixed bin l. The moving party's weights for bin l are g_k(x) v_l(x) (its per-bin
+gradient weights), and a channel sums over l before the offsets are combined, so its one release holds
+sum_x Phi_c(x) g_k(x) v_l(x)(x) for every control point: the gradient, as the clear protocol computes it, and
+nothing per bin.
+
 Release: the moving party re-randomises each result, adds a polynomial uniform over R_q and keeps
 it; the fixed party decrypts, floods every coefficient, adds the policy's noise as a polynomial whose
 slots repeat with the period of the copies (``periodic_polynomial``: period slots / B for a channel,
@@ -105,34 +111,45 @@ class CellLayout:
         horner = sum(3 * 4 ** (self.dim - 1 - axis) * stride.bit_count() for axis, stride in enumerate(self.strides))
         return horner + sum(step.bit_count() for step in self.block_steps)
 
+    def channel_flood_width(self, columns: int = 1) -> int:
+        """The fixed party's flooding of a channel's release over ``columns`` fixed columns (weights of l1 norm 1
+        over all of them)."""
+        return params.packed_flood_width(4 ** self.dim * self.n_ciphertexts * columns, self.rotations, self.blocks,
+                                         SPLIT)
+
     def flood_widths(self, n_channels: int) -> list[int]:
         """The fixed party's flooding for a product's releases: n_channels channels, then the cross term."""
-        channel = params.packed_flood_width(4 ** self.dim * self.n_ciphertexts, self.rotations, self.blocks, SPLIT)
+        channel = self.channel_flood_width()
         cross = params.packed_flood_width(SPLIT * self.n_ciphertexts, params.ROTATIONS, params.SLOTS, SPLIT)
         return [channel] * n_channels + [cross]
 
 
 class PackedProducts:
-    """The moving party's products with one sample set's encrypted E_ot."""
+    """The moving party's products with one sample set's encrypted E_ot, for one or more fixed columns (SSD: J;
+    Mattes MI: each fixed bin's membership M_l in place of J)."""
 
-    def __init__(self, evaluator: MovingEvaluator, layout: CellLayout, blobs: list[bytes]):
-        if len(blobs) != SPLIT * layout.n_ciphertexts:
-            raise ValueError(f"expected {SPLIT * layout.n_ciphertexts} ciphertexts of the fixed image, "
+    def __init__(self, evaluator: MovingEvaluator, layout: CellLayout, blobs: list[bytes], columns: int = 1):
+        if len(blobs) != columns * SPLIT * layout.n_ciphertexts:
+            raise ValueError(f"expected {columns * SPLIT * layout.n_ciphertexts} ciphertexts of the fixed image, "
                              f"got {len(blobs)}")
         self._ev, self.layout = evaluator, layout
         loaded = [load(seal.Ciphertext(), evaluator.context, blob) for blob in blobs]
-        self._fixed = [loaded[o:o + SPLIT] for o in range(0, len(loaded), SPLIT)]
+        groups = [loaded[o:o + SPLIT] for o in range(0, len(loaded), SPLIT)]
+        self._fixed = [groups[k:k + layout.n_ciphertexts] for k in range(0, len(groups), layout.n_ciphertexts)]
         self._parms_id = loaded[0].parms_id() if loaded else None   # products keep it: no rescaling
 
     def channel(self, weights: np.ndarray) -> seal.Ciphertext | None:
-        """Enc(sum_x Phi_c(x) w(x) J) in slot(c) for every control point.
+        """Enc(sum_l sum_x Phi_c(x) w_l(x) C_l) in slot(c) for every control point (C_l: the fixed columns).
 
-        ``weights`` (N, 4**(d-1)): the first d - 1 axes' factor of Phi (``split_weights``) times w.
+        ``weights`` (columns, N, 4**(d-1)), or (N, 4**(d-1)) for one column: the first d - 1 axes' factor of Phi
+        (``split_weights``) times w_l.
         """
-        terms: list[seal.Ciphertext | None] = [None] * (SPLIT * weights.shape[1])
-        for q in range(weights.shape[1]):
-            for t, total in enumerate(self._sums(self.layout.arrange(weights[:, q]))):
-                terms[t * weights.shape[1] + q] = total
+        weights = weights[None] if weights.ndim == 2 else weights
+        offsets = weights.shape[2]
+        terms: list[seal.Ciphertext | None] = [None] * (SPLIT * offsets)
+        for q in range(offsets):
+            for t, total in enumerate(self._sums([self.layout.arrange(w[:, q]) for w in weights])):
+                terms[t * offsets + q] = total
         for stride in self.layout.strides:
             terms = [self._horner(terms[g:g + 4], stride) for g in range(0, len(terms), 4)]
         total = terms[0]
@@ -143,7 +160,7 @@ class PackedProducts:
     def cross(self, values: np.ndarray) -> seal.Ciphertext | None:
         """Enc(sum_x values(x) J) in every slot (the four E_ot of a sample add up to its J)."""
         total = None
-        for part in self._sums(self.layout.arrange(values)):
+        for part in self._sums([self.layout.arrange(values)]):
             total = self._ev.add(total, part)
         if total is not None:
             self._ev.rotate_and_sum(total)
@@ -157,17 +174,18 @@ class PackedProducts:
         """Decoded slots (real parts) of a released decryption once the pad is removed."""
         return unmask(self._ev, released, pad, self._parms_id)
 
-    def _sums(self, dense: np.ndarray) -> list[seal.Ciphertext | None]:
-        """sum_o E_ot * encode(dense[o]) for t = 0..3 (None where every row encodes to zero)."""
+    def _sums(self, dense: list[np.ndarray]) -> list[seal.Ciphertext | None]:
+        """sum_l sum_o E_lot * encode(dense[l][o]) for t = 0..3 (None where every row encodes to zero)."""
         totals: list[seal.Ciphertext | None] = [None] * SPLIT
-        for row, fixed in zip(dense, self._fixed):
-            plain = self._ev.encode(row, params.PACKED_DELTA_MOVING)
-            if plain is None:
-                continue
-            for t, ciphertext in enumerate(fixed):
-                product = seal.Ciphertext()
-                self._ev.evaluator.multiply_plain(ciphertext, plain, product)
-                totals[t] = self._ev.add(totals[t], product)
+        for rows, column in zip(dense, self._fixed, strict=True):
+            for row, fixed in zip(rows, column):
+                plain = self._ev.encode(row, params.PACKED_DELTA_MOVING)
+                if plain is None:
+                    continue
+                for t, ciphertext in enumerate(fixed):
+                    product = seal.Ciphertext()
+                    self._ev.evaluator.multiply_plain(ciphertext, plain, product)
+                    totals[t] = self._ev.add(totals[t], product)
         return totals
 
     def _horner(self, group: list[seal.Ciphertext | None], stride: int) -> seal.Ciphertext | None:

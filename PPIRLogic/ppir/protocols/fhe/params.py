@@ -103,18 +103,14 @@ def describe() -> dict:
 
 
 def check_settings(settings) -> None:
-    """Refuse settings whose products could need more decryptions than one session may release (and MI with
-    a B-spline: its gradient product is implemented for the single-value releases of rigid and affine bases)."""
+    """Refuse settings whose products could need more decryptions than one session may release."""
     d, products = 3, settings.max_iterations + 1
-    per_product = d * (d + 1) + 1
-    if settings.metric == "mi":
-        if settings.transform == "bspline":
-            raise PPIRError("FHE computes mutual information for rigid and affine transforms only; use --protocol mpc "
-                            "for a B-spline with --metric mi")
-        per_product = settings.histogram_bins + d     # packed: one release per histogram row, one per gradient channel
+    per_product, per_bspline_product = d * (d + 1) + 1, d + 1
+    if settings.metric == "mi":     # packed: one release per histogram row, one per gradient channel
+        per_product = per_bspline_product = settings.histogram_bins + d
     releases = len(settings.levels) * products * per_product
     if settings.transform == "bspline":
-        releases += len(settings.stage_levels("bspline")) * products * (d + 1)
+        releases += len(settings.stage_levels("bspline")) * products * per_bspline_product
     if releases > MAX_RELEASED:
         raise PPIRError(f"FHE: these levels and {settings.max_iterations} iterations per level could need "
                         f"{releases} decryptions, over the session budget of {MAX_RELEASED}; lower --max-iterations")

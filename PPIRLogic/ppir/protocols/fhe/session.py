@@ -15,10 +15,12 @@ B-spline bases have thousands of outputs: they go through the packed products of
 ciphertext per gradient channel and one for the cross term, each released whole, with the policy's noise
 drawn once per output and carried by each of its copies).
 
-Mattes MI (rigid and affine): Enc(M_l), the fixed bins' membership columns, and Enc(M_l Phi_a / s_a)
-interleaved, once per sample set; per evaluation one periodic release per histogram row l and one per
-gradient channel (``ppir.fhe.packed``): a padded ciphertext whose period-P part holds P outputs; the
-fixed party returns only that part, as P flooded integers with the policy's noise.
+Mattes MI: Enc(M_l), the fixed bins' membership columns, once per sample set, and per evaluation one
+periodic release per histogram row l (``ppir.fhe.packed``): a padded ciphertext whose period-P part holds P
+outputs; the fixed party returns only that part, as P flooded integers with the policy's noise. The gradient:
+rigid and affine, Enc(M_l Phi_a / s_a) interleaved (once per sample set) and one periodic release per channel;
+B-spline, each M_l in the packed cell layout (once per sample set) and one packed release per channel, summed
+over the bins.
 
 Masks, flooding and parameters: ``ppir.fhe.params``; what each party learns: docs/security.md.
 """
@@ -98,23 +100,24 @@ class FixedHandler:
     def on_samples(self, party: FixedParty, basis) -> None:
         self._party, self._layout = party, None
         if party.metric == "mi":         # Mattes MI: the bin memberships, one column per fixed bin
-            if isinstance(basis, BSplineBasis):
-                raise PeerError("FHE computes mutual information for rigid and affine bases only")
             bins = party.histogram_bins
             memberships = np.zeros((bins, len(party.bin_indices)))
             memberships[party.bin_indices, np.arange(len(party.bin_indices))] = 1.0
-            scales = basis_scales(basis)
-            interleaved = packed.fixed_interleave(memberships, basis.matrix / scales, packed.period(scales.size))
-            blobs = self._keys.encrypt(np.vstack([memberships, interleaved]), params.PACKED_DELTA_FIXED)
-            self._mi_norms = mi_norms(basis, bins)
-            self._gradient_norms = len(party.bin_indices) * bins * scales     # N B s_a, public
+            if isinstance(basis, BSplineBasis):
+                self._layout = self._cell_layout(basis)
+                rows = np.vstack([self._layout.fixed_rows(m, basis.support_weights) for m in memberships])
+                blobs = self._keys.encrypt(rows, params.PACKED_DELTA_FIXED)
+                blobs += self._keys.encrypt(memberships, params.PACKED_DELTA_FIXED)    # last: sets keys.chunks
+            else:
+                scales = basis_scales(basis)
+                interleaved = packed.fixed_interleave(memberships, basis.matrix / scales, packed.period(scales.size))
+                blobs = self._keys.encrypt(np.vstack([memberships, interleaved]), params.PACKED_DELTA_FIXED)
+                self._mi_norms = mi_norms(basis, bins)
+                self._gradient_norms = len(party.bin_indices) * bins * scales     # N B s_a, public
             self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": [1.0] * bins}, pack(blobs)))
             return
         if isinstance(basis, BSplineBasis):
-            try:
-                self._layout = CellLayout(basis)
-            except ValueError as err:
-                raise PeerError(str(err)) from None
+            self._layout = self._cell_layout(basis)
             scales = np.array([fixed_scale(party.values)])
             rows = self._layout.fixed_rows(party.values / scales[0], basis.support_weights)
             blobs = self._keys.encrypt(rows, params.PACKED_DELTA_FIXED)
@@ -124,6 +127,13 @@ class FixedHandler:
         self._column_powers = scales / party.scale         # p_a: the basis column's power of two
         self._channel.send(Message(Kind.FHE_COLUMNS, {"scales": scales.tolist(), **party.statistics()},
                                    pack(blobs)))
+
+    @staticmethod
+    def _cell_layout(basis: BSplineBasis) -> CellLayout:
+        try:
+            return CellLayout(basis)
+        except ValueError as err:
+            raise PeerError(str(err)) from None
 
     def on_product(self, message: Message) -> int | None:
         blobs = unpack(message.arrays)
@@ -159,8 +169,9 @@ class FixedHandler:
         period-P part leaves, as P integers, so every cell and output is released and nothing else. The
         normalisers are public (N; N B s_a, times the moving party's channel and bin-weight peaks in nu_c), so the
         policy's noise needs nothing from the moving party: 1/N per count unit, 1/(N B s_a) per normalised unit,
-        one draw per output, and so is the uniform flooding a single-value release had (``params.flood_width``)."""
-        bins, d, q = self._party.histogram_bins, self._party.grid.dim, self._mi_norms.size
+        one draw per output, and so is the uniform flooding a single-value release had (``params.flood_width``).
+        With a B-spline the gradient goes through the packed layout instead (``_bspline_gradient``)."""
+        bins, d = self._party.histogram_bins, self._party.grid.dim
         expected = bins if op == "histogram" else d
         if len(blobs) != expected:
             raise PeerError(f"{op} product: {len(blobs)} ciphertexts, expected {expected}")
@@ -174,6 +185,9 @@ class FixedHandler:
                 self._party.begin_binned()
             except PPIRError as err:
                 raise PeerError(str(err)) from None
+            if self._layout is not None:
+                return self._bspline_gradient(blobs)
+            q = self._mi_norms.size
             p = packed.period(q)
             noise = self._party.binned_noise((q, d))                      # normalised units, (a, c)
             released = (noise / self._gradient_norms[:, None]).T          # (c, a)
@@ -193,6 +207,20 @@ class FixedHandler:
         self._channel.send(Message(Kind.FHE_VALUES, {"values": [[str(v) for v in row] for row in released]}))
         return len(self._party.values) if op == "histogram" else None
 
+    def _bspline_gradient(self, blobs: list[bytes]) -> None:
+        """MI's gradient with a B-spline: channel c's packed release holds sum_l sum_x Phi_j(x) M_l(x) w_cl(x) for
+        every control point j, with w_cl = g_c v_l / nu_c and nu_c = N B max |g_c| max |v| (weights of l1 norm <= 1
+        over all bins, as the flooding assumes). The policy's noise in those units is the normalised noise over
+        N B: public, nothing taken from the moving party."""
+        n, bins = len(self._party.values), self._party.histogram_bins
+        noise = [self._copies_noise(1.0 / (n * bins), self._layout.block_size, self._party.mi_sensitivity)
+                 for _ in blobs]
+        try:
+            residues = self._keys.release_packed(blobs, [self._layout.channel_flood_width(bins)] * len(blobs), noise)
+        except (ValueError, RuntimeError) as err:
+            raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
+        self._channel.send(Message(Kind.FHE_VALUES, {}, {"residues": residues}))
+
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
         """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
         w_a kappa_b / p_a, kappa_b = max |w_b| / |w_b|_1 (the moving party's weights), p_a the column's scale,
@@ -205,13 +233,13 @@ class FixedHandler:
         return [int(round(n * w[a] * peak / self._column_powers[a] * 2.0 ** params.PRODUCT_BITS))
                 for n, peak, (a, _) in zip(noise, peaks, outputs)]
 
-    def _copies_noise(self, peak: float, period: int) -> list[int]:
+    def _copies_noise(self, peak: float, period: int, sensitivity: float | None = None) -> list[int]:
         """The policy's noise as polynomial coefficients (``packed.periodic_polynomial``) whose slots repeat with the
         period of the release's copies: one draw N(0, (sigma kappa)^2) per slot of a period, the same in each copy,
         so that averaging the copies of an output (a gradient output sits once per block of ``period`` slots, the
         cross term in every slot: period 1) does not shrink its noise. Normalised units; kappa: the moving party's
-        peak ratio."""
-        draws = self._party.noise((period,)) * peak
+        peak ratio; ``sensitivity``: the release's, if not the product's."""
+        draws = self._party.noise((period,), sensitivity) * peak
         p = max(period, 2)                              # period 1 is period 2 with both values equal
         return packed.periodic_polynomial(np.resize(draws, p), p)
 
@@ -253,12 +281,18 @@ class FHEBackend(RemoteBackend):
         self._scales = np.asarray(reply.meta["scales"], dtype=np.float64)
         self._basis = basis
         if self._bins:
-            if layout is not None or len(self._scales) != self._bins:
+            if len(self._scales) != self._bins:
                 raise PeerError("the fixed party's bin columns do not match the session's histogram bins")
         else:
             self._sums = fixed_sums(reply.meta)
         try:
-            if layout is None:
+            if self._bins and layout is not None:       # MI with a B-spline: packed memberships, then the plain ones
+                blobs = unpack(reply.arrays)
+                cells = self._bins * packed.SPLIT * layout.n_ciphertexts
+                self._packed = PackedProducts(self._evaluator, layout, blobs[:cells], self._bins)
+                self._evaluator.set_columns(blobs[cells:], self._bins)
+                self._first_axes = split_weights(basis.support_weights)[0]
+            elif layout is None:
                 self._packed = None
                 self._evaluator.set_columns(unpack(reply.arrays), mi_columns(basis, self._bins) if self._bins
                                             else len(self._scales))
@@ -327,10 +361,12 @@ class FHEBackend(RemoteBackend):
         return values[:, :bins] * n
 
     def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
-        """MI's gradient: r_ac = nu_c s_a sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c), every (a, c) released, with
+        """MI's gradient (a B-spline's: ``_packed_binned``): r_ac = nu_c s_a sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c), every (a, c) released, with
         nu_c = N B max |g_c| max |v| (an output's B weight rows have l1 norm <= 1 in all): one release per channel c,
         output (a, c) in the slots a mod P; the fixed party has interleaved M_l Phi_a / s_a, so each (c, l) is one
         plaintext per chunk."""
+        if self._packed is not None:
+            return self._packed_binned(channels.astype(np.float64), bin_weights.astype(np.float64))
         phi = self._basis.matrix                                    # (N, outputs): public
         bins, (outputs, d), n = self._bins, (phi.shape[1], channels.shape[1]), len(bin_weights)
         p = packed.period(outputs)
@@ -341,6 +377,25 @@ class FHEBackend(RemoteBackend):
         releases = [[(tuple(bins + l * p + r for r in range(p)), c * bins + l) for l in range(bins)] for c in range(d)]
         values = self._release("binned", weights, releases, p)
         return values[:, :outputs].T * nu[None, :] * basis_scales(self._basis)[:, None]
+
+    def _packed_binned(self, channels: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """MI's gradient with a B-spline, r_jc = nu_c sum_l sum_x Phi_j(x) M_l(x) (g_c v_l / nu_c)(x) for every
+        control point j, nu_c = N B max |g_c| max |v| (public in units, so the fixed party sizes its noise alone):
+        one packed release per channel c, summed over the bins (``PackedProducts.channel``)."""
+        n, bins, d = len(v), self._bins, channels.shape[1]
+        nu = n * bins * np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
+        products = []
+        for c in range(d):
+            weights = np.stack([self._first_axes * (channels[:, c] * v[:, l] / nu[c])[:, None] for l in range(bins)])
+            total = self._packed.channel(weights)
+            products.append(total if total is not None else self._evaluator.zero(2.0 ** params.PACKED_PRODUCT_BITS))
+        masked = [self._packed.masked(ciphertext) for ciphertext in products]
+        self._fixed.send(Message(Kind.PRODUCT, {"op": "binned", "samples": n}, pack([blob for blob, _ in masked])))
+        residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
+        if residues is None or residues.shape != (len(masked), masked[0][1].size):
+            raise PeerError("the fixed party returned the wrong number of values")
+        return np.stack([self._packed.layout.outputs(self._packed.unmask(values, pad)) * nu[c]
+                         for c, (values, (_, pad)) in enumerate(zip(residues, masked))], axis=1)
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""

@@ -305,6 +305,15 @@ def test_a_real_fixed_party_refuses_thinned_and_sparse_sample_sets(tmp_path, sli
         fixed.wait(30)
 
 
+def _bspline_level(backend, spec: LevelSpec, image):
+    """The affine stage's level, then the B-spline stage's at the same level (16 mm grid, every voxel sampled):
+    its grid and the basis the fixed party agreed to."""
+    grid = backend.start_level(spec)
+    backend.set_samples(None, AffineBasis(grid.points(None), grid.center()))
+    backend.start_level(spec)
+    return grid, backend.set_samples(None, BSplineBasis(grid.points(None), control_grid_for(image.grid, 16.0)))
+
+
 @pytest.mark.parametrize("protocol", ["mpc", "fhe"])
 def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protocol):
     """Real parties: two answers to the same B-spline product differ by the noise the policy states. Under FHE a
@@ -332,10 +341,7 @@ def test_each_private_protocol_adds_the_policys_noise(tmp_path, slice_2d, protoc
                                                          Identity.load(folders["moving"]), settings.to_dict())
         try:
             spec = LevelSpec(2, 1.0)
-            grid = backend.start_level(spec)                       # the affine stage's level comes first
-            backend.set_samples(None, AffineBasis(grid.points(None), grid.center()))
-            backend.start_level(spec)
-            basis = backend.set_samples(None, BSplineBasis(grid.points(None), control_grid_for(slice_2d.grid, 16.0)))
+            grid, basis = _bspline_level(backend, spec, slice_2d)
             decoded = []                                      # FHE: every slot of every packed release
             if protocol == "fhe":
                 unmask = backend._packed.unmask
@@ -391,10 +397,7 @@ def test_fhe_bspline_mi_gradient_carries_the_policys_noise(tmp_path, slice_2d):
                                                       settings.to_dict())
         try:
             spec = LevelSpec(2, 1.0)
-            grid = backend.start_level(spec)                       # the affine stage's level comes first
-            backend.set_samples(None, AffineBasis(grid.points(None), grid.center()))
-            backend.start_level(spec)
-            basis = backend.set_samples(None, BSplineBasis(grid.points(None), control_grid_for(slice_2d.grid, 16.0)))
+            grid, basis = _bspline_level(backend, spec, slice_2d)
             rng = np.random.default_rng(4)
             weights = mattes.parzen(rng.uniform(0, 10, grid.n_voxels), 0.0, 10.0, settings.histogram_bins)[0]
             channels, v = rng.normal(size=(grid.n_voxels, 2)), rng.normal(size=(grid.n_voxels, settings.histogram_bins))

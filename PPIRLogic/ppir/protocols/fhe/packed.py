@@ -29,7 +29,7 @@ encodings, which dominate the moving party's time.
 Mattes MI with a B-spline uses the same layout with the fixed party's bin memberships in place of J: one set
 E_lot = b_t(x_d) M_l(x) per fixed bin l. The moving party's weights for bin l are g_k(x) v_l(x) (its per-bin
 gradient weights), and a channel sums over l before the offsets are combined, so its one release holds
-sum_x Phi_c(x) g_k(x) v_l(x)(x) for every control point: the gradient, as the clear protocol computes it, and
+sum_x Phi_c(x) g_k(x) v_{l(x)}(x) for every control point: the gradient, as the clear protocol computes it, and
 nothing per bin.
 
 Release: the moving party re-randomises each result, adds a polynomial uniform over R_q and keeps

@@ -361,10 +361,10 @@ class FHEBackend(RemoteBackend):
         return values[:, :bins] * n
 
     def binned_product(self, channels: np.ndarray, bin_weights: np.ndarray) -> np.ndarray:
-        """MI's gradient (a B-spline's: ``_packed_binned``): r_ac = nu_c s_a sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c), every (a, c) released, with
+        """MI's gradient: r_ac = nu_c s_a sum_l sum_x (M_l Phi_a / s_a) (g_c v_l / nu_c), every (a, c) released, with
         nu_c = N B max |g_c| max |v| (an output's B weight rows have l1 norm <= 1 in all): one release per channel c,
         output (a, c) in the slots a mod P; the fixed party has interleaved M_l Phi_a / s_a, so each (c, l) is one
-        plaintext per chunk."""
+        plaintext per chunk. A B-spline's: ``_packed_binned``."""
         if self._packed is not None:
             return self._packed_binned(channels.astype(np.float64), bin_weights.astype(np.float64))
         phi = self._basis.matrix                                    # (N, outputs): public

@@ -61,6 +61,12 @@ def mi_norms(basis: AffineBasis, bins: int) -> np.ndarray:
     return np.maximum(bins * np.abs(basis.matrix).sum(axis=0), 1e-30)
 
 
+def binned_norms(channels: np.ndarray, v: np.ndarray, bins: int) -> np.ndarray:
+    """nu_c = N B max |g_c| max |v| per channel c: an MI gradient output's B weight rows g_c v_l / nu_c have l1 norm
+    <= 1 in all, and the fixed party knows the release's units without asking (N and B are public)."""
+    return len(v) * bins * np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
+
+
 def basis_scales(basis: AffineBasis) -> np.ndarray:
     """s_a, the power of two >= max |Phi_a| per basis column (public geometry): Phi_a / s_a is encrypted."""
     return np.array([fixed_scale(column) for column in basis.matrix.T])
@@ -156,7 +162,7 @@ class FixedHandler:
                 widths = self._layout.flood_widths(len(blobs) - 1)
                 noise = [self._copies_noise(peak, self._layout.block_size) for peak in peaks[:-1]]
                 noise.append(self._copies_noise(peaks[-1], 1))
-                reply = Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths, noise)})
+                reply = self._packed_reply(blobs, widths, noise)
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
         self._channel.send(reply)
@@ -215,11 +221,14 @@ class FixedHandler:
         n, bins = len(self._party.values), self._party.histogram_bins
         noise = [self._copies_noise(1.0 / (n * bins), self._layout.block_size, self._party.mi_sensitivity)
                  for _ in blobs]
+        self._channel.send(self._packed_reply(blobs, [self._layout.channel_flood_width(bins)] * len(blobs), noise))
+
+    def _packed_reply(self, blobs: list[bytes], widths: list[int], noise: list[list[int]]) -> Message:
+        """The flooded, noised residues of packed releases (``FixedKeys.release_packed``)."""
         try:
-            residues = self._keys.release_packed(blobs, [self._layout.channel_flood_width(bins)] * len(blobs), noise)
+            return Message(Kind.FHE_VALUES, {}, {"residues": self._keys.release_packed(blobs, widths, noise)})
         except (ValueError, RuntimeError) as err:
             raise PeerError(f"the moving party's ciphertexts are malformed ({err})") from None
-        self._channel.send(Message(Kind.FHE_VALUES, {}, {"residues": residues}))
 
     def _value_noise(self, outputs, peaks: list[float]) -> list[int]:
         """The policy's noise on released sums R'_ab (scale 2**136): the normalised release's noise times
@@ -368,11 +377,10 @@ class FHEBackend(RemoteBackend):
         if self._packed is not None:
             return self._packed_binned(channels.astype(np.float64), bin_weights.astype(np.float64))
         phi = self._basis.matrix                                    # (N, outputs): public
-        bins, (outputs, d), n = self._bins, (phi.shape[1], channels.shape[1]), len(bin_weights)
+        bins, (outputs, d) = self._bins, (phi.shape[1], channels.shape[1])
         p = packed.period(outputs)
         v = bin_weights.astype(np.float64)
-        peaks = np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
-        nu = n * bins * peaks                                       # (d,)
+        nu = binned_norms(channels, v, bins)                        # (d,)
         weights = [channels[:, c] * v[:, l] / nu[c] for c in range(d) for l in range(bins)]
         releases = [[(tuple(bins + l * p + r for r in range(p)), c * bins + l) for l in range(bins)] for c in range(d)]
         values = self._release("binned", weights, releases, p)
@@ -383,19 +391,23 @@ class FHEBackend(RemoteBackend):
         control point j, nu_c = N B max |g_c| max |v| (public in units, so the fixed party sizes its noise alone):
         one packed release per channel c, summed over the bins (``PackedProducts.channel``)."""
         n, bins, d = len(v), self._bins, channels.shape[1]
-        nu = n * bins * np.maximum(np.abs(channels).max(axis=0), 1e-30) * max(float(np.abs(v).max()), 1e-30)
+        nu = binned_norms(channels, v, bins)
         products = []
         for c in range(d):
             weights = np.stack([self._first_axes * (channels[:, c] * v[:, l] / nu[c])[:, None] for l in range(bins)])
             total = self._packed.channel(weights)
             products.append(total if total is not None else self._evaluator.zero(2.0 ** params.PACKED_PRODUCT_BITS))
+        slots = self._packed_release(products, {"op": "binned", "samples": n})
+        return np.stack([self._packed.layout.outputs(decoded) * nu[c] for c, decoded in enumerate(slots)], axis=1)
+
+    def _packed_release(self, products: list, meta: dict) -> list[np.ndarray]:
+        """Each product masked and sent in one message; the decoded slots the fixed party's release gives back."""
         masked = [self._packed.masked(ciphertext) for ciphertext in products]
-        self._fixed.send(Message(Kind.PRODUCT, {"op": "binned", "samples": n}, pack([blob for blob, _ in masked])))
+        self._fixed.send(Message(Kind.PRODUCT, meta, pack([blob for blob, _ in masked])))
         residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
         if residues is None or residues.shape != (len(masked), masked[0][1].size):
             raise PeerError("the fixed party returned the wrong number of values")
-        return np.stack([self._packed.layout.outputs(self._packed.unmask(values, pad)) * nu[c]
-                         for c, (values, (_, pad)) in enumerate(zip(residues, masked))], axis=1)
+        return [self._packed.unmask(values, pad) for values, (_, pad) in zip(residues, masked)]
 
     def _packed_product(self, channels: np.ndarray, warped: np.ndarray) -> JointResult:
         """B-spline: one packed ciphertext per non-zero gradient channel, one for the cross term."""
@@ -407,15 +419,9 @@ class FHEBackend(RemoteBackend):
         cross = self._packed.cross(warped / warped_norm) if warped_norm > 0 else None
         if cross is None:
             raise PPIRError("the images do not overlap: every warped sample is zero")
-        masked = [self._packed.masked(ciphertext) for ciphertext in [*sums.values(), cross]]
         peaks = [float(np.abs(channels[:, k]).max() / norms[k]) for k in sums] + \
             [float(np.abs(warped).max() / warped_norm)]
-        self._fixed.send(Message(Kind.PRODUCT, {"samples": self._n_samples, "peaks": peaks},
-                                 pack([blob for blob, _ in masked])))
-        residues = expect(self._fixed, Kind.FHE_VALUES).arrays.get("residues")
-        if residues is None or residues.shape != (len(masked), masked[0][1].size):
-            raise PeerError("the fixed party returned the wrong number of values")
-        slots = [self._packed.unmask(values, pad) for values, (_, pad) in zip(residues, masked)]
+        slots = self._packed_release([*sums.values(), cross], {"samples": self._n_samples, "peaks": peaks})
         scale = self._scales[0]
         r = np.zeros((self._packed.layout.n_points, channels.shape[1]))
         for k, decoded in zip(sums, slots):

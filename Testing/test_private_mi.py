@@ -239,3 +239,49 @@ def test_the_fhe_fixed_party_refuses_malformed_mi_products_and_serves_on(mni_4mm
         fixed.terminate()
         fixed.wait(30)
     assert fixed.stderr.read().count("ended: ") >= len(cases)
+
+
+def test_the_fhe_fixed_party_refuses_a_malformed_bspline_mi_gradient_and_serves_on(mni_4mm, tmp_path):
+    """After a real histogram, a B-spline MI gradient product of garbage ciphertexts ends that session with the
+    reason, and the fixed party serves the next one."""
+    from ppir.engine.basis import BSplineBasis
+    from ppir.engine.bspline import control_grid_for
+    from ppir.engine.pyramid import LevelSpec
+    from ppir.protocols.fhe.session import FHEBackend, pack
+    from ppir.protocols.net.channel import Identity
+    from ppir.protocols.net.framing import Message
+    from ppir.protocols.runtime import Kind
+    synthesize(mni_4mm, "affine", 3, tmp_path)
+    ids = parties(tmp_path / "ids", ("moving", "fixed"))
+    policy = tmp_path / "policy.toml"        # MI allowed, and a B-spline on this small level: no control-point floor
+    DisclosurePolicy(allow_mi=True, min_samples_per_control_point=0, min_samples_per_control_point_3d=0).write(policy)
+    fixed, fixed_at = _start(["fixed", "--image", str(tmp_path / "fixed.nrrd"), "--listen", "127.0.0.1:0",
+                              "--identity", str(ids["fixed"]), "--sessions", "0", "--disclosure-policy", str(policy)])
+    settings = Settings(metric="mi", transform="bspline", levels=[2], bspline_spacing_mm=60.0, sampling="urs",
+                        sample_fraction=0.25, max_iterations=5)
+    try:
+        for blobs, reason in ((3, "malformed"), (0, None)):
+            backend = FHEBackend(fixed_at, Identity.load(ids["moving"]), settings.to_dict())
+            try:
+                spec = LevelSpec(2, 1.0)
+                grid = backend.start_level(spec)
+                n = int(round(grid.n_voxels * 0.25))
+                samples = np.sort(np.random.default_rng(0).choice(grid.n_voxels, n, replace=False))
+                backend.set_samples(samples, AffineBasis(grid.points(samples), grid.center()))
+                backend.start_level(spec)
+                backend.set_samples(samples, BSplineBasis(grid.points(samples), control_grid_for(mni_4mm.grid, 60.0)))
+                weights = mattes.parzen(np.random.default_rng(1).uniform(0, 10, n), 0.0, 10.0, settings.histogram_bins)[0]
+                histogram = backend.histogram_product(weights)
+                assert abs(histogram.sum() - n) < 1e-3 * n           # every sample counted once
+                if reason:
+                    backend._fixed.send(Message(Kind.PRODUCT, {"op": "binned"}, pack([b"not a ciphertext"] * blobs)))
+                    reply = backend._fixed.recv()
+                    assert reply.kind == Kind.ERROR and reason in reply.meta["reason"], reply.meta
+            finally:
+                backend.abort("test over")
+                backend.close()
+        assert fixed.poll() is None
+    finally:
+        fixed.terminate()
+        fixed.wait(30)
+    assert fixed.stderr.read().count("ended: ") >= 2
